@@ -1,0 +1,107 @@
+"""Headless timm backbones with the preprocessing their weights expect and a record of where weights came from.
+
+Run `python -m tl_lightning.backbones --list [PATTERN]` to list the names timm knows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+from torch import nn
+
+from tl_lightning.weights import load_pretrained, read_state_dict, resolve_weights_file, sha256_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backbone:
+    """A headless feature extractor, its input spec and its weights' provenance."""
+
+    model: nn.Module
+    num_features: int
+    data_config: dict[str, Any]
+    weights: dict[str, Any] = field(default_factory=dict)
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a `ValueError` listing close matches when timm does not know `name`."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ValueError(f"Unknown backbone '{name}'.{hint} List all with `python -m tl_lightning.backbones --list`.")
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    weights_file: str | None = None,
+    **kwargs: Any,
+) -> Backbone:
+    """Create timm model `name` without its classifier (`num_classes=0`).
+
+    Args:
+        name: any timm model name.
+        pretrained: start from pretrained weights; `False` means random initialisation.
+        weights_file: with `pretrained`, load from this file (or `package:NAME`) instead of timm's hub.
+        **kwargs: passed to `timm.create_model`; `None` values are dropped so YAML `null` keeps timm's default.
+
+    Raises:
+        ValueError: unknown name or weights that do not fit.
+        FileNotFoundError: missing weights file or weights package.
+        RuntimeError: the hub could not be reached for `pretrained=True` without `weights_file`.
+    """
+    check_backbone_name(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if not pretrained:
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        weights = {"source": "random-init"}
+    elif weights_file:
+        path = resolve_weights_file(weights_file)
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        matched = load_pretrained(model, read_state_dict(path), origin=f"'{path}'")
+        weights = {"source": weights_file, "file": str(path), "sha256": sha256_of(path), "matched_by": matched}
+        log.info("Loaded %s weights from %s (matched by %s)", name, path, matched)
+    else:
+        model = _create_from_hub(name, **kwargs)
+        cfg = model.pretrained_cfg
+        weights = {"source": "timm", "tag": cfg.get("hf_hub_id") or cfg.get("url") or name}
+    return Backbone(
+        model=model,
+        num_features=model.num_features,
+        data_config=timm.data.resolve_model_data_config(model),
+        weights=weights,
+    )
+
+
+def _create_from_hub(name: str, **kwargs: Any) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise RuntimeError(
+            f"Could not load pretrained weights for '{name}' from timm's hub: {err}\n"
+            "HINT: offline? Set backbone.weights_file to a local file (or a packaged source such as "
+            "package:efficientnet_lite0), or backbone.pretrained=false to start from random weights."
+        ) from err
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning.backbones", description=__doc__)
+    parser.add_argument("--list", nargs="?", const="*", metavar="PATTERN", help="list timm models (glob)")
+    parser.add_argument("--pretrained", action="store_true", help="only models with pretrained weights")
+    args = parser.parse_args(argv)
+    if args.list is None:
+        parser.print_help()
+        return
+    for model_name in timm.list_models(args.list, pretrained=args.pretrained):
+        print(model_name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""An ImageFolder LightningDataModule with one class map for every split, checked before training starts.
+
+`root` holds either `train/` (plus optional `val/` and `test/`) with one folder per class, or the class
+folders directly, which are then split per class, seeded. Hidden folders and files (`.ipynb_checkpoints`)
+are ignored. Class indices are the sorted training class names, so a split that lacks a class cannot shift
+the others (timm #957): it is an error instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tl_lightning.images import IMAGE_EXTENSIONS, load_rgb
+from tl_lightning.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+Samples = list[tuple[Path, int]]
+SPLITS = ("train", "val", "test")
+
+
+class ImageDataset(Dataset):
+    """(path, label) pairs decoded with `load_rgb` and passed through an albumentations transform."""
+
+    def __init__(self, samples: Samples, transform: Callable[..., dict[str, Any]]) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(image=load_rgb(path))["image"], label
+
+
+def list_class_folders(folder: Path) -> dict[str, list[Path]]:
+    """Map each visible class folder under `folder` to its sorted image files.
+
+    Raises:
+        FileNotFoundError: `folder` is missing.
+        ValueError: no class folders, or class folders without images (all of them named).
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Data folder '{folder}' does not exist. Set data.root to a folder of class folders "
+            "(or of train/, val/, test/ folders of class folders)."
+        )
+    classes = {
+        d.name: sorted(f for f in d.iterdir() if f.is_file() and _visible(f) and f.suffix.lower() in IMAGE_EXTENSIONS)
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and _visible(d)
+    }
+    if not classes:
+        raise ValueError(f"'{folder}' has no class folders. Put each class's images in a folder named after it.")
+    empty = [str(folder / name) for name, files in classes.items() if not files]
+    if empty:
+        raise ValueError(
+            f"Class folders without images: {', '.join(empty)}. Add images (one of "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folders."
+        )
+    return classes
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def check_same_class_folders(train: list[str], other: list[str], split: str, folder: Path) -> None:
+    """Raise a `ValueError` listing the classes a split lacks or adds relative to `train/`."""
+    missing = sorted(set(train) - set(other))
+    extra = sorted(set(other) - set(train))
+    if missing or extra:
+        raise ValueError(
+            f"Split '{split}' in '{folder}' does not have the training classes: missing {missing}, extra {extra}. "
+            "Every split needs the same class folders, each with at least one image."
+        )
+
+
+def stratified_split(
+    files: dict[str, list[Path]], fractions: dict[str, float], seed: int
+) -> dict[str, dict[str, list[Path]]]:
+    """Split each class's files by `fractions` (e.g. `{"val": 0.15}`), the rest going to train.
+
+    Per class, by hand rather than scikit-learn's `train_test_split(stratify=...)`, so every class keeps at
+    least one training image and the error for a too-small class names it.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, list[Path]]] = {"train": {}, **{s: {} for s in fractions}}
+    for name, paths in files.items():
+        order = [paths[i] for i in rng.permutation(len(paths))]
+        start = 0
+        for split, fraction in fractions.items():
+            count = max(1, round(fraction * len(paths))) if fraction > 0 else 0
+            out[split][name] = sorted(order[start : start + count])
+            start += count
+        out["train"][name] = sorted(order[start:])
+        if not out["train"][name] or any(fractions[s] > 0 and not out[s][name] for s in fractions):
+            raise ValueError(
+                f"Class '{name}' has {len(paths)} images, too few to split into {['train', *fractions]}. "
+                "Add images, lower data.val_fraction/data.test_fraction, or provide train/ and val/ folders."
+            )
+    return out
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Train/val/test dataloaders over an image folder, with transforms from the backbone's data config.
+
+    Args:
+        root: the data folder (see module docstring).
+        batch_size: per-device batch size.
+        num_workers, pin_memory, persistent_workers: `DataLoader` settings.
+        val_fraction: share of each class held out for validation when there is no `val/` folder.
+        test_fraction: share of each class held out for test when `root` holds class folders directly.
+        seed: seed of those splits.
+        train_transform, eval_transform: called with the data config to build each pipeline.
+        data_config: input size, mean, std, ...; `None` takes the model's `data_config` at `setup`.
+
+    >>> dm = ImageFolderDataModule("data/plants", batch_size=64)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        train_transform: Callable[[dict[str, Any]], Any] = train_transform,
+        eval_transform: Callable[[dict[str, Any]], Any] = eval_transform,
+        data_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.build_train_transform = train_transform
+        self.build_eval_transform = eval_transform
+        self.data_config = data_config
+        self._splits: dict[str, dict[str, list[Path]]] | None = None
+
+    @property
+    def splits(self) -> dict[str, dict[str, list[Path]]]:
+        """`{split: {class: files}}`, scanned and checked once."""
+        if self._splits is None:
+            self._splits = self._scan()
+        return self._splits
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(self.splits["train"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _scan(self) -> dict[str, dict[str, list[Path]]]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"data.root '{self.root}' does not exist. Point data.root at your image folder "
+                "(class folders, or train/ [val/] [test/] folders of class folders)."
+            )
+        if not (self.root / "train").is_dir():
+            fractions = {"val": self.val_fraction, "test": self.test_fraction}
+            return stratified_split(list_class_folders(self.root), fractions, self.seed)
+        splits = {"train": list_class_folders(self.root / "train")}
+        for split in ("val", "test"):
+            if (self.root / split).is_dir():
+                splits[split] = list_class_folders(self.root / split)
+                check_same_class_folders(list(splits["train"]), list(splits[split]), split, self.root / split)
+        if "val" not in splits:
+            held = stratified_split(splits["train"], {"val": self.val_fraction}, self.seed)
+            splits["train"], splits["val"] = held["train"], held["val"]
+        return splits
+
+    def samples(self, split: str) -> Samples:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return [(path, index[name]) for name, paths in sorted(self.splits[split].items()) for path in paths]
+
+    @property
+    def has_test(self) -> bool:
+        return "test" in self.splits and any(self.splits["test"].values())
+
+    def save_split(self, path: str | Path) -> Path:
+        """Write every file's split and class to a CSV, so a run's data can be audited and reproduced."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["split", "class", "path"])
+            for split in self.splits:
+                for file, label in self.samples(split):
+                    writer.writerow([split, self.class_names[label], file])
+        return path
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_config is None:
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            if model is None or not hasattr(model, "data_config"):
+                raise ValueError("Pass data_config=model.data_config: there is no model to take it from.")
+            self.data_config = dict(model.data_config)
+        _ = self.splits
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.splits:
+            raise ValueError(f"'{self.root}' has no '{split}' split.")
+        build = self.build_train_transform if train else self.build_eval_transform
+        dataset = ImageDataset(self.samples(split), build(self.data_config))
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test" if self.has_test else "val", train=False)

@@ -1,0 +1,145 @@
+"""Freeze a backbone's layer groups and unfreeze them, head end first, on an epoch schedule.
+
+Differs from Lightning's `BackboneFinetuning` where that one goes silently wrong:
+
+- every param group is in the optimizer from step 0 (built by the module from the same `layer_groups`),
+  so nothing is added mid-run: schedulers created at the start (`ReduceLROnPlateau` included) see every
+  group, and resume restores groups by the optimizer's own state instead of the callback's stale copy;
+- frozen = `requires_grad=False`: frozen weights get no gradient, so the optimizer skips them entirely
+  (no weight decay, no momentum) and they stay bit-identical;
+- BatchNorm in frozen groups is held in eval mode, set again at every train epoch start and after each
+  validation, so running statistics never move while frozen. Unfrozen groups keep their BN statistics
+  fixed too unless `update_bn_stats=True`: on small data far from ImageNet, re-estimating them from
+  batches of 32 cost 9 points of accuracy on the digits default (../shared/FINDINGS.md).
+- the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch.optim import Optimizer
+
+from tl_lightning.groups import LayerGroup, layer_groups
+
+log = logging.getLogger(__name__)
+
+ALL = "all"
+
+
+class LayerFinetuning(BaseFinetuning):
+    """Train the head on a frozen backbone, then unfreeze backbone groups on a schedule.
+
+    Args:
+        milestones: ``{epoch: n}`` - from `epoch` on, the last `n` backbone layer groups (counted from the head)
+            train; ``"all"`` unfreezes every group. Before the first milestone only the head trains, and
+            ``{}`` keeps the backbone frozen throughout (feature extraction).
+        train_bn: keep BatchNorm scale and shift trainable in frozen groups (their statistics stay fixed).
+        update_bn_stats: let BatchNorm in unfrozen groups re-estimate running statistics (train mode).
+
+    The module must expose its feature extractor as ``pl_module.backbone`` (the Lightning convention) and
+    register every backbone parameter with its optimizer from the start.
+
+    >>> LayerFinetuning(milestones={5: "all"}).trainable_groups(epoch=4, num_groups=8)
+    0
+    """
+
+    def __init__(
+        self,
+        milestones: Mapping[int, int | str] | None = None,
+        train_bn: bool = False,
+        update_bn_stats: bool = False,
+    ) -> None:
+        super().__init__()
+        self.milestones = _check_milestones({5: ALL} if milestones is None else milestones)
+        self.train_bn = train_bn
+        self.update_bn_stats = update_bn_stats
+        self._groups: list[LayerGroup] | None = None
+        self._applied: int | None = None
+
+    def trainable_groups(self, epoch: int, num_groups: int) -> int:
+        """How many backbone groups, counted from the head, train in `epoch`."""
+        reached = [n for e, n in sorted(self.milestones.items()) if e <= epoch]
+        if not reached:
+            return 0
+        return num_groups if reached[-1] == ALL else min(int(reached[-1]), num_groups)
+
+    def groups(self, pl_module: pl.LightningModule) -> list[LayerGroup]:
+        if self._groups is None:
+            self._groups = layer_groups(pl_module.backbone, prefix="backbone.")
+        return self._groups
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        self.apply(pl_module, epoch=0)
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        if self.apply(pl_module, epoch) and pl_module.trainer.is_global_zero:
+            log.info(self.describe(pl_module, optimizer, epoch))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Replaces BaseFinetuning's version, which snapshots param groups to re-add them on resume; no
+        # group is ever added here, and restoring that snapshot would overwrite the resumed optimizer's LRs.
+        for optimizer in trainer.optimizers:
+            self.finetune_function(pl_module, trainer.current_epoch, optimizer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.apply_bn_modes(pl_module)
+
+    def state_dict(self) -> dict:
+        return {"trainable_groups": self._applied}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Nothing to restore: the trainable set follows from the epoch (see module docstring).
+        self._applied = None
+
+    def apply(self, pl_module: pl.LightningModule, epoch: int) -> bool:
+        """Set `requires_grad` and BN modes for `epoch`; return whether the trainable set changed."""
+        groups = self.groups(pl_module)
+        count = self.trainable_groups(epoch, len(groups))
+        for i, group in enumerate(groups):
+            trainable = i >= len(groups) - count
+            bn_params = {id(p) for bn in group.batchnorms for p in bn.parameters(recurse=False)}
+            for _, param in group.params:
+                param.requires_grad = trainable or (self.train_bn and id(param) in bn_params)
+        self.apply_bn_modes(pl_module, count)
+        changed, self._applied = count != self._applied, count
+        return changed
+
+    def apply_bn_modes(self, pl_module: pl.LightningModule, count: int | None = None) -> None:
+        """Hold BatchNorm in eval mode in frozen groups (and in unfrozen ones unless `update_bn_stats`)."""
+        groups = self.groups(pl_module)
+        count = self._applied if count is None else count
+        if count is None:
+            return
+        for i, group in enumerate(groups):
+            update = pl_module.training and self.update_bn_stats and i >= len(groups) - count
+            for bn in group.batchnorms:
+                bn.train(update)
+
+    def describe(self, pl_module: pl.LightningModule, optimizer: Optimizer | None, epoch: int) -> str:
+        """A table of groups: trainable, parameter count, LR and BN mode."""
+        lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups} if optimizer else {}
+        rows = [f"Finetuning phase at epoch {epoch}:", f"  {'group':<28} {'train':>5} {'params':>11} {'lr':>10}  bn"]
+        for group in self.groups(pl_module):
+            trainable = any(p.requires_grad for _, p in group.params)
+            bn = "-" if not group.batchnorms else ("train" if group.batchnorms[0].training else "eval")
+            lr = lrs.get(group.name)
+            lr_text = f"{lr:.2e}" if lr is not None else "-"
+            train = "yes" if trainable else "no"
+            rows.append(f"  {group.name:<28} {train:>5} {group.num_params:>11,} {lr_text:>10}  {bn}")
+        return "\n".join(rows)
+
+
+def _check_milestones(milestones: Mapping) -> dict[int, int | str]:
+    checked: dict[int, int | str] = {}
+    for epoch, count in dict(milestones).items():
+        if int(epoch) < 0 or not (count == ALL or (isinstance(count, int) and count >= 0)):
+            raise ValueError(
+                f"Bad finetuning milestone {epoch!r}: {count!r}. Use {{epoch: n}} with epoch >= 0 and n a number "
+                f"of backbone groups counted from the head, or '{ALL}'; e.g. {{5: {ALL}}}."
+            )
+        checked[int(epoch)] = count
+    return checked

@@ -1,0 +1,142 @@
+"""Layer groups, ordered input -> head, and the optimizer param groups with discriminative LRs built on them.
+
+Groups come from each timm model's own `group_matcher` (the table timm uses for layer decay), so there is
+no per-architecture split table here. Param groups are written with real `lr` values, named, and all
+registered from step 0, so any torch or Lightning scheduler sees every group and resume restores them by name.
+
+Run `python -m tl_lightning.groups BACKBONE` to print a backbone's groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lightning.pytorch.utilities import rank_zero_warn
+from timm.models import group_parameters
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerGroup:
+    """Consecutive layers that freeze, unfreeze and share a learning rate together."""
+
+    name: str
+    params: list[tuple[str, nn.Parameter]]
+    batchnorms: list[_BatchNorm]
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+
+def layer_groups(model: nn.Module, prefix: str = "") -> list[LayerGroup]:
+    """Split `model` into groups ordered input -> output using its timm `group_matcher` (coarse: stages).
+
+    A model without a matcher becomes one group, with a warning, since its layers cannot be told apart
+    safely. `prefix` is prepended to parameter names (e.g. ``"backbone."``) so they match the outer module's.
+    """
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    if hasattr(model, "group_matcher"):
+        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        names_per_group = [names for _, names in sorted(grouped.items())]
+    else:
+        rank_zero_warn(
+            f"{type(model).__name__} has no timm `group_matcher`: the whole backbone is one layer group.\n"
+            "HINT: gradual unfreezing and discriminative LRs need a timm model (`python -m tl_lightning.groups`)."
+        )
+        names_per_group = [list(params)]
+    groups = []
+    for names in names_per_group:
+        owners = dict.fromkeys(modules[n.rpartition(".")[0]] for n in names)
+        groups.append(
+            LayerGroup(
+                name=_group_name(names),
+                params=[(prefix + n, params[n]) for n in names],
+                batchnorms=[m for m in owners if isinstance(m, _BatchNorm)],
+            )
+        )
+    return _dedupe_names(groups)
+
+
+def _group_name(param_names: Sequence[str]) -> str:
+    """Name a group by the longest shared module path of each top-level module it spans."""
+    tops: dict[str, list[list[str]]] = {}
+    for name in param_names:
+        parts = name.split(".")
+        path = parts[:-1] or parts  # a top-level parameter (cls_token) names itself
+        tops.setdefault(parts[0], []).append(path)
+    labels = []
+    for paths in tops.values():
+        common = paths[0]
+        for path in paths[1:]:
+            n = 0
+            while n < min(len(common), len(path)) and common[n] == path[n]:
+                n += 1
+            common = common[:n]
+        labels.append(".".join(common))
+    return "+".join(labels)
+
+
+def _dedupe_names(groups: list[LayerGroup]) -> list[LayerGroup]:
+    seen: dict[str, int] = {}
+    for group in groups:
+        count = seen.get(group.name, 0)
+        seen[group.name] = count + 1
+        if count:
+            group.name = f"{group.name}#{count}"
+    return groups
+
+
+def discriminative_lrs(num_groups: int, lr: float, lr_mult: float) -> list[float]:
+    """LRs spaced geometrically from `lr / lr_mult` (first group) to `lr` (last group, the head).
+
+    >>> [round(x, 6) for x in discriminative_lrs(3, lr=1e-3, lr_mult=100)]
+    [1e-05, 0.0001, 0.001]
+    """
+    if lr_mult < 1:
+        raise ValueError(f"lr_mult must be >= 1 (first group's LR is lr / lr_mult), got {lr_mult}.")
+    if num_groups == 1:
+        return [lr]
+    return [lr / lr_mult ** ((num_groups - 1 - i) / (num_groups - 1)) for i in range(num_groups)]
+
+
+def build_param_groups(groups: Sequence[LayerGroup], lrs: Sequence[float]) -> list[dict]:
+    """One named optimizer param group per layer group, and a `/no_decay` twin for norms and biases.
+
+    Parameters with fewer than two dimensions (norm scales, biases, tokens) get `weight_decay=0`, as timm's
+    `param_groups_weight_decay` does; the others take the optimizer's own `weight_decay`.
+    """
+    param_groups = []
+    for group, lr in zip(groups, lrs, strict=True):
+        decay = [p for _, p in group.params if p.ndim > 1]
+        no_decay = [p for _, p in group.params if p.ndim <= 1]
+        if decay:
+            param_groups.append({"name": group.name, "params": decay, "lr": lr})
+        if no_decay:
+            param_groups.append({"name": f"{group.name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return param_groups
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tl_lightning.backbones import create_backbone
+
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning.groups", description="Print layer groups.")
+    parser.add_argument("backbone", help="timm model name")
+    args = parser.parse_args(argv)
+    backbone = create_backbone(args.backbone, pretrained=False)
+    groups = layer_groups(backbone.model)
+    width = max(len(g.name) for g in groups)
+    print(f"{'#':>3}  {'group':<{width}}  {'params':>12}  batchnorms")
+    for i, g in enumerate(groups):
+        print(f"{i:>3}  {g.name:<{width}}  {g.num_params:>12,}  {len(g.batchnorms)}")
+
+
+if __name__ == "__main__":
+    main()

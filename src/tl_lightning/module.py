@@ -1,0 +1,241 @@
+"""The LightningModule: a timm backbone by name, a new head, discriminative LRs and per-stage metrics."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from tl_lightning.backbones import create_backbone
+from tl_lightning.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
+from tl_lightning.heads import create_head
+from tl_lightning.schedules import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+# Per-class accuracy is logged as one scalar per class; past this many classes it would swamp the logger,
+# so it is kept only in `per_class_accuracy`.
+PER_CLASS_LOG_LIMIT = 50
+
+
+class TransferClassifier(pl.LightningModule):
+    """A pretrained timm backbone with a new classification head.
+
+    The backbone is given by name and every argument is saved as a hyperparameter, so
+    `TransferClassifier.load_from_checkpoint(path)` rebuilds the model with nothing else.
+
+    Args:
+        backbone: timm model name.
+        num_classes: number of classes of the new head.
+        class_names: names in class-index order; checked against any checkpoint loaded into this module.
+        pretrained: start from pretrained weights (see `create_backbone`).
+        weights_file: local weights file or `package:NAME` to use instead of timm's hub.
+        backbone_kwargs: extra `timm.create_model` arguments (e.g. `drop_path_rate`).
+        head_hidden: hidden sizes of an MLP head; empty for a linear head.
+        head_dropout: dropout before the head's last linear layer.
+        lr: the head's learning rate; backbone groups get less (see `lr_mult`).
+        lr_mult: ratio of the head's LR to the first backbone group's, spread geometrically between.
+        label_smoothing: cross-entropy label smoothing.
+        class_weights: per-class loss weights, in class-index order.
+        image_size: input resolution, overriding the weights' native one (e.g. 64 for 8x8 digits).
+        crop_pct: eval centre-crop fraction, overriding the weights' own.
+        optimizer: called with the named param groups; a partial carries e.g. `weight_decay`.
+        scheduler: called with the optimizer (and `total_steps` when it takes one, then stepped per batch;
+            otherwise per epoch, with `val/loss` monitored for `ReduceLROnPlateau`). `None` for constant LRs.
+
+    >>> model = TransferClassifier("test_resnet", num_classes=3, pretrained=False)
+    >>> model(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        pretrained: bool = True,
+        weights_file: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        head_hidden: Sequence[int] = (),
+        head_dropout: float = 0.0,
+        lr: float = 1e-3,
+        lr_mult: float = 10.0,
+        label_smoothing: float = 0.1,
+        class_weights: Sequence[float] | None = None,
+        image_size: int | None = None,
+        crop_pct: float | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+        scheduler: Callable[..., Any] | None = warmup_cosine,
+    ) -> None:
+        super().__init__()
+        class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}.")
+        # Reads the locals, so the normalised class_names is saved. The optimizer and scheduler factories are
+        # left out: checkpoints must load with `weights_only=True`, and inference never needs them.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        created = create_backbone(backbone, pretrained, weights_file, **(backbone_kwargs or {}))
+        self.backbone = created.model
+        self.head = create_head(created.num_features, num_classes, head_hidden, head_dropout)
+        self.weights_info = created.weights
+        self.data_config = _override_data_config(created.data_config, image_size, crop_pct)
+        weight = torch.tensor(class_weights, dtype=torch.float) if class_weights is not None else None
+        if weight is not None and weight.numel() != num_classes:
+            raise ValueError(f"class_weights has {weight.numel()} entries for {num_classes} classes.")
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.train_metrics = _stage_metrics(num_classes, "train")
+        self.val_metrics = _stage_metrics(num_classes, "val")
+        self.test_metrics = _stage_metrics(num_classes, "test")
+        self.val_acc_best = MaxMetric()
+        self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.per_class_accuracy: dict[str, torch.Tensor] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.class_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """Backbone groups input -> output, then the head: the unit of freezing and of learning rate."""
+        head = LayerGroup("head", list(self.head.named_parameters(prefix="head")), [])
+        return [*layer_groups(self.backbone, prefix="backbone."), head]
+
+    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        getattr(self, f"{stage}_metrics").update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        if stage == "test":
+            self.confusion.update(logits, y)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).softmax(dim=-1)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_stage("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_stage("val")
+        if not self.trainer.sanity_checking:
+            self.val_acc_best.update(values["val/acc"])
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage("test")
+
+    def _log_stage(self, stage: str) -> dict[str, torch.Tensor]:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        metrics.reset()
+        per_class = values.pop(f"{stage}/acc_class")
+        self.per_class_accuracy[stage] = per_class.cpu()
+        self.log_dict(values, prog_bar=stage == "val")
+        if len(per_class) <= PER_CLASS_LOG_LIMIT:
+            self.log_dict({f"{stage}/acc_class/{n}": v for n, v in zip(self.class_names, per_class, strict=True)})
+        return values
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.layer_groups()
+        lrs = discriminative_lrs(len(groups), self.hparams.lr, self.hparams.lr_mult)
+        optimizer = self.optimizer_factory(build_param_groups(groups, lrs))
+        factory = self.scheduler_factory
+        if factory is None:
+            return {"optimizer": optimizer}
+        if "total_steps" in inspect.signature(factory).parameters:
+            scheduler = factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tl_lightning"] = {
+            "weights": self.weights_info,
+            "class_names": self.class_names,
+            "data_config": self.data_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("tl_lightning", {})
+        check_same_classes(saved.get("class_names", self.class_names), self.class_names)
+        self.weights_info = saved.get("weights", self.weights_info)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, **kwargs: Any) -> TransferClassifier:  # type: ignore[override]
+        """Rebuild from a checkpoint without fetching the initial weights again (the checkpoint has them)."""
+        kwargs.setdefault("pretrained", False)
+        return super().load_from_checkpoint(checkpoint_path, **kwargs)
+
+
+def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
+    """Raise a `ValueError` naming the differences when a checkpoint's classes are not this run's."""
+    if list(saved) == list(current):
+        return
+    missing = sorted(set(saved) - set(current))
+    extra = sorted(set(current) - set(saved))
+    detail = "same names, other order"
+    if missing or extra:
+        detail = f"only in the checkpoint: {missing}; only in this run: {extra}"
+    raise ValueError(
+        f"The checkpoint was trained on classes {list(saved)} but this run has {list(current)} ({detail}). "
+        "Resume only with the same class folders; to reuse its backbone for new classes, start a new run with "
+        "backbone.weights_file pointing at exported backbone weights."
+    )
+
+
+def _stage_metrics(num_classes: int, stage: str) -> MetricCollection:
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "acc_macro": MulticlassAccuracy(num_classes, average="macro"),
+        "acc_class": MulticlassAccuracy(num_classes, average=None),
+    }
+    if stage == "test":
+        metrics |= {
+            "precision_macro": MulticlassPrecision(num_classes, average="macro"),
+            "recall_macro": MulticlassRecall(num_classes, average="macro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        }
+    return MetricCollection(metrics, prefix=f"{stage}/")
+
+
+def _override_data_config(config: dict[str, Any], image_size: int | None, crop_pct: float | None) -> dict[str, Any]:
+    config = dict(config)
+    if image_size is not None:
+        config["input_size"] = (config["input_size"][0], image_size, image_size)
+    if crop_pct is not None:
+        config["crop_pct"] = crop_pct
+    return config

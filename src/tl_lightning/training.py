@@ -1,0 +1,63 @@
+"""The training entry: compose data, model, callbacks and trainer from a Hydra config, fit, test, report.
+
+Only this module touches the `DictConfig`; everything it builds takes plain arguments. `run` returns the
+metrics so tests call it in-process and Hydra sweepers can optimise one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from tl_lightning.reporting import plot_confusion_matrix, summary_table, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit on the training split, test the best checkpoint, and write the run folder.
+
+    The run folder (`paths.output_dir`) gets `config.yaml`, `split.csv`, `checkpoints/{best,last}.ckpt`,
+    `metrics.json` and `confusion_matrix.png`.
+    """
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = instantiate(
+        cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all"
+    )
+    datamodule.save_split(out / "split.csv")
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - started
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
+    if datamodule.has_test:
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics |= results[0] if results else {}
+        plot_confusion_matrix(model.confusion.compute(), model.class_names, out / "confusion_matrix.png")
+    else:
+        log.warning("No test split: metrics.json holds the best checkpoint's validation metrics instead.")
+        metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0]
+    metrics["weights"] = model.weights_info.get("source")
+    write_metrics(out / "metrics.json", metrics)
+    log.info("Run folder: %s\n%s", out, summary_table(metrics))
+    return metrics

@@ -1,0 +1,92 @@
+"""Albumentations pipelines built from a backbone's data config (`timm.data.resolve_model_data_config`).
+
+Mean, std, size, interpolation and crop come from the weights' config: ImageNet statistics on weights
+trained with 0.5/0.5 cost accuracy silently. Eval is deterministic: no random op may reach val or test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+_INTERPOLATION = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+def _size_and_interpolation(data_config: dict[str, Any]) -> tuple[int, int, int]:
+    _, height, width = data_config["input_size"]
+    interpolation = _INTERPOLATION.get(data_config.get("interpolation", "bilinear"), cv2.INTER_LINEAR)
+    return int(height), int(width), interpolation
+
+
+def _normalize(data_config: dict[str, Any]) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=tuple(data_config["mean"]), std=tuple(data_config["std"])), ToTensorV2()]
+
+
+def train_transform(
+    data_config: dict[str, Any],
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    color_jitter: float = 0.0,
+    affine_degrees: float = 0.0,
+    affine_scale: float = 0.0,
+    affine_translate: float = 0.0,
+) -> A.Compose:
+    """RandomResizedCrop, then optional flip, colour jitter and affine, then normalisation.
+
+    Args:
+        data_config: the backbone's config (`input_size`, `interpolation`, `mean`, `std`).
+        crop_scale: area fraction range of the random crop; `(1, 1)` with `crop_ratio=(1, 1)` only resizes.
+        crop_ratio: aspect-ratio range of the random crop.
+        hflip: probability of a horizontal flip; 0 for orientation-sensitive data (digits, text).
+        color_jitter: brightness/contrast/saturation strength; 0 turns it off.
+        affine_degrees, affine_scale, affine_translate: rotation (+-degrees), scale (+-fraction) and
+            shift (+-fraction of size) of a random affine applied with probability 1; all 0 turns it off.
+    """
+    height, width, interpolation = _size_and_interpolation(data_config)
+    ops: list[A.BasicTransform] = [
+        A.RandomResizedCrop(
+            size=(height, width), scale=tuple(crop_scale), ratio=tuple(crop_ratio), interpolation=interpolation
+        )
+    ]
+    if hflip > 0:
+        ops.append(A.HorizontalFlip(p=hflip))
+    if color_jitter > 0:
+        j = color_jitter
+        ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
+    if affine_degrees or affine_scale or affine_translate:
+        ops.append(
+            A.Affine(
+                rotate=(-affine_degrees, affine_degrees),
+                scale=(1 - affine_scale, 1 + affine_scale),
+                translate_percent=(-affine_translate, affine_translate),
+                interpolation=interpolation,
+                p=1.0,
+            )
+        )
+    return A.Compose(ops + _normalize(data_config))
+
+
+def eval_transform(data_config: dict[str, Any]) -> A.Compose:
+    """Resize the shorter side to `size / crop_pct`, centre-crop `size`, normalise (timm's eval protocol)."""
+    height, width, interpolation = _size_and_interpolation(data_config)
+    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    scale_size = math.floor(max(height, width) / crop_pct)
+    return A.Compose(
+        [
+            A.SmallestMaxSize(max_size=scale_size, interpolation=interpolation),
+            A.CenterCrop(height=height, width=width),
+            *_normalize(data_config),
+        ]
+    )

@@ -1,0 +1,23 @@
+"""Train and evaluate a transfer-learning image classifier: `python train.py [overrides]`.
+
+Examples:
+    python train.py                                         # digits + EfficientNet-Lite0, CPU
+    python train.py backbone=efficientnet_b4 data=plants data.root=/data/plantvillage trainer=gpu
+    python train.py -m model.lr=1e-3,3e-4                   # a sweep, one run folder per job
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from tl_lightning.training import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(cfg)
+    value = metrics.get(cfg.get("optimized_metric"))
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()
