@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,22 @@ import numpy as np
 from PIL import Image
 
 from tl_lightning.datamodule import ImageFolderDataModule
+from tl_lightning.transforms import train_transform
 
 log = logging.getLogger(__name__)
 
 NUM_TRAIN = 500
 NUM_VAL = 297
+# No flips or random crops (digits are orientation- and position-sensitive): small affine jitter only, as measured
+# in ../shared/FINDINGS.md. conf/data/digits.yaml spells out the same values.
+DIGITS_AUGMENTATION = {
+    "crop_scale": (1.0, 1.0),
+    "crop_ratio": (1.0, 1.0),
+    "hflip": 0.0,
+    "affine_degrees": 10,
+    "affine_scale": 0.1,
+    "affine_translate": 0.1,
+}
 
 
 def write_digits(folder: Path) -> Path:
@@ -57,6 +69,7 @@ class DigitsDataModule(ImageFolderDataModule):
     """
 
     def __init__(self, cache_dir: str | Path = "~/.cache/tl_lightning", **kwargs: Any) -> None:
+        kwargs.setdefault("train_transform", partial(train_transform, **DIGITS_AUGMENTATION))
         super().__init__(root=Path(cache_dir).expanduser() / "digits-v1", **kwargs)
 
     def prepare_data(self) -> None:

@@ -59,6 +59,7 @@ class LayerFinetuning(BaseFinetuning):
         self.update_bn_stats = update_bn_stats
         self._groups: list[LayerGroup] | None = None
         self._applied: int | None = None
+        self._logged: int | None = None
 
     def trainable_groups(self, epoch: int, num_groups: int) -> int:
         """How many backbone groups, counted from the head, train in `epoch`."""
@@ -73,11 +74,14 @@ class LayerFinetuning(BaseFinetuning):
         return self._groups
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        self.apply(pl_module, epoch=0)
+        # BN modes are set from the first train epoch on: eval modules at fit start only draw a Lightning warning.
+        self.apply(pl_module, epoch=0, set_bn_modes=False)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        if self.apply(pl_module, epoch) and pl_module.trainer.is_global_zero:
+        self.apply(pl_module, epoch)
+        if self._applied != self._logged and pl_module.trainer.is_global_zero:
             log.info(self.describe(pl_module, optimizer, epoch))
+            self._logged = self._applied
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replaces BaseFinetuning's version, which snapshots param groups to re-add them on resume; no
@@ -93,10 +97,10 @@ class LayerFinetuning(BaseFinetuning):
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Nothing to restore: the trainable set follows from the epoch (see module docstring).
-        self._applied = None
+        self._applied = self._logged = None
 
-    def apply(self, pl_module: pl.LightningModule, epoch: int) -> bool:
-        """Set `requires_grad` and BN modes for `epoch`; return whether the trainable set changed."""
+    def apply(self, pl_module: pl.LightningModule, epoch: int, set_bn_modes: bool = True) -> None:
+        """Set `requires_grad` and BN modes for `epoch`."""
         groups = self.groups(pl_module)
         count = self.trainable_groups(epoch, len(groups))
         for i, group in enumerate(groups):
@@ -104,14 +108,13 @@ class LayerFinetuning(BaseFinetuning):
             bn_params = {id(p) for bn in group.batchnorms for p in bn.parameters(recurse=False)}
             for _, param in group.params:
                 param.requires_grad = trainable or (self.train_bn and id(param) in bn_params)
-        self.apply_bn_modes(pl_module, count)
-        changed, self._applied = count != self._applied, count
-        return changed
+        self._applied = count
+        if set_bn_modes:
+            self.apply_bn_modes(pl_module)
 
-    def apply_bn_modes(self, pl_module: pl.LightningModule, count: int | None = None) -> None:
+    def apply_bn_modes(self, pl_module: pl.LightningModule) -> None:
         """Hold BatchNorm in eval mode in frozen groups (and in unfrozen ones unless `update_bn_stats`)."""
-        groups = self.groups(pl_module)
-        count = self._applied if count is None else count
+        groups, count = self.groups(pl_module), self._applied
         if count is None:
             return
         for i, group in enumerate(groups):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,20 +54,25 @@ def layer_groups(model: nn.Module, prefix: str = "") -> list[LayerGroup]:
         )
         names_per_group = [list(params)]
     groups = []
-    for names in names_per_group:
+    labels = _unique_names(names_per_group) if len(names_per_group) > 1 else ["backbone"]
+    for label, names in zip(labels, names_per_group, strict=True):
         owners = dict.fromkeys(modules[n.rpartition(".")[0]] for n in names)
         groups.append(
             LayerGroup(
-                name=_group_name(names),
+                name=label,
                 params=[(prefix + n, params[n]) for n in names],
                 batchnorms=[m for m in owners if isinstance(m, _BatchNorm)],
             )
         )
-    return _dedupe_names(groups)
+    return groups
 
 
-def _group_name(param_names: Sequence[str]) -> str:
-    """Name a group by the longest shared module path of each top-level module it spans."""
+def _group_name(param_names: Sequence[str], detailed: bool = False) -> str:
+    """Name a group by the longest shared module path of each top-level module it spans.
+
+    `detailed` adds the distinct sub-modules under that path (`features.denseblock1+transition1`), for groups
+    whose short names collide.
+    """
     tops: dict[str, list[list[str]]] = {}
     for name in param_names:
         parts = name.split(".")
@@ -80,18 +86,27 @@ def _group_name(param_names: Sequence[str]) -> str:
             while n < min(len(common), len(path)) and common[n] == path[n]:
                 n += 1
             common = common[:n]
-        labels.append(".".join(common))
+        label = ".".join(common)
+        below = list(dict.fromkeys(p[len(common)] for p in paths if len(p) > len(common)))
+        if detailed and below:
+            label += "." + "+".join(below)
+        labels.append(label)
     return "+".join(labels)
 
 
-def _dedupe_names(groups: list[LayerGroup]) -> list[LayerGroup]:
-    seen: dict[str, int] = {}
-    for group in groups:
-        count = seen.get(group.name, 0)
-        seen[group.name] = count + 1
-        if count:
-            group.name = f"{group.name}#{count}"
-    return groups
+def _unique_names(names_per_group: Sequence[Sequence[str]]) -> list[str]:
+    labels = [_group_name(names) for names in names_per_group]
+    counts = Counter(labels)
+    labels = [
+        _group_name(names, detailed=True) if counts[label] > 1 else label
+        for label, names in zip(labels, names_per_group, strict=True)
+    ]
+    seen: Counter[str] = Counter()
+    unique = []
+    for label in labels:
+        unique.append(f"{label}#{seen[label]}" if seen[label] else label)
+        seen[label] += 1
+    return unique
 
 
 def discriminative_lrs(num_groups: int, lr: float, lr_mult: float) -> list[float]:

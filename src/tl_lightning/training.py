@@ -47,8 +47,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - started
 
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    best = monitored[0].best_model_path if monitored else ""
     metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
     if datamodule.has_test:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)

@@ -1,0 +1,69 @@
+"""Shared fixtures: small generated image folders and tiny models, all on CPU with no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def write_images(folder: Path, classes=CLASSES, per_class: int = 6, size: int = 24, seed: int = 0) -> Path:
+    """Class folders of PNGs whose mean colour depends on the class, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros((size, size, 3), dtype=np.float64)
+            base[..., index % 3] = 180
+            noisy = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / name / f"{name}_{i}.png")
+    return folder
+
+
+@pytest.fixture
+def flat_folder(tmp_path: Path) -> Path:
+    """Class folders directly under the root (split by the DataModule)."""
+    return write_images(tmp_path / "flat", per_class=10)
+
+
+@pytest.fixture
+def split_folder(tmp_path: Path) -> Path:
+    """train/, val/ and test/ folders of class folders."""
+    root = tmp_path / "split"
+    write_images(root / "train", per_class=8, seed=1)
+    write_images(root / "val", per_class=3, seed=2)
+    write_images(root / "test", per_class=3, seed=3)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digits and other caches go to one temp folder per session, never the user's home."""
+    monkeypatch.setenv("TL_LIGHTNING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny_model(**kwargs):
+    """timm's tiny `test_efficientnet` (BatchNorm in every group) at 32 px, random weights."""
+    from tl_lightning.module import TransferClassifier
+
+    options = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": list(CLASSES), "pretrained": False,
+               "image_size": 32, "crop_pct": 1.0} | kwargs  # fmt: skip
+    return TransferClassifier(**options)
+
+
+def tiny_data(root: Path, **kwargs):
+    from tl_lightning.datamodule import ImageFolderDataModule
+
+    return ImageFolderDataModule(root, **({"batch_size": 4, "num_workers": 0} | kwargs))
+
+
+def tiny_trainer(**kwargs):
+    import lightning.pytorch as pl
+
+    options = {"accelerator": "cpu", "max_epochs": 2, "logger": False, "enable_checkpointing": False,
+               "enable_progress_bar": False, "enable_model_summary": False} | kwargs  # fmt: skip
+    return pl.Trainer(**options)

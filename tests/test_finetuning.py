@@ -1,0 +1,128 @@
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import tiny_data, tiny_model, tiny_trainer
+
+from tl_lightning.finetuning import LayerFinetuning
+from tl_lightning.groups import discriminative_lrs
+
+
+class Recorder(pl.Callback):
+    """Per epoch: which groups train and the LR each named param group really has at its first step."""
+
+    def __init__(self):
+        self.trainable: dict[int, list[bool]] = {}
+        self.lrs: dict[int, dict[str, float]] = {}
+        self.bn_training: dict[int, list[bool]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        epoch = trainer.current_epoch
+        if epoch in self.lrs:
+            return
+        groups = pl_module.layer_groups()
+        self.trainable[epoch] = [all(p.requires_grad for _, p in g.params) for g in groups]
+        self.lrs[epoch] = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
+        self.bn_training[epoch] = [bn.training for g in groups for bn in g.batchnorms]
+
+
+def backbone_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], model, prefix: str) -> bool:
+    after = model.backbone.state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
+
+
+def test_frozen_backbone_weights_and_bn_stats_stay_bit_identical(split_folder: Path):
+    model = tiny_model()
+    before, head_before = backbone_state(model), model.head[-1].weight.clone()
+    recorder = Recorder()
+    trainer = tiny_trainer(max_epochs=2, callbacks=[LayerFinetuning(milestones={}), recorder])
+    trainer.fit(model, tiny_data(split_folder))  # validation runs after every epoch, sanity check first
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a frozen tensor moved"
+    assert not torch.equal(head_before, model.head[-1].weight)
+    assert recorder.bn_training == {0: [False] * 13, 1: [False] * 13}
+    assert recorder.trainable[1] == [False] * 6 + [True]
+
+
+def test_unfreeze_milestone_gives_each_group_its_discriminative_lr(split_folder: Path):
+    model = tiny_model(lr=1e-2, lr_mult=100.0, scheduler=None)
+    before = backbone_state(model)
+    recorder = Recorder()
+    callback = LayerFinetuning(milestones={1: 2, 2: "all"})
+    tiny_trainer(max_epochs=3, callbacks=[callback, recorder]).fit(model, tiny_data(split_folder))
+
+    assert recorder.trainable == {
+        0: [False] * 6 + [True],
+        1: [False] * 4 + [True] * 3,
+        2: [True] * 7,
+    }
+    names = [g.name for g in model.layer_groups()]
+    expected = dict(zip(names, discriminative_lrs(len(names), 1e-2, 100.0), strict=True))
+    for epoch in range(3):
+        lrs = recorder.lrs[epoch]
+        assert {n: lrs[n] for n in names} == pytest.approx(expected, rel=1e-12)
+        assert {n: lrs[f"{n}/no_decay"] for n in names} == pytest.approx(expected, rel=1e-12)
+    assert changed(before, model, "blocks.4")
+    # unfrozen groups keep BatchNorm statistics fixed by default
+    stats = [k for k in before if "running_" in k]
+    assert all(torch.equal(before[k], model.backbone.state_dict()[k]) for k in stats)
+
+
+def test_unfrozen_bn_updates_statistics_only_when_asked(split_folder: Path):
+    model = tiny_model()
+    before = backbone_state(model)
+    callback = LayerFinetuning(milestones={1: 1}, update_bn_stats=True)
+    tiny_trainer(max_epochs=2, callbacks=[callback]).fit(model, tiny_data(split_folder))
+    after = model.backbone.state_dict()
+    assert not torch.equal(before["bn2.running_mean"], after["bn2.running_mean"])  # last group: unfrozen
+    assert torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])  # stem: still frozen
+
+
+def test_train_bn_trains_bn_affine_but_not_statistics_or_convolutions(split_folder: Path):
+    model = tiny_model()
+    before = backbone_state(model)
+    tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning(milestones={}, train_bn=True)]).fit(
+        model, tiny_data(split_folder)
+    )
+    after = model.backbone.state_dict()
+    assert not torch.equal(before["bn1.weight"], after["bn1.weight"])
+    assert torch.equal(before["bn1.running_var"], after["bn1.running_var"])
+    assert torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])
+
+
+def test_warmup_cosine_scales_every_group_by_the_same_factor(split_folder: Path):
+    model = tiny_model(lr=1e-2, lr_mult=10.0)
+    recorder = Recorder()
+    tiny_trainer(max_epochs=3, callbacks=[LayerFinetuning(milestones={1: "all"}), recorder]).fit(
+        model, tiny_data(split_folder)
+    )
+    names = [g.name for g in model.layer_groups()]
+    base = dict(zip(names, discriminative_lrs(len(names), 1e-2, 10.0), strict=True))
+    factors = [{round(recorder.lrs[e][n] / base[n], 12) for n in names} for e in range(3)]
+    assert all(len(f) == 1 for f in factors)
+    assert factors[1] != factors[2]  # the schedule moved
+
+
+def test_reduce_lr_on_plateau_keeps_working_across_an_unfreeze(split_folder: Path):
+    scheduler = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5, threshold=10.0)
+    model = tiny_model(lr=1e-2, lr_mult=10.0, scheduler=scheduler)
+    recorder = Recorder()
+    tiny_trainer(max_epochs=3, callbacks=[LayerFinetuning(milestones={1: "all"}), recorder]).fit(
+        model, tiny_data(split_folder)
+    )
+    first = model.layer_groups()[0].name
+    # threshold=10 means no epoch counts as an improvement, so every epoch end halves every group's LR,
+    # including groups that were frozen when the scheduler was created.
+    assert recorder.lrs[2][first] == pytest.approx(recorder.lrs[0][first] / 4)
+    assert recorder.lrs[2]["head"] == pytest.approx(1e-2 / 4)
+
+
+def test_bad_milestones_are_rejected_with_an_example():
+    with pytest.raises(ValueError, match=r"Bad finetuning milestone 3: 'most'.*\{5: all\}"):
+        LayerFinetuning(milestones={3: "most"})

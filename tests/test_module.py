@@ -1,0 +1,117 @@
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import tiny_data, tiny_model, tiny_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from tl_lightning.finetuning import LayerFinetuning
+from tl_lightning.module import TransferClassifier
+
+
+def fit_with_checkpoints(model, folder: Path, ckpt_dir: Path, max_epochs: int, ckpt_path=None, callbacks=()):
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False)
+    trainer = tiny_trainer(
+        max_epochs=max_epochs,
+        enable_checkpointing=True,
+        callbacks=[LayerFinetuning(milestones={1: "all"}), best, last, *callbacks],
+    )
+    trainer.fit(model, tiny_data(folder), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_checkpoint_round_trip_needs_no_arguments(split_folder: Path, tmp_path: Path):
+    model = tiny_model(backbone="tf_efficientnet_lite0", pretrained=True, weights_file="package:efficientnet_lite0")
+    fit_with_checkpoints(model, split_folder, tmp_path, max_epochs=1)
+    path = tmp_path / "last.ckpt"
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: safe to load
+    assert raw["tl_lightning"]["weights"]["sha256"] == model.weights_info["sha256"]
+
+    loaded = TransferClassifier.load_from_checkpoint(path)
+    assert loaded.class_names == ["cat", "dog", "fox"]
+    assert loaded.weights_info == model.weights_info
+    assert loaded.data_config["input_size"] == (3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_checkpoint_from_another_class_set_is_refused_with_both_lists(split_folder: Path, tmp_path: Path):
+    fit_with_checkpoints(tiny_model(), split_folder, tmp_path, max_epochs=1)
+    other = tiny_model(class_names=["cat", "dog", "owl"])
+    with pytest.raises(ValueError, match=r"only in the checkpoint: \['fox'\]; only in this run: \['owl'\]"):
+        fit_with_checkpoints(other, split_folder, tmp_path / "again", max_epochs=2, ckpt_path=tmp_path / "last.ckpt")
+
+
+class Interrupt(pl.Callback):
+    """Stop the run at the end of epoch `after`, as a killed job would (last.ckpt is written at epoch end)."""
+
+    def __init__(self, after: int):
+        self.after = after
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.after:
+            trainer.should_stop = True
+
+
+class EpochStartRecorder(pl.Callback):
+    def __init__(self):
+        self.seen = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        groups = trainer.optimizers[0].param_groups
+        self.seen[trainer.current_epoch] = {
+            "step": trainer.global_step,
+            "trainable": [all(p.requires_grad for _, p in g.params) for g in pl_module.layer_groups()],
+            "lrs": {g["name"]: g["lr"] for g in groups},
+        }
+
+
+def test_resume_after_the_unfreeze_keeps_groups_lrs_step_and_optimizer_state(split_folder: Path, tmp_path: Path):
+    """Lightning #21901: a run resumed after the unfreeze epoch must not re-freeze the backbone."""
+    straight = EpochStartRecorder()
+    pl.seed_everything(0)
+    fit_with_checkpoints(tiny_model(), split_folder, tmp_path / "straight", max_epochs=3, callbacks=[straight])
+
+    pl.seed_everything(0)
+    fit_with_checkpoints(tiny_model(), split_folder, tmp_path / "first", max_epochs=3, callbacks=[Interrupt(after=1)])
+    saved = torch.load(tmp_path / "first" / "last.ckpt", map_location="cpu", weights_only=True)
+    resumed = EpochStartRecorder()
+    model = tiny_model()
+    fit_with_checkpoints(
+        model, split_folder, tmp_path / "second", max_epochs=3,
+        ckpt_path=tmp_path / "first" / "last.ckpt", callbacks=[resumed],
+    )  # fmt: skip
+    assert list(resumed.seen) == [2]
+    assert resumed.seen[2]["trainable"] == straight.seen[2]["trainable"] == [True] * 7
+    assert resumed.seen[2]["step"] == straight.seen[2]["step"] == saved["global_step"]
+    assert resumed.seen[2]["lrs"] == pytest.approx(straight.seen[2]["lrs"], rel=1e-12)
+    stem_state = saved["optimizer_states"][0]["state"]
+    assert len(stem_state) == sum(1 for _ in model.parameters())  # every parameter had optimizer state saved
+
+
+def test_predict_step_returns_probabilities(split_folder: Path):
+    model = tiny_model()
+    probs = tiny_trainer().predict(model, tiny_data(split_folder, data_config=model.data_config).val_dataloader())
+    probs = torch.cat(probs)
+    assert probs.shape == (9, 3)
+    assert torch.allclose(probs.sum(-1), torch.ones(9))
+
+
+def test_mismatched_lengths_are_rejected():
+    with pytest.raises(ValueError, match="2 class_names given for num_classes=3"):
+        tiny_model(class_names=["a", "b"])
+    with pytest.raises(ValueError, match="class_weights has 2 entries for 3 classes"):
+        tiny_model(class_weights=[1.0, 2.0])
+
+
+def test_class_weights_change_the_loss():
+    logits, target = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), torch.tensor([1, 1])
+    plain = tiny_model(label_smoothing=0.0).criterion(logits, target)
+    weighted = tiny_model(label_smoothing=0.0, class_weights=[1.0, 1.0, 1.0]).criterion(logits, target)
+    assert torch.equal(plain, weighted)
+    skewed = tiny_model(label_smoothing=0.0, class_weights=[1.0, 3.0, 1.0])
+    assert skewed.criterion.weight.tolist() == [1.0, 3.0, 1.0]
