@@ -1,9 +1,9 @@
 """Training-step time of TransferClassifier under the Lightning Trainer vs a hand-written PyTorch loop.
 
 Both train the same model (same initial weights, every group unfrozen, BatchNorm statistics held fixed) on the
-same in-memory batches with the same optimizer, param groups, schedule and gradient clipping; the hand-written loop is what a user would
-write instead. Runs alternate (Lightning, loop, Lightning, ...) so machine noise hits both alike; the figure
-is the median per-step time after warm-up steps, data fetch included.
+same in-memory batches with the same optimizer, param groups, schedule and gradient clipping; the hand-written
+loop is what a user would write instead. Runs alternate (Lightning, loop, Lightning, ...) so machine noise hits
+both alike; the figure is the median per-step time after warm-up steps, data fetch included.
 
     python benchmarks/overhead.py [--steps 40] [--repeats 3] [--image-size 64] [--out benchmarks/results]
 """

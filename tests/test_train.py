@@ -87,3 +87,9 @@ def test_multirun_sweeps_two_learning_rates(flat_folder: Path, tmp_path: Path):
     lrs = [OmegaConf.load(job / "config.yaml").model.lr for job in jobs]
     assert lrs == [1e-3, 3e-4]
     assert all("test/acc" in json.loads((job / "metrics.json").read_text()) for job in jobs)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_passes_a_smoke_run(experiment: str, tmp_path: Path):
+    metrics = run(compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}", *FAST]))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
