@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -126,3 +129,76 @@ def test_reduce_lr_on_plateau_keeps_working_across_an_unfreeze(split_folder: Pat
 def test_bad_milestones_are_rejected_with_an_example():
     with pytest.raises(ValueError, match=r"Bad finetuning milestone 3: 'most'.*\{5: all\}"):
         LayerFinetuning(milestones={3: "most"})
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stay_identical_after_an_unfreeze(split_folder: Path, tmp_path: Path):
+    """Lightning #20340: parameters frozen when DDP wraps the model must still be averaged once unfrozen."""
+    script = Path(__file__).with_name("ddp_unfreeze.py")
+    env = os.environ | {"PYTHONPATH": str(script.parent)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(split_folder), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    pl.seed_everything(0)  # the script's seed: the weights both ranks started from
+    initial = tiny_model().state_dict()
+    assert rank0.keys() == rank1.keys()
+    differing = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
+    assert differing == []
+    assert not torch.equal(rank0["backbone.conv_stem.weight"], initial["backbone.conv_stem.weight"])
+
+
+STRATEGY_GROUPS = {  # trainable backbone groups of an 8-group backbone in epochs 0..6
+    "feature_extraction": [0, 0, 0, 0, 0, 0, 0],
+    "lp_ft": [0, 0, 0, 0, 0, 8, 8],
+    "top_k": [2, 2, 2, 2, 2, 2, 2],
+    "full": [8, 8, 8, 8, 8, 8, 8],
+    "gradual": [0, 1, 1, 2, 2, 3, 3],
+    "milestones": [0, 0, 2, 2, 4, 4, 8],
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_GROUPS)
+def test_each_strategy_config_unfreezes_on_its_schedule(strategy: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"finetuning={strategy}", "paths.output_dir=unused"])
+    callback = instantiate(cfg.callbacks.finetuning)
+    assert isinstance(callback, LayerFinetuning)
+    assert [callback.trainable_groups(epoch, num_groups=8) for epoch in range(7)] == STRATEGY_GROUPS[strategy]
+
+
+class StepLR(pl.Callback):
+    """The LR of every named group as `optimizer.step()` sees it, and as it is after the step."""
+
+    def __init__(self):
+        self.during: list[dict[str, float]] = []
+        self.after: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer, pl_module):  # registered after LayerFinetuning's hooks (on_fit_start)
+        trainer.optimizers[0].register_step_pre_hook(lambda opt, *_: self.during.append(_lrs(opt)))
+
+    def on_train_batch_end(self, trainer, *args):
+        self.after.append(_lrs(trainer.optimizers[0]))
+
+
+def _lrs(optimizer) -> dict[str, float]:
+    return {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+
+def test_rewarm_ramps_newly_unfrozen_groups_inside_the_step_only(split_folder: Path):
+    model = tiny_model(lr=1e-2, lr_mult=1.0, scheduler=None)
+    steps = StepLR()
+    callback = LayerFinetuning(milestones={1: 1}, rewarm_epochs=0.5)
+    tiny_trainer(max_epochs=3, callbacks=[callback, steps]).fit(model, tiny_data(split_folder))
+    per_epoch = 6  # 24 training images, batches of 4
+    last = "blocks.4.0+conv_head+bn2"  # the group unfrozen at epoch 1; ramp = 3 steps
+    assert [s[last] for s in steps.during[per_epoch : 2 * per_epoch]] == pytest.approx(
+        [1e-2 / 4, 2e-2 / 4, 3e-2 / 4, 1e-2, 1e-2, 1e-2]
+    )
+    assert all(s["head"] == 1e-2 and s["conv_stem+bn1"] == 1e-2 for s in steps.during)
+    assert all(set(s.values()) == {1e-2} for s in steps.after)  # the scheduler never sees the ramp

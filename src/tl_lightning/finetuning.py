@@ -11,16 +11,27 @@ Differs from Lightning's `BackboneFinetuning` where that one goes silently wrong
   validation, so running statistics never move while frozen. Unfrozen groups keep their BN statistics
   fixed too unless `update_bn_stats=True`: on small data far from ImageNet, re-estimating them from
   batches of 32 cost 9 points of accuracy on the digits default (../shared/FINDINGS.md).
-- the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state.
+- the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state;
+- under DDP, parameters that were frozen when DDP wrapped the model are not in its reducer, so their
+  gradients would never be averaged and ranks would drift apart after the unfreeze (Lightning #20340);
+  the callback all-reduces those gradients itself, before clipping;
+- newly unfrozen groups can be re-warmed: their LR ramps up over `rewarm_epochs`. The ramp scales the LR
+  only inside `optimizer.step()` (torch step pre/post hooks), so the scheduler never sees it and any
+  scheduler, chainable ones like `ReduceLROnPlateau` included, keeps its own arithmetic.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DDPStrategy
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.optim import Optimizer
 
 from tl_lightning.groups import LayerGroup, layer_groups
@@ -39,6 +50,8 @@ class LayerFinetuning(BaseFinetuning):
             ``{}`` keeps the backbone frozen throughout (feature extraction).
         train_bn: keep BatchNorm scale and shift trainable in frozen groups (their statistics stay fixed).
         update_bn_stats: let BatchNorm in unfrozen groups re-estimate running statistics (train mode).
+        rewarm_epochs: ramp a group's LR linearly from ~0 to its scheduled value over this many epochs after
+            it is unfrozen (groups trainable from epoch 0 rely on the scheduler's own warmup); 0 turns it off.
 
     The module must expose its feature extractor as ``pl_module.backbone`` (the Lightning convention) and
     register every backbone parameter with its optimizer from the start.
@@ -52,11 +65,15 @@ class LayerFinetuning(BaseFinetuning):
         milestones: Mapping[int, int | str] | None = None,
         train_bn: bool = False,
         update_bn_stats: bool = False,
+        rewarm_epochs: float = 0.0,
     ) -> None:
         super().__init__()
         self.milestones = _check_milestones({5: ALL} if milestones is None else milestones)
         self.train_bn = train_bn
         self.update_bn_stats = update_bn_stats
+        self.rewarm_epochs = rewarm_epochs
+        self._ddp_registered: set[int] | None = None
+        self._hooks: list[Any] = []
         self._groups: list[LayerGroup] | None = None
         self._applied: int | None = None
         self._logged: int | None = None
@@ -91,6 +108,65 @@ class LayerFinetuning(BaseFinetuning):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.apply_bn_modes(pl_module)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if isinstance(trainer.strategy, DDPStrategy):  # the model is wrapped by now
+            self._ddp_registered = {id(p) for p in pl_module.parameters() if p.requires_grad}
+        if self.rewarm_epochs > 0:
+            for optimizer in trainer.optimizers:
+                self._hooks.append(optimizer.register_step_pre_hook(self._rewarm_pre_hook(trainer, pl_module)))
+                self._hooks.append(optimizer.register_step_post_hook(_restore_lrs))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        """Average, across ranks, the gradients that DDP does not know about (see module docstring)."""
+        if self._ddp_registered is None or not dist.is_initialized() or dist.get_world_size() < 2:
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None and id(p) not in self._ddp_registered]
+        if not grads:
+            return
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+            grad.copy_(synced)
+
+    def unfreeze_epoch(self, index: int, num_groups: int) -> int | None:
+        """The first epoch in which backbone group `index` trains, or `None` if it never does."""
+        starts = [e for e in sorted(self.milestones) if index >= num_groups - self.trainable_groups(e, num_groups)]
+        return starts[0] if starts else None
+
+    def rewarm_factors(self, step: int, steps_per_epoch: int, pl_module: pl.LightningModule) -> dict[str, float]:
+        """LR multipliers for groups still re-warming at optimizer step `step`, by layer-group name."""
+        groups = self.groups(pl_module)
+        ramp = max(1, round(self.rewarm_epochs * steps_per_epoch))
+        factors = {}
+        for i, group in enumerate(groups):
+            start = self.unfreeze_epoch(i, len(groups))
+            if start:  # None: never trains; 0: the scheduler's warmup covers it
+                since = step - start * steps_per_epoch
+                if 0 <= since < ramp:
+                    factors[group.name] = (since + 1) / (ramp + 1)
+        return factors
+
+    def _rewarm_pre_hook(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        def scale(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+            factors = self.rewarm_factors(trainer.global_step, steps_per_epoch, pl_module)
+            for group in optimizer.param_groups:
+                factor = factors.get(str(group.get("name", "")).removesuffix("/no_decay"))
+                if factor is not None:
+                    group["_scheduled_lr"] = group["lr"]
+                    group["lr"] = group["lr"] * factor
+
+        return scale
 
     def state_dict(self) -> dict:
         return {"trainable_groups": self._applied}
@@ -134,6 +210,27 @@ class LayerFinetuning(BaseFinetuning):
             train = "yes" if trainable else "no"
             rows.append(f"  {group.name:<28} {train:>5} {group.num_params:>11,} {lr_text:>10}  {bn}")
         return "\n".join(rows)
+
+
+def _restore_lrs(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    for group in optimizer.param_groups:
+        if "_scheduled_lr" in group:
+            group["lr"] = group.pop("_scheduled_lr")
+
+
+def top_k(k: int = 2, **kwargs: Any) -> LayerFinetuning:
+    """Only the last `k` backbone groups (and the head) ever train, from the first epoch."""
+    return LayerFinetuning(milestones={0: k}, **kwargs)
+
+
+def gradual(every: int = 2, start: int = 1, **kwargs: Any) -> LayerFinetuning:
+    """ULMFiT's gradual unfreezing: the head alone, then one more group every `every` epochs from `start`.
+
+    The schedule is written out for up to 256 groups, more than any timm model has; surplus entries are no-ops.
+    """
+    if every < 1 or start < 0:
+        raise ValueError(f"gradual unfreezing needs every >= 1 and start >= 0, got every={every}, start={start}.")
+    return LayerFinetuning(milestones={start + i * every: i + 1 for i in range(256)}, **kwargs)
 
 
 def _check_milestones(milestones: Mapping) -> dict[int, int | str]:
