@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -7,10 +8,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import tiny_data, tiny_model, tiny_trainer
+from conftest import CLASSES, tiny_data, tiny_model, tiny_trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from tl_lightning.finetuning import LayerFinetuning
+from tl_lightning.finetuning import LayerFinetuning, gradual, top_k
 from tl_lightning.groups import discriminative_lrs
+from tl_lightning.module import TransferClassifier
 
 
 class Recorder(pl.Callback):
@@ -202,3 +205,63 @@ def test_rewarm_ramps_newly_unfrozen_groups_inside_the_step_only(split_folder: P
     )
     assert all(s["head"] == 1e-2 and s["conv_stem+bn1"] == 1e-2 for s in steps.during)
     assert all(set(s.values()) == {1e-2} for s in steps.after)  # the scheduler never sees the ramp
+
+
+@pytest.mark.parametrize(
+    ("callback", "expected"),
+    [
+        (LayerFinetuning(milestones={}), [0, 0, 0]),
+        (LayerFinetuning(milestones={1: "all"}), [0, 6, 6]),
+        (top_k(2), [2, 2, 2]),
+        (LayerFinetuning(milestones={0: "all"}), [6, 6, 6]),
+        (gradual(every=1, start=1), [0, 1, 2]),
+    ],
+    ids=["feature_extraction", "lp_ft", "top_k", "full", "gradual"],
+)
+def test_each_strategy_trains_its_groups_at_their_exact_lrs(callback, expected, split_folder: Path):
+    model = tiny_model(lr=1e-2, lr_mult=32.0, scheduler=None)
+    recorder = Recorder()
+    tiny_trainer(max_epochs=3, callbacks=[callback, recorder]).fit(model, tiny_data(split_folder))
+    names = [g.name for g in model.layer_groups()]
+    exact = dict(zip(names, discriminative_lrs(len(names), 1e-2, 32.0), strict=True))
+    for epoch, count in enumerate(expected):
+        assert recorder.trainable[epoch] == [False] * (6 - count) + [True] * (count + 1)
+        assert {n: recorder.lrs[epoch][n] for n in names} == exact
+
+
+def test_lr_factors_set_each_group_explicitly(split_folder: Path):
+    factors = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0]
+    model = tiny_model(lr=1e-2, lr_factors=factors, scheduler=None)
+    recorder = Recorder()
+    tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning(milestones={0: "all"}), recorder]).fit(
+        model, tiny_data(split_folder)
+    )
+    names = [g.name for g in model.layer_groups()]
+    assert [recorder.lrs[0][n] for n in names] == pytest.approx([1e-2 * f for f in factors])
+    with pytest.raises(ValueError, match=r"lr_factors has 2 entries for 7 groups: \['conv_stem\+bn1'"):
+        tiny_model(lr_factors=[1.0, 1.0]).configure_optimizers()
+
+
+class FilteredOptimizer(TransferClassifier):
+    """Lightning's documented pattern, which cannot work with scheduled unfreezing."""
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(filter(lambda p: p.requires_grad, self.parameters()))
+
+
+def test_optimizer_without_the_frozen_parameters_is_refused(split_folder: Path):
+    model = FilteredOptimizer("test_efficientnet", num_classes=3, class_names=list(CLASSES), pretrained=False,
+                              image_size=32)  # fmt: skip
+    with pytest.raises(MisconfigurationException, match=r"backbone parameters .* are in no optimizer param group"):
+        tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning()]).fit(model, tiny_data(split_folder))
+
+
+def test_phase_changes_log_a_table_of_groups(split_folder: Path, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="tl_lightning.finetuning")
+    model = tiny_model(scheduler=None, lr=1e-2, lr_mult=1.0)
+    tiny_trainer(max_epochs=2, callbacks=[LayerFinetuning(milestones={1: 1})]).fit(model, tiny_data(split_folder))
+    tables = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Finetuning phase")]
+    assert [t.splitlines()[0] for t in tables] == ["Finetuning phase at epoch 0:", "Finetuning phase at epoch 1:"]
+    last = model.layer_groups()[-2]
+    assert tables[1].splitlines()[-1].split() == [last.name, "yes", f"{last.num_params:,}", "1.00e-02", "eval"]
+    assert tables[0].splitlines()[-1].split()[:2] == [last.name, "no"]

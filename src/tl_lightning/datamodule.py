@@ -29,7 +29,12 @@ SPLITS = ("train", "val", "test")
 
 
 class ImageDataset(Dataset):
-    """(path, label) pairs decoded with `load_rgb` and passed through an albumentations transform."""
+    """(path, label) pairs decoded with `load_rgb` and passed through an albumentations transform.
+
+    Albumentations keeps its own random state, which `seed_everything` does not reach, so runs with the same
+    seed augmented differently. Each sample reseeds the transform from torch's RNG, which Lightning seeds in
+    the main process and PyTorch seeds per DataLoader worker, so the seed makes augmentation reproducible.
+    """
 
     def __init__(self, samples: Samples, transform: Callable[..., dict[str, Any]]) -> None:
         self.samples = samples
@@ -40,6 +45,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
         return self.transform(image=load_rgb(path))["image"], label
 
 

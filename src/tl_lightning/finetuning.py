@@ -31,6 +31,7 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.optim import Optimizer
 
@@ -111,6 +112,7 @@ class LayerFinetuning(BaseFinetuning):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
+        _check_all_registered(self.groups(pl_module), trainer.optimizers)
         if isinstance(trainer.strategy, DDPStrategy):  # the model is wrapped by now
             self._ddp_registered = {id(p) for p in pl_module.parameters() if p.requires_grad}
         if self.rewarm_epochs > 0:
@@ -210,6 +212,18 @@ class LayerFinetuning(BaseFinetuning):
             train = "yes" if trainable else "no"
             rows.append(f"  {group.name:<28} {train:>5} {group.num_params:>11,} {lr_text:>10}  {bn}")
         return "\n".join(rows)
+
+
+def _check_all_registered(groups: list[LayerGroup], optimizers: list[Optimizer]) -> None:
+    """Refuse a schedule that could not work: a parameter outside every optimizer would never train when unfrozen."""
+    registered = {id(p) for optimizer in optimizers for g in optimizer.param_groups for p in g["params"]}
+    missing = [name for group in groups for name, p in group.params if id(p) not in registered]
+    if missing:
+        raise MisconfigurationException(
+            f"{len(missing)} backbone parameters (e.g. {missing[:3]}) are in no optimizer param group, so unfreezing "
+            "them would train nothing.\nHINT: register every parameter from the start, frozen ones included (e.g. "
+            "`build_param_groups(model.layer_groups(), lrs)`), not `filter(lambda p: p.requires_grad, ...)`."
+        )
 
 
 def _restore_lrs(optimizer: Optimizer, args: Any, kwargs: Any) -> None:

@@ -48,6 +48,8 @@ class TransferClassifier(pl.LightningModule):
         head_dropout: dropout before the head's last linear layer.
         lr: the head's learning rate; backbone groups get less (see `lr_mult`).
         lr_mult: ratio of the head's LR to the first backbone group's, spread geometrically between.
+        lr_factors: explicit per-group LR factors (backbone groups input -> output, then the head), instead of
+            `lr_mult`'s geometric spread; each group's LR is `lr * factor`.
         label_smoothing: cross-entropy label smoothing.
         class_weights: per-class loss weights, in class-index order.
         image_size: input resolution, overriding the weights' native one (e.g. 64 for 8x8 digits).
@@ -73,6 +75,7 @@ class TransferClassifier(pl.LightningModule):
         head_dropout: float = 0.0,
         lr: float = 1e-3,
         lr_mult: float = 10.0,
+        lr_factors: Sequence[float] | None = None,
         label_smoothing: float = 0.1,
         class_weights: Sequence[float] | None = None,
         image_size: int | None = None,
@@ -172,6 +175,14 @@ class TransferClassifier(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.layer_groups()
         lrs = discriminative_lrs(len(groups), self.hparams.lr, self.hparams.lr_mult)
+        if self.hparams.lr_factors is not None:
+            factors = list(self.hparams.lr_factors)
+            if len(factors) != len(groups):
+                raise ValueError(
+                    f"model.lr_factors has {len(factors)} entries for {len(groups)} groups: "
+                    f"{[g.name for g in groups]}. Give one factor per group (`python -m tl_lightning.groups NAME`)."
+                )
+            lrs = [self.hparams.lr * f for f in factors]
         optimizer = self.optimizer_factory(build_param_groups(groups, lrs))
         factory = self.scheduler_factory
         if factory is None:
