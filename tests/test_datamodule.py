@@ -29,7 +29,7 @@ def test_missing_root_names_it(tmp_path: Path):
 
 def test_empty_class_folder_is_named(flat_folder: Path):
     (flat_folder / "empty_class").mkdir()
-    with pytest.raises(ValueError, match=r"Class folders without images: .*empty_class"):
+    with pytest.raises(ValueError, match=r"Class folders without usable images: .*empty_class"):
         _ = ImageFolderDataModule(flat_folder).class_names
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tl_lightning.audit import AuditReport, FileCheck, build_report, check_files
 from tl_lightning.images import IMAGE_EXTENSIONS, load_rgb
 from tl_lightning.transforms import eval_transform, train_transform
 
@@ -50,32 +51,45 @@ class ImageDataset(Dataset):
         return self.transform(image=load_rgb(path))["image"], label
 
 
-def list_class_folders(folder: Path) -> dict[str, list[Path]]:
-    """Map each visible class folder under `folder` to its sorted image files.
+def list_class_folders(folder: Path, ignored: list[str] | None = None) -> dict[str, list[Path]]:
+    """Map each visible class folder under `folder` to its sorted image files (by extension).
+
+    Hidden entries (`.ipynb_checkpoints`), files of other types and loose files beside the class folders are
+    left out and, if `ignored` is given, appended to it.
 
     Raises:
         FileNotFoundError: `folder` is missing.
-        ValueError: no class folders, or class folders without images (all of them named).
+        ValueError: no class folders.
     """
     if not folder.is_dir():
         raise FileNotFoundError(
             f"Data folder '{folder}' does not exist. Set data.root to a folder of class folders "
             "(or of train/, val/, test/ folders of class folders)."
         )
-    classes = {
-        d.name: sorted(f for f in d.iterdir() if f.is_file() and _visible(f) and f.suffix.lower() in IMAGE_EXTENSIONS)
-        for d in sorted(folder.iterdir())
-        if d.is_dir() and _visible(d)
-    }
+    ignored = [] if ignored is None else ignored
+    classes = {}
+    for entry in sorted(folder.iterdir()):
+        if not (entry.is_dir() and _visible(entry)):
+            ignored.append(str(entry))
+            continue
+        files = []
+        for f in sorted(entry.iterdir()):
+            keep = f.is_file() and _visible(f) and f.suffix.lower() in IMAGE_EXTENSIONS
+            (files if keep else ignored).append(f if keep else str(f))
+        classes[entry.name] = files
     if not classes:
         raise ValueError(f"'{folder}' has no class folders. Put each class's images in a folder named after it.")
+    return classes
+
+
+def check_no_empty_class(classes: dict[str, list[Path]], folder: Path) -> None:
+    """Raise a `ValueError` naming every class folder left without a usable image."""
     empty = [str(folder / name) for name, files in classes.items() if not files]
     if empty:
         raise ValueError(
-            f"Class folders without images: {', '.join(empty)}. Add images (one of "
+            f"Class folders without usable images: {', '.join(empty)}. Add images (one of "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folders."
         )
-    return classes
 
 
 def _visible(path: Path) -> bool:
@@ -129,6 +143,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         val_fraction: share of each class held out for validation when there is no `val/` folder.
         test_fraction: share of each class held out for test when `root` holds class folders directly.
         seed: seed of those splits.
+        audit: decode and hash every file once before training (see `tl_lightning.audit`); the report is
+            `audit_report`.
+        on_bad_image: ``"skip"`` unreadable files (counted in the report) or ``"raise"`` an error listing them.
         train_transform, eval_transform: called with the data config to build each pipeline.
         data_config: input size, mean, std, ...; `None` takes the model's `data_config` at `setup`.
 
@@ -145,6 +162,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         seed: int = 0,
+        audit: bool = True,
+        on_bad_image: str = "skip",
         train_transform: Callable[[dict[str, Any]], Any] = train_transform,
         eval_transform: Callable[[dict[str, Any]], Any] = eval_transform,
         data_config: dict[str, Any] | None = None,
@@ -158,6 +177,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
+        if on_bad_image not in ("skip", "raise"):
+            raise ValueError(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}.")
+        self.audit = audit
+        self.on_bad_image = on_bad_image
+        self.audit_report: AuditReport | None = None
         self.build_train_transform = train_transform
         self.build_eval_transform = eval_transform
         self.data_config = data_config
@@ -184,13 +208,36 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"data.root '{self.root}' does not exist. Point data.root at your image folder "
                 "(class folders, or train/ [val/] [test/] folders of class folders)."
             )
-        if not (self.root / "train").is_dir():
-            fractions = {"val": self.val_fraction, "test": self.test_fraction}
-            return stratified_split(list_class_folders(self.root), fractions, self.seed)
-        splits = {"train": list_class_folders(self.root / "train")}
+        ignored: list[str] = []
+        has_splits = (self.root / "train").is_dir()
+        folders = {s: self.root / s for s in SPLITS if (self.root / s).is_dir()} if has_splits else {"all": self.root}
+        found = {split: list_class_folders(folder, ignored) for split, folder in folders.items()}
+        checks = check_files([p for c in found.values() for ps in c.values() for p in ps]) if self.audit else {}
+        found = self._without_bad_files(found, checks)
+        for split, classes in found.items():
+            check_no_empty_class(classes, folders[split])
+        splits = self._split(found)
+        self.audit_report = build_report(self.root, splits, checks, ignored)
+        return splits
+
+    def _without_bad_files(
+        self, found: dict[str, dict[str, list[Path]]], checks: dict[Path, FileCheck]
+    ) -> dict[str, dict[str, list[Path]]]:
+        bad = {path: check.problem for path, check in checks.items() if check.problem}
+        if bad and self.on_bad_image == "raise":
+            listed = "; ".join(f"{path}: {problem}" for path, problem in sorted(bad.items())[:10])
+            raise ValueError(
+                f"{len(bad)} files cannot be read as images ({listed}). Remove or replace them, or set "
+                "data.on_bad_image=skip to train without them."
+            )
+        return {s: {c: [p for p in ps if p not in bad] for c, ps in classes.items()} for s, classes in found.items()}
+
+    def _split(self, found: dict[str, dict[str, list[Path]]]) -> dict[str, dict[str, list[Path]]]:
+        if "all" in found:
+            return stratified_split(found["all"], {"val": self.val_fraction, "test": self.test_fraction}, self.seed)
+        splits = dict(found)
         for split in ("val", "test"):
-            if (self.root / split).is_dir():
-                splits[split] = list_class_folders(self.root / split)
+            if split in splits:
                 check_same_class_folders(list(splits["train"]), list(splits[split]), split, self.root / split)
         if "val" not in splits:
             held = stratified_split(splits["train"], {"val": self.val_fraction}, self.seed)

@@ -39,6 +39,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all"
     )
     datamodule.save_split(out / "split.csv")
+    if datamodule.audit_report is not None:
+        datamodule.audit_report.save(out / "audit.json")
+        log.info(datamodule.audit_report.summary())
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,180 @@
+"""One pass over every file before training: what is unreadable, ignored, duplicated across splits, imbalanced.
+
+Written here because no maintained library audits an ImageFolder: peers either crash hours into a run on a
+truncated JPEG or train silently on leaked duplicates. Files are fully decoded (truncation only shows then)
+in a thread pool (PIL releases the GIL while decoding), and hashed for exact duplicates.
+
+    python -m tl_lightning.audit DATA_ROOT [--json audit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+# Warn above this ratio of largest to smallest training class.
+IMBALANCE_WARNING = 10.0
+
+
+@dataclass
+class FileCheck:
+    """What one file turned out to be."""
+
+    sha256: str
+    mode: str | None = None
+    size: tuple[int, int] | None = None
+    problem: str | None = None
+
+
+def check_file(path: Path) -> FileCheck:
+    """Hash `path` and decode it fully; a file that fails says why in `problem`."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return FileCheck(digest, problem="empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return FileCheck(digest, mode=image.mode, size=image.size)
+    except UnidentifiedImageError:
+        return FileCheck(digest, problem="not an image")
+    except (OSError, SyntaxError, ValueError) as err:
+        return FileCheck(digest, problem=f"unreadable: {err}")
+
+
+def check_files(paths: Iterable[Path], progress: bool = True) -> dict[Path, FileCheck]:
+    paths = list(paths)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        checks = pool.map(check_file, paths)
+        bar = tqdm(checks, total=len(paths), desc="Auditing images", unit="img", disable=not progress or None)
+        return dict(zip(paths, bar, strict=True))
+
+
+@dataclass
+class AuditReport:
+    """Findings over a `{split: {class: files}}` layout; `bad` files are those that cannot be trained on."""
+
+    root: str
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    bad: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    modes: dict[str, int] = field(default_factory=dict)
+    min_size: tuple[int, int] | None = None
+    max_size: tuple[int, int] | None = None
+    duplicates: list[list[str]] = field(default_factory=list)
+
+    @property
+    def imbalance_ratio(self) -> float:
+        """Largest over smallest training class."""
+        train = [n for n in self.counts.get("train", {}).values() if n]
+        return max(train) / min(train) if train else 1.0
+
+    def summary(self) -> str:
+        images = sum(sum(c.values()) for c in self.counts.values())
+        lines = [
+            f"Audit of {self.root}: {images} usable images",
+            *(f"  {split}: {sum(c.values())} images in {len(c)} classes" for split, c in self.counts.items()),
+            f"  imbalance ratio (largest / smallest training class): {self.imbalance_ratio:.1f}",
+            f"  image modes: {dict(sorted(self.modes.items()))}; sizes from {self.min_size} to {self.max_size}",
+            f"  bad files skipped: {len(self.bad)}",
+            *(f"    {path}: {problem}" for path, problem in sorted(self.bad.items())[:20]),
+            f"  ignored (hidden or not an image type): {len(self.ignored)}",
+            f"  identical files in more than one split: {len(self.duplicates)}",
+            *(f"    {' = '.join(group)}" for group in self.duplicates[:10]),
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "counts": self.counts,
+            "imbalance_ratio": self.imbalance_ratio,
+            "modes": self.modes,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "bad": self.bad,
+            "ignored": self.ignored,
+            "duplicates_across_splits": self.duplicates,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def describe_files(report: AuditReport, checks: dict[Path, FileCheck]) -> None:
+    """Fill the report's bad files, modes and size range from per-file checks."""
+    report.bad = {str(p): c.problem for p, c in checks.items() if c.problem}
+    good = [c for c in checks.values() if not c.problem]
+    report.modes = dict(Counter(c.mode for c in good))
+    if good:
+        report.min_size = min((c.size for c in good), key=lambda s: s[0] * s[1])
+        report.max_size = max((c.size for c in good), key=lambda s: s[0] * s[1])
+
+
+def cross_split_duplicates(splits: dict[str, dict[str, list[Path]]], checks: dict[Path, FileCheck]) -> list[list[str]]:
+    """Groups of byte-identical files that sit in more than one split (train/test leakage)."""
+    by_hash: dict[str, list[tuple[str, Path]]] = {}
+    for split, classes in splits.items():
+        for paths in classes.values():
+            for path in paths:
+                by_hash.setdefault(checks[path].sha256, []).append((split, path))
+    return [sorted(str(p) for _, p in group) for group in by_hash.values() if len({split for split, _ in group}) > 1]
+
+
+def build_report(
+    root: Path, splits: dict[str, dict[str, list[Path]]], checks: dict[Path, FileCheck], ignored: list[str]
+) -> AuditReport:
+    """The report for a final split layout, with a warning for leaked duplicates and for heavy imbalance."""
+    report = AuditReport(root=str(root), ignored=ignored)
+    report.counts = {split: {c: len(ps) for c, ps in sorted(classes.items())} for split, classes in splits.items()}
+    if checks:
+        describe_files(report, checks)
+        report.duplicates = cross_split_duplicates(splits, checks)
+    if report.bad:
+        log.warning("Skipping %d unreadable files (see audit.json), e.g. %s", len(report.bad), next(iter(report.bad)))
+    if report.duplicates:
+        rank_zero_warn(
+            f"{len(report.duplicates)} files are byte-identical across splits (e.g. {report.duplicates[0]}): "
+            "test results will be optimistic.\nHINT: remove the copies; audit.json lists them all."
+        )
+    if report.imbalance_ratio > IMBALANCE_WARNING:
+        rank_zero_warn(
+            f"The largest training class has {report.imbalance_ratio:.0f}x the images of the smallest.\n"
+            "HINT: watch val/acc_macro, and consider model.class_weights=balanced."
+        )
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tl_lightning.datamodule import ImageFolderDataModule
+
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning.audit", description="Audit an image folder.")
+    parser.add_argument("root", help="data folder: class folders, or train/ [val/] [test/] of class folders")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    datamodule = ImageFolderDataModule(args.root)
+    print(datamodule.audit_report.summary() if datamodule.splits else "")
+    if args.json:
+        datamodule.audit_report.save(args.json)
+
+
+if __name__ == "__main__":
+    main()
