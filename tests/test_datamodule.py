@@ -138,3 +138,17 @@ def test_digits_are_written_once_with_the_documented_split(tmp_path: Path):
     DigitsDataModule(cache_dir=tmp_path).prepare_data()
     assert first.stat().st_mtime_ns == stamp
     assert load_rgb(first).shape == (8, 8, 3)
+
+
+def test_balanced_sampling_draws_every_class_equally_often(tmp_path: Path):
+    from conftest import write_images
+
+    write_images(tmp_path / "train", classes=("common",), per_class=40)
+    write_images(tmp_path / "train", classes=("rare",), per_class=4, seed=1)
+    write_images(tmp_path / "val", classes=("common", "rare"), per_class=1, seed=2)
+    dm = ImageFolderDataModule(tmp_path, balanced_sampling=True, num_workers=0, data_config=DATA_CONFIG)
+    torch.manual_seed(0)
+    labels = torch.cat([y for _ in range(10) for _, y in dm.train_dataloader()])
+    share = labels.float().mean().item()  # fraction of "rare" (label 1) draws
+    assert 0.45 < share < 0.55  # without the sampler it would be 4/44 = 0.09
+    assert len(dm.train_dataloader().dataset) == 44

@@ -118,7 +118,9 @@ def test_class_weights_change_the_loss():
     weighted = tiny_model(label_smoothing=0.0, class_weights=[1.0, 1.0, 1.0]).criterion(logits, target)
     assert torch.equal(plain, weighted)
     skewed = tiny_model(label_smoothing=0.0, class_weights=[1.0, 3.0, 1.0])
-    assert skewed.criterion.weight.tolist() == [1.0, 3.0, 1.0]
+    assert skewed.class_weight.tolist() == [1.0, 3.0, 1.0]
+    uneven, mixed = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.5, 0.0]]), torch.tensor([0, 1])  # unequal losses
+    assert skewed.criterion(uneven, mixed) > tiny_model(label_smoothing=0.0).criterion(uneven, mixed)
 
 
 def test_the_seed_makes_a_run_with_random_augmentation_bit_identical(split_folder: Path):
@@ -132,3 +134,29 @@ def test_the_seed_makes_a_run_with_random_augmentation_bit_identical(split_folde
         )
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_balanced_class_weights_come_from_the_training_split(tmp_path: Path):
+    from conftest import write_images
+
+    write_images(tmp_path / "train", classes=("cat",), per_class=12)
+    write_images(tmp_path / "train", classes=("dog", "fox"), per_class=4, seed=1)
+    write_images(tmp_path / "val", per_class=1, seed=2)
+    model = tiny_model(class_weights="balanced")
+    assert model.class_weight.tolist() == [1.0, 1.0, 1.0]
+    tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning()]).fit(model, tiny_data(tmp_path))
+    # counts 12, 4, 4 -> inverse frequency normalised to mean 1
+    assert model.class_weight.tolist() == pytest.approx([3 / 7, 9 / 7, 9 / 7])
+
+
+def test_focal_loss_down_weights_easy_examples():
+    from tl_lightning.losses import focal_loss
+
+    logits = torch.tensor([[6.0, 0.0, 0.0], [0.2, 0.0, 0.0]])  # an easy and a hard example of class 0
+    target = torch.tensor([0, 0])
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    focal = torch.stack([focal_loss(logits[i : i + 1], target[i : i + 1]) for i in range(2)])
+    assert torch.allclose(focal_loss(logits, target, gamma=0.0), ce.mean())
+    assert (focal / ce)[0] < 1e-4 < (focal / ce)[1]
+    model = tiny_model(loss="focal", label_smoothing=0.0)
+    assert torch.allclose(model.criterion(logits, target), focal.mean())

@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from tl_lightning.audit import AuditReport, FileCheck, build_report, check_files
 from tl_lightning.images import IMAGE_EXTENSIONS, load_rgb
@@ -146,6 +146,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         audit: decode and hash every file once before training (see `tl_lightning.audit`); the report is
             `audit_report`.
         on_bad_image: ``"skip"`` unreadable files (counted in the report) or ``"raise"`` an error listing them.
+        balanced_sampling: draw training batches with a `WeightedRandomSampler` (with replacement) so every class
+            is seen equally often; an epoch stays the size of the training split.
         train_transform, eval_transform: called with the data config to build each pipeline.
         data_config: input size, mean, std, ...; `None` takes the model's `data_config` at `setup`.
 
@@ -164,6 +166,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         seed: int = 0,
         audit: bool = True,
         on_bad_image: str = "skip",
+        balanced_sampling: bool = False,
         train_transform: Callable[[dict[str, Any]], Any] = train_transform,
         eval_transform: Callable[[dict[str, Any]], Any] = eval_transform,
         data_config: dict[str, Any] | None = None,
@@ -182,6 +185,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.audit = audit
         self.on_bad_image = on_bad_image
         self.audit_report: AuditReport | None = None
+        self.balanced_sampling = balanced_sampling
         self.build_train_transform = train_transform
         self.build_eval_transform = eval_transform
         self.data_config = data_config
@@ -244,6 +248,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
             splits["train"], splits["val"] = held["train"], held["val"]
         return splits
 
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class in class-index order."""
+        return [len(self.splits[split].get(name, [])) for name in self.class_names]
+
     def samples(self, split: str) -> Samples:
         index = {name: i for i, name in enumerate(self.class_names)}
         return [(path, index[name]) for name, paths in sorted(self.splits[split].items()) for path in paths]
@@ -277,15 +285,22 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise ValueError(f"'{self.root}' has no '{split}' split.")
         build = self.build_train_transform if train else self.build_eval_transform
         dataset = ImageDataset(self.samples(split), build(self.data_config))
+        sampler = self._balanced_sampler(dataset) if train and self.balanced_sampling else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
+
+    def _balanced_sampler(self, dataset: ImageDataset) -> WeightedRandomSampler:
+        counts = self.class_counts()
+        weights = [1.0 / counts[label] for _, label in dataset.samples]
+        return WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
+import torch.nn.functional as F
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -22,6 +22,7 @@ from torchmetrics.classification import (
 from tl_lightning.backbones import create_backbone
 from tl_lightning.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.heads import create_head
+from tl_lightning.losses import balanced_class_weights, focal_loss
 from tl_lightning.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,11 @@ class TransferClassifier(pl.LightningModule):
         lr_mult: ratio of the head's LR to the first backbone group's, spread geometrically between.
         lr_factors: explicit per-group LR factors (backbone groups input -> output, then the head), instead of
             `lr_mult`'s geometric spread; each group's LR is `lr * factor`.
-        label_smoothing: cross-entropy label smoothing.
-        class_weights: per-class loss weights, in class-index order.
+        label_smoothing: label smoothing of the loss.
+        class_weights: per-class loss weights in class-index order, or ``"balanced"`` for inverse-frequency
+            weights (mean 1) computed from the datamodule's training split at `setup`.
+        loss: ``"cross_entropy"`` or ``"focal"`` (for heavy imbalance; see `focal_gamma`).
+        focal_gamma: focusing exponent of the focal loss.
         image_size: input resolution, overriding the weights' native one (e.g. 64 for 8x8 digits).
         crop_pct: eval centre-crop fraction, overriding the weights' own.
         optimizer: called with the named param groups; a partial carries e.g. `weight_decay`.
@@ -77,7 +81,9 @@ class TransferClassifier(pl.LightningModule):
         lr_mult: float = 10.0,
         lr_factors: Sequence[float] | None = None,
         label_smoothing: float = 0.1,
-        class_weights: Sequence[float] | None = None,
+        class_weights: Sequence[float] | str | None = None,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
         image_size: int | None = None,
         crop_pct: float | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
@@ -97,10 +103,10 @@ class TransferClassifier(pl.LightningModule):
         self.head = create_head(created.num_features, num_classes, head_hidden, head_dropout)
         self.weights_info = created.weights
         self.data_config = _override_data_config(created.data_config, image_size, crop_pct)
-        weight = torch.tensor(class_weights, dtype=torch.float) if class_weights is not None else None
-        if weight is not None and weight.numel() != num_classes:
-            raise ValueError(f"class_weights has {weight.numel()} entries for {num_classes} classes.")
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        if loss not in ("cross_entropy", "focal"):
+            raise ValueError(f"loss must be 'cross_entropy' or 'focal', got {loss!r}.")
+        # Always a buffer (ones = unweighted), so checkpoints have the same keys whatever the weighting.
+        self.register_buffer("class_weight", _initial_class_weights(class_weights, num_classes))
         self.train_metrics = _stage_metrics(num_classes, "train")
         self.val_metrics = _stage_metrics(num_classes, "val")
         self.test_metrics = _stage_metrics(num_classes, "test")
@@ -119,6 +125,19 @@ class TransferClassifier(pl.LightningModule):
         """Backbone groups input -> output, then the head: the unit of freezing and of learning rate."""
         head = LayerGroup("head", list(self.head.named_parameters(prefix="head")), [])
         return [*layer_groups(self.backbone, prefix="backbone."), head]
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.class_weights == "balanced" and stage == "fit":
+            datamodule = self.trainer.datamodule if self.trainer is not None else None
+            if datamodule is None or not hasattr(datamodule, "class_counts"):
+                raise ValueError("class_weights='balanced' needs a datamodule with class_counts(); give a list.")
+            self.class_weight.copy_(balanced_class_weights(datamodule.class_counts()))
+
+    def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        smoothing = self.hparams.label_smoothing
+        if self.hparams.loss == "focal":
+            return focal_loss(logits, target, self.class_weight, self.hparams.focal_gamma, smoothing)
+        return F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=smoothing)
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
@@ -226,6 +245,17 @@ def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
         "Resume only with the same class folders; to reuse its backbone for new classes, start a new run with "
         "backbone.weights_file pointing at exported backbone weights."
     )
+
+
+def _initial_class_weights(class_weights: Sequence[float] | str | None, num_classes: int) -> torch.Tensor:
+    if class_weights is None or class_weights == "balanced":
+        return torch.ones(num_classes)
+    if isinstance(class_weights, str):
+        raise ValueError(f"class_weights must be a list of floats, 'balanced' or null, got {class_weights!r}.")
+    weight = torch.tensor(list(class_weights), dtype=torch.float)
+    if weight.numel() != num_classes:
+        raise ValueError(f"class_weights has {weight.numel()} entries for {num_classes} classes.")
+    return weight
 
 
 def _stage_metrics(num_classes: int, stage: str) -> MetricCollection:
