@@ -152,3 +152,29 @@ def test_balanced_sampling_draws_every_class_equally_often(tmp_path: Path):
     share = labels.float().mean().item()  # fraction of "rare" (label 1) draws
     assert 0.45 < share < 0.55  # without the sampler it would be 4/44 = 0.09
     assert len(dm.train_dataloader().dataset) == 44
+
+
+@pytest.mark.parametrize("preset", ["none", "light", "medium", "heavy"])
+def test_augmentation_presets_build_and_keep_eval_deterministic(preset: str, split_folder: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"augment={preset}", "data=folder", f"data.root={split_folder}",
+                                          "data.num_workers=0", "paths.output_dir=unused"])  # fmt: skip
+    dm = instantiate(cfg.data, data_config=DATA_CONFIG)
+    dm.setup("fit")
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape[1:] == (3, 16, 16)
+    image = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    augment = instantiate(cfg.data.train_transform)(DATA_CONFIG)
+    views = {augment(image=image)["image"].sum().item() for _ in range(8)}
+    assert (len(views) == 1) == (preset == "none")  # only "none" is deterministic in training
+    val = dm.val_dataloader()
+    assert torch.equal(next(iter(val))[0], next(iter(val))[0])
+
+
+def test_heavy_preset_has_randaugment_ops_and_erasing_and_flips_can_be_off():
+    heavy = train_transform(DATA_CONFIG, rand_ops=2, erasing=0.25, hflip=0.0)
+    names = [type(t).__name__ for t in heavy.transforms]
+    assert "SomeOf" in names and "CoarseDropout" in names and "HorizontalFlip" not in names

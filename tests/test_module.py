@@ -160,3 +160,17 @@ def test_focal_loss_down_weights_easy_examples():
     assert (focal / ce)[0] < 1e-4 < (focal / ce)[1]
     model = tiny_model(loss="focal", label_smoothing=0.0)
     assert torch.allclose(model.criterion(logits, target), focal.mean())
+
+
+def test_mixup_and_cutmix_give_soft_targets_and_train(split_folder: Path):
+    model = tiny_model(mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    mixed, soft = model.mixup(x, y)
+    assert mixed.shape == x.shape and soft.shape == (4, 3)
+    assert torch.allclose(soft.sum(-1), torch.ones(4))
+    assert soft.min() >= 0.1 / 3 - 1e-6  # label smoothing survives mixing
+    trainer = tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning()])
+    trainer.fit(model, tiny_data(split_folder))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    with pytest.raises(ValueError, match="Mixup/CutMix make soft targets"):
+        tiny_model(mixup_alpha=0.2, loss="focal")

@@ -1,4 +1,4 @@
-"""Classification losses: cross-entropy, and focal loss for heavily imbalanced data.
+"""Classification losses and what feeds them: focal loss, class weights, and the batch mixing behind soft targets.
 
 Focal loss is written here because torchvision ships only the binary (sigmoid) form and MMPretrain is not a
 dependency. Both losses take per-class weights and label smoothing, and reduce like `F.cross_entropy`: the
@@ -7,8 +7,11 @@ weighted mean over the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
 
 
 def focal_loss(
@@ -42,3 +45,30 @@ def balanced_class_weights(counts: list[int]) -> torch.Tensor:
         raise ValueError(f"Every class needs training images for balanced weights; counts are {counts}.")
     inverse = 1.0 / counts_t
     return inverse * len(counts) / inverse.sum()
+
+
+def create_mixup(
+    mixup_alpha: float, cutmix_alpha: float, prob: float, label_smoothing: float, num_classes: int
+) -> Mixup | None:
+    """timm's batch-level Mixup/CutMix, or `None` when both alphas are 0."""
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        prob=prob,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def initial_class_weights(class_weights: Sequence[float] | str | None, num_classes: int) -> torch.Tensor:
+    """The loss-weight buffer's starting value: the given weights, or ones (also for 'balanced', filled at setup)."""
+    if class_weights is None or class_weights == "balanced":
+        return torch.ones(num_classes)
+    if isinstance(class_weights, str):
+        raise ValueError(f"class_weights must be a list of floats, 'balanced' or null, got {class_weights!r}.")
+    weight = torch.tensor(list(class_weights), dtype=torch.float)
+    if weight.numel() != num_classes:
+        raise ValueError(f"class_weights has {weight.numel()} entries for {num_classes} classes.")
+    return weight

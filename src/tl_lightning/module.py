@@ -22,7 +22,7 @@ from torchmetrics.classification import (
 from tl_lightning.backbones import create_backbone
 from tl_lightning.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.heads import create_head
-from tl_lightning.losses import balanced_class_weights, focal_loss
+from tl_lightning.losses import balanced_class_weights, create_mixup, focal_loss, initial_class_weights
 from tl_lightning.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class TransferClassifier(pl.LightningModule):
             weights (mean 1) computed from the datamodule's training split at `setup`.
         loss: ``"cross_entropy"`` or ``"focal"`` (for heavy imbalance; see `focal_gamma`).
         focal_gamma: focusing exponent of the focal loss.
+        mixup_alpha, cutmix_alpha: batch-level Mixup / CutMix (timm's `Mixup`, label-smoothing aware); 0 is off.
+            Training batches then have soft targets, so train accuracy is not logged.
+        mixup_prob: probability of mixing a batch.
         image_size: input resolution, overriding the weights' native one (e.g. 64 for 8x8 digits).
         crop_pct: eval centre-crop fraction, overriding the weights' own.
         optimizer: called with the named param groups; a partial carries e.g. `weight_decay`.
@@ -84,6 +87,9 @@ class TransferClassifier(pl.LightningModule):
         class_weights: Sequence[float] | str | None = None,
         loss: str = "cross_entropy",
         focal_gamma: float = 2.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
         image_size: int | None = None,
         crop_pct: float | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
@@ -105,8 +111,11 @@ class TransferClassifier(pl.LightningModule):
         self.data_config = _override_data_config(created.data_config, image_size, crop_pct)
         if loss not in ("cross_entropy", "focal"):
             raise ValueError(f"loss must be 'cross_entropy' or 'focal', got {loss!r}.")
+        self.mixup = create_mixup(mixup_alpha, cutmix_alpha, mixup_prob, label_smoothing, num_classes)
+        if self.mixup is not None and (loss == "focal" or class_weights is not None):
+            raise ValueError("Mixup/CutMix make soft targets: use them without class_weights, with cross_entropy.")
         # Always a buffer (ones = unweighted), so checkpoints have the same keys whatever the weighting.
-        self.register_buffer("class_weight", _initial_class_weights(class_weights, num_classes))
+        self.register_buffer("class_weight", initial_class_weights(class_weights, num_classes))
         self.train_metrics = _stage_metrics(num_classes, "train")
         self.val_metrics = _stage_metrics(num_classes, "val")
         self.test_metrics = _stage_metrics(num_classes, "test")
@@ -150,7 +159,13 @@ class TransferClassifier(pl.LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        if self.mixup is None:
+            return self._shared_step(batch, "train")
+        x, y = batch
+        mixed, soft_targets = self.mixup(x, y)
+        loss = torch.sum(-soft_targets * self(mixed).log_softmax(dim=-1), dim=-1).mean()
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -166,7 +181,8 @@ class TransferClassifier(pl.LightningModule):
         self.val_acc_best.reset()
 
     def on_train_epoch_end(self) -> None:
-        self._log_stage("train")
+        if self.mixup is None:
+            self._log_stage("train")
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_stage("val")
@@ -245,17 +261,6 @@ def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
         "Resume only with the same class folders; to reuse its backbone for new classes, start a new run with "
         "backbone.weights_file pointing at exported backbone weights."
     )
-
-
-def _initial_class_weights(class_weights: Sequence[float] | str | None, num_classes: int) -> torch.Tensor:
-    if class_weights is None or class_weights == "balanced":
-        return torch.ones(num_classes)
-    if isinstance(class_weights, str):
-        raise ValueError(f"class_weights must be a list of floats, 'balanced' or null, got {class_weights!r}.")
-    weight = torch.tensor(list(class_weights), dtype=torch.float)
-    if weight.numel() != num_classes:
-        raise ValueError(f"class_weights has {weight.numel()} entries for {num_classes} classes.")
-    return weight
 
 
 def _stage_metrics(num_classes: int, stage: str) -> MetricCollection:

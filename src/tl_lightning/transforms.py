@@ -42,6 +42,9 @@ def train_transform(
     affine_degrees: float = 0.0,
     affine_scale: float = 0.0,
     affine_translate: float = 0.0,
+    vflip: float = 0.0,
+    rand_ops: int = 0,
+    erasing: float = 0.0,
 ) -> A.Compose:
     """RandomResizedCrop, then optional flip, colour jitter and affine, then normalisation.
 
@@ -53,6 +56,10 @@ def train_transform(
         color_jitter: brightness/contrast/saturation strength; 0 turns it off.
         affine_degrees, affine_scale, affine_translate: rotation (+-degrees), scale (+-fraction) and
             shift (+-fraction of size) of a random affine applied with probability 1; all 0 turns it off.
+        vflip: probability of a vertical flip (aerial, microscopy and other orientation-free images).
+        rand_ops: apply this many ops drawn from a RandAugment-style pool (equalize, posterize, solarize,
+            sharpen, contrast, shear, ...) to every image; albumentations has no RandAugment of its own.
+        erasing: probability of erasing up to 4 random rectangles (RandomErasing / CoarseDropout).
     """
     height, width, interpolation = _size_and_interpolation(data_config)
     ops: list[A.BasicTransform] = [
@@ -75,7 +82,27 @@ def train_transform(
                 p=1.0,
             )
         )
+    if vflip > 0:
+        ops.append(A.VerticalFlip(p=vflip))
+    if rand_ops > 0:
+        ops.append(A.SomeOf(_rand_pool(), n=rand_ops, p=1.0))
+    if erasing > 0:
+        holes = {"num_holes_range": (1, 4), "hole_height_range": (0.1, 0.3), "hole_width_range": (0.1, 0.3)}
+        ops.append(A.CoarseDropout(**holes, p=erasing))
     return A.Compose(ops + _normalize(data_config))
+
+
+def _rand_pool() -> list[A.BasicTransform]:
+    return [
+        A.Equalize(p=1.0),
+        A.Posterize(num_bits=(4, 6), p=1.0),
+        A.Solarize(threshold_range=(0.5, 1.0), p=1.0),
+        A.Sharpen(p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=1.0),
+        A.Affine(shear=(-15, 15), p=1.0),
+        A.Affine(rotate=(-20, 20), p=1.0),
+        A.ToGray(p=1.0),
+    ]
 
 
 def eval_transform(data_config: dict[str, Any]) -> A.Compose:
