@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
@@ -47,6 +48,8 @@ def check_file(path: Path) -> FileCheck:
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return FileCheck(digest, problem="empty file (0 bytes)")
+    if path.suffix.lower() == ".npy":
+        return _check_array(data, digest)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -55,6 +58,17 @@ def check_file(path: Path) -> FileCheck:
         return FileCheck(digest, problem="not an image")
     except (OSError, SyntaxError, ValueError) as err:
         return FileCheck(digest, problem=f"unreadable: {err}")
+
+
+def _check_array(data: bytes, digest: str) -> FileCheck:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as err:
+        return FileCheck(digest, problem=f"unreadable array: {err}")
+    if array.ndim not in (2, 3):
+        return FileCheck(digest, problem=f"array of shape {array.shape}, not HxW or HxWxC")
+    bands = array.shape[2] if array.ndim == 3 else 1
+    return FileCheck(digest, mode=f"array:{bands}x{array.dtype}", size=(array.shape[1], array.shape[0]))
 
 
 def check_files(paths: Iterable[Path], progress: bool = True) -> dict[Path, FileCheck]:

@@ -72,12 +72,24 @@ def create_backbone(
         model = _create_from_hub(name, **kwargs)
         cfg = model.pretrained_cfg
         weights = {"source": "timm", "tag": cfg.get("hf_hub_id") or cfg.get("url") or name}
-    return Backbone(
-        model=model,
-        num_features=model.num_features,
-        data_config=timm.data.resolve_model_data_config(model),
-        weights=weights,
-    )
+    data_config = _with_channels(timm.data.resolve_model_data_config(model), kwargs.get("in_chans", 3))
+    return Backbone(model=model, num_features=model.num_features, data_config=data_config, weights=weights)
+
+
+def _with_channels(config: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """Give the data config `in_chans` channels; timm's resolver keeps 3 whatever the model takes.
+
+    One channel gets the mean of the RGB statistics (the first conv's weights are summed over RGB); more than
+    three repeat R, G, B cyclically, as timm's `adapt_input_conv` repeats the weights.
+    """
+    if in_chans == 3:
+        return config
+    mean, std = config["mean"], config["std"]
+    if in_chans == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    else:
+        mean, std = tuple(mean[i % 3] for i in range(in_chans)), tuple(std[i % 3] for i in range(in_chans))
+    return config | {"input_size": (in_chans, *config["input_size"][1:]), "mean": mean, "std": std}
 
 
 def _create_from_hub(name: str, **kwargs: Any) -> nn.Module:

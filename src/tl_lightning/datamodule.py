@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from tl_lightning.audit import AuditReport, FileCheck, build_report, check_files
-from tl_lightning.images import IMAGE_EXTENSIONS, load_rgb
+from tl_lightning.images import IMAGE_EXTENSIONS, load_image
 from tl_lightning.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,10 @@ class ImageDataset(Dataset):
     the main process and PyTorch seeds per DataLoader worker, so the seed makes augmentation reproducible.
     """
 
-    def __init__(self, samples: Samples, transform: Callable[..., dict[str, Any]]) -> None:
+    def __init__(self, samples: Samples, transform: Callable[..., dict[str, Any]], channels: int = 3) -> None:
         self.samples = samples
         self.transform = transform
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -48,7 +49,7 @@ class ImageDataset(Dataset):
         path, label = self.samples[index]
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
-        return self.transform(image=load_rgb(path))["image"], label
+        return self.transform(image=load_image(path, self.channels))["image"], label
 
 
 def list_class_folders(folder: Path, ignored: list[str] | None = None) -> dict[str, list[Path]]:
@@ -284,7 +285,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if split not in self.splits:
             raise ValueError(f"'{self.root}' has no '{split}' split.")
         build = self.build_train_transform if train else self.build_eval_transform
-        dataset = ImageDataset(self.samples(split), build(self.data_config))
+        channels = int(self.data_config["input_size"][0])
+        dataset = ImageDataset(self.samples(split), build(self.data_config), channels)
         sampler = self._balanced_sampler(dataset) if train and self.balanced_sampling else None
         return DataLoader(
             dataset,

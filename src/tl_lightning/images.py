@@ -11,11 +11,71 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy"}
+)
 
 
 class ImageDecodeError(ValueError):
     """An image file that cannot be decoded."""
+
+
+def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
+    """Read `path` as an HxWxC uint8 array with `channels` channels.
+
+    3: RGB (`load_rgb`). 1: grayscale (16-bit scaled). Other counts come from 4-band images (RGBA/CMYK TIFF or
+    PNG, e.g. RGB+NIR) or from `.npy` arrays (HxW or HxWxC; uint16 is scaled by 65535, floats are taken as 0..1),
+    which also serve 1 and 3 channels.
+
+    Raises:
+        ImageDecodeError: unreadable file, or a channel count other than `channels`; the message names the file.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        array = _load_array(path)
+    elif channels == 3:
+        return load_rgb(path)
+    elif channels == 1:
+        array = load_rgb(path)[..., :1] if _is_high_depth(path) else _load_pil(path, "L")[..., None]
+    else:
+        array = _load_pil(path, None)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] != channels:
+        raise ImageDecodeError(
+            f"'{path}' has {array.shape[-1]} channels but the model takes {channels} (backbone.kwargs.in_chans). "
+            "Store every image with the same bands, or change in_chans."
+        )
+    return array
+
+
+def _load_pil(path: Path, mode: str | None) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(image.convert(mode) if mode else image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageDecodeError(f"Cannot decode image '{path}': {err}. Remove or replace the file.") from err
+
+
+def _is_high_depth(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("I;16", "I;16B", "I;16L", "I", "F")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageDecodeError(f"Cannot decode image '{path}': {err}. Remove or replace the file.") from err
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ImageDecodeError(f"Cannot read array '{path}': {err}. Save it with numpy.save as HxW or HxWxC.") from err
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.rint(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

@@ -53,7 +53,8 @@ def train_transform(
         crop_scale: area fraction range of the random crop; `(1, 1)` with `crop_ratio=(1, 1)` only resizes.
         crop_ratio: aspect-ratio range of the random crop.
         hflip: probability of a horizontal flip; 0 for orientation-sensitive data (digits, text).
-        color_jitter: brightness/contrast/saturation strength; 0 turns it off.
+        color_jitter: brightness/contrast/saturation strength; 0 turns it off. Skipped, like `rand_ops`, for
+            inputs that are not 3-channel RGB.
         affine_degrees, affine_scale, affine_translate: rotation (+-degrees), scale (+-fraction) and
             shift (+-fraction of size) of a random affine applied with probability 1; all 0 turns it off.
         vflip: probability of a vertical flip (aerial, microscopy and other orientation-free images).
@@ -69,7 +70,8 @@ def train_transform(
     ]
     if hflip > 0:
         ops.append(A.HorizontalFlip(p=hflip))
-    if color_jitter > 0:
+    rgb = data_config["input_size"][0] == 3  # colour ops and the RandAugment pool assume RGB
+    if color_jitter > 0 and rgb:
         j = color_jitter
         ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
     if affine_degrees or affine_scale or affine_translate:
@@ -84,7 +86,7 @@ def train_transform(
         )
     if vflip > 0:
         ops.append(A.VerticalFlip(p=vflip))
-    if rand_ops > 0:
+    if rand_ops > 0 and rgb:
         ops.append(A.SomeOf(_rand_pool(), n=rand_ops, p=1.0))
     if erasing > 0:
         holes = {"num_holes_range": (1, 4), "hole_height_range": (0.1, 0.3), "hole_width_range": (0.1, 0.3)}

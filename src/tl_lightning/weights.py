@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from timm.models import adapt_input_conv
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor], origi
     """
     target = model.state_dict()
     classifier = model.pretrained_cfg.get("classifier", "classifier")
+    state_dict = _adapt_first_conv(state_dict, target, model.pretrained_cfg.get("first_conv"))
     by_name = {k.removeprefix("module."): v for k, v in state_dict.items()}
     extra = [k for k in by_name if k not in target and not k.startswith(f"{classifier}.")]
     if set(target) <= set(by_name) and not extra:
@@ -139,3 +141,21 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor], origi
         f"Weights from {origin} do not fit this backbone: {len(state_dict)} tensors for {len(target)} "
         f"parameters/buffers, names differ (missing e.g. {missing}). Check backbone.name."
     )
+
+
+def _adapt_first_conv(
+    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor], first_conv: str | None
+) -> dict[str, torch.Tensor]:
+    """Adapt RGB first-conv weights to the model's input channels with timm's `adapt_input_conv`.
+
+    The source tensor is found by name, or else at the target's position (for weights matched by order).
+    """
+    key = f"{first_conv}.weight"
+    if not first_conv or key not in target:
+        return state_dict
+    in_chans = target[key].shape[1]
+    names = list(state_dict)
+    source_key = key if key in state_dict else names[list(target).index(key)] if len(names) >= len(target) else None
+    if source_key is None or state_dict[source_key].shape[1] == in_chans:
+        return state_dict
+    return state_dict | {source_key: adapt_input_conv(in_chans, state_dict[source_key])}
