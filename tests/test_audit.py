@@ -110,3 +110,13 @@ def test_audit_command_prints_and_writes_the_report(tmp_path: Path, capsys: pyte
     assert "bad files skipped: 3" in printed and "ignored (hidden or not an image type): 2" in printed
     saved = json.loads((tmp_path / "audit.json").read_text())
     assert saved["counts"]["train"] == {"cat": 11, "dog": 6} and len(saved["bad"]) == 3
+
+
+def test_heavy_imbalance_is_warned_about_with_a_hint(tmp_path: Path):
+    write_images(tmp_path / "train", classes=("common",), per_class=24)
+    write_images(tmp_path / "train", classes=("rare",), per_class=2, seed=1)
+    write_images(tmp_path / "val", classes=("common", "rare"), per_class=1, seed=2)
+    dm = ImageFolderDataModule(tmp_path)
+    with pytest.warns(UserWarning, match=r"12x the images of the smallest.\nHINT: .*class_weights=balanced"):
+        _ = dm.splits
+    assert dm.audit_report.imbalance_ratio == 12.0
