@@ -140,6 +140,14 @@ class LayerFinetuning(BaseFinetuning):
         for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
             grad.copy_(synced)
 
+    def last_change_epoch(self, pl_module: pl.LightningModule, max_epochs: int | None) -> int:
+        """The last epoch (below `max_epochs`) at which the trainable set changes; 0 if it never does."""
+        num_groups = len(self.groups(pl_module))
+        horizon = max_epochs if max_epochs and max_epochs > 0 else max(self.milestones, default=0) + 1
+        counts = [self.trainable_groups(e, num_groups) for e in range(horizon)]
+        changes = [e for e in range(1, horizon) if counts[e] != counts[e - 1]]
+        return changes[-1] if changes else 0
+
     def unfreeze_epoch(self, index: int, num_groups: int) -> int | None:
         """The first epoch in which backbone group `index` trains, or `None` if it never does."""
         starts = [e for e in sorted(self.milestones) if index >= num_groups - self.trainable_groups(e, num_groups)]
