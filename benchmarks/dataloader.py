@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import RESULTS, machine, save_json
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     rates: dict[str, list[float]] = {"tl_lightning (albumentations)": [], "torchvision v2": []}
@@ -104,10 +104,9 @@ def main() -> None:
         "workers": args.workers,
         "median_images_per_second": medians,
         "ratio_ours_over_torchvision": round(medians["tl_lightning (albumentations)"] / medians["torchvision v2"], 3),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dataloader.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_json("dataloader", result, args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from _results import RESULTS, machine, save_json
 from torch.utils.data import DataLoader, TensorDataset
 
 from tl_lightning.finetuning import LayerFinetuning
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     loader = make_loader(args.steps, args.batch_size, args.image_size)
@@ -109,10 +109,9 @@ def main() -> None:
         "steps_timed": {k: len(v) for k, v in times.items()},
         "median_step_ms": {k: round(v * 1e3, 2) for k, v in medians.items()},
         "ratio_lightning_over_plain": round(medians["lightning"] / medians["plain"], 3),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_json("overhead", result, args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -10,12 +10,10 @@ parameters are counted in the last epoch (head included). Rows run one after ano
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 
-import torch
+from _results import RESULTS, machine, save_json
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -48,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     results = []
@@ -68,13 +66,11 @@ def main() -> None:
             )
             print(results[-1], flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_json("strategies", results, args.out)
     lines = [
         f"# Finetuning strategies on digits (seed {args.seed}, {args.epochs} epochs)",
         "",
-        f"`python benchmarks/strategies.py --seed {args.seed} --epochs {args.epochs}` on "
-        f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}.",
+        f"`python benchmarks/strategies.py --seed {args.seed} --epochs {args.epochs}` on {machine()}.",
         "",
         "| strategy | test acc | fit time (s) | trainable params (last epoch) |",
         "|---|---|---|---|",

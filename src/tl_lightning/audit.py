@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     datamodule = ImageFolderDataModule(args.root)
-    print(datamodule.audit_report.summary() if datamodule.splits else "")
+    _ = datamodule.splits  # scanning runs the audit
+    print(datamodule.audit_report.summary())
     if args.json:
         datamodule.audit_report.save(args.json)
 
