@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from tl_lightning.lr_finder import lr_range_test, plot_range_tests
 from tl_lightning.reporting import plot_confusion_matrix, summary_table, write_metrics
 
 log = logging.getLogger(__name__)
@@ -64,3 +65,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_metrics(out / "metrics.json", metrics)
     log.info("Run folder: %s\n%s", out, summary_table(metrics))
     return metrics
+
+
+def find_lr(cfg: DictConfig) -> dict[str, Any]:
+    """`task=lr_find`: a range test for the head on the frozen backbone, and for the last unfrozen phase.
+
+    Writes `lr_find.png` and `lr_find.json` (suggestions and the `model.lr=...` override for the next run).
+    """
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = instantiate(
+        cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all"
+    )
+    datamodule.data_config = dict(model.data_config)
+    datamodule.setup("fit")
+    finetuning = instantiate(cfg.callbacks.finetuning)
+    loader = datamodule.train_dataloader()
+    options = dict(cfg.lr_find)
+    tests = [lr_range_test(model, loader, finetuning, epoch=0, phase="frozen phase", **options)]
+    last = finetuning.last_change_epoch(model, cfg.trainer.max_epochs)
+    if last > 0:
+        tests.append(lr_range_test(model, loader, finetuning, epoch=last, phase=f"from epoch {last}", **options))
+    plot_range_tests(tests, out / "lr_find.png")
+    chosen = tests[-1].suggestion
+    result = {f"lr_find/{t.phase}": t.suggestion for t in tests} | {"override": f"model.lr={chosen:.2e}"}
+    write_metrics(out / "lr_find.json", result)
+    log.info("LR range test (model.lr is %s): %s", cfg.model.lr, result)
+    log.info("Next run: python train.py %s", result["override"])
+    return result
