@@ -73,3 +73,14 @@ def test_local_weights_file_loads_by_name(tmp_path: Path):
     target = backbone.model.state_dict()
     assert all(torch.equal(target[k], v) for k, v in source.state_dict().items() if k in target)
     assert len(target) == len(source.state_dict()) - 2  # all but the classifier's weight and bias
+
+
+@pytest.mark.parametrize(
+    "name", ["mobilenetv3_small_050", "tf_efficientnet_lite0", "resnet18", "convnext_atto", "densenet121", "test_vit"]
+)
+def test_num_features_is_the_width_the_headless_model_outputs(name: str):
+    backbone = create_backbone(name, pretrained=False)
+    size = backbone.data_config["input_size"][1:]
+    with torch.no_grad():
+        out = backbone.model.eval()(torch.zeros(1, 3, *size))
+    assert out.shape == (1, backbone.num_features)  # MobileNetV3: 1024 pre-logits, not num_features=288

@@ -73,7 +73,10 @@ def create_backbone(
         cfg = model.pretrained_cfg
         weights = {"source": "timm", "tag": cfg.get("hf_hub_id") or cfg.get("url") or name}
     data_config = _with_channels(timm.data.resolve_model_data_config(model), kwargs.get("in_chans", 3))
-    return Backbone(model=model, num_features=model.num_features, data_config=data_config, weights=weights)
+    # A headless timm model outputs its pre-logits: `head_hidden_size` wide, which differs from `num_features` where
+    # a head conv sits after pooling (MobileNetV3: 288 -> 1024).
+    width = getattr(model, "head_hidden_size", None) or model.num_features
+    return Backbone(model=model, num_features=width, data_config=data_config, weights=weights)
 
 
 def _with_channels(config: dict[str, Any], in_chans: int) -> dict[str, Any]:

@@ -72,3 +72,17 @@ def initial_class_weights(class_weights: Sequence[float] | str | None, num_class
     if weight.numel() != num_classes:
         raise ValueError(f"class_weights has {weight.numel()} entries for {num_classes} classes.")
     return weight
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    """Hinton et al. (2015): `alpha` x T^2 x KL(teacher || student) at temperature T, plus (1 - alpha) x hard loss.
+
+    The T^2 factor keeps the soft term's gradients on the scale of the hard term's whatever the temperature.
+    """
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
+        reduction="batchmean", log_target=True,
+    )  # fmt: skip
+    return alpha * temperature**2 * soft + (1 - alpha) * hard_loss

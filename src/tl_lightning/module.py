@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,7 +23,13 @@ from torchmetrics.classification import (
 from tl_lightning.backbones import create_backbone
 from tl_lightning.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.heads import create_head
-from tl_lightning.losses import balanced_class_weights, create_mixup, focal_loss, initial_class_weights
+from tl_lightning.losses import (
+    balanced_class_weights,
+    create_mixup,
+    distillation_loss,
+    focal_loss,
+    initial_class_weights,
+)
 from tl_lightning.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,9 @@ class TransferClassifier(pl.LightningModule):
         mixup_alpha, cutmix_alpha: batch-level Mixup / CutMix (timm's `Mixup`, label-smoothing aware); 0 is off.
             Training batches then have soft targets, so train accuracy is not logged.
         mixup_prob: probability of mixing a batch.
+        teacher_checkpoint: a `TransferClassifier` checkpoint to distil from (same classes). The teacher is frozen,
+            fed the batch converted to its own size and normalisation, and kept out of this module's checkpoints.
+        distill_temperature, distill_alpha: softening temperature, and the weight of the soft (teacher) term.
         image_size: input resolution, overriding the weights' native one (e.g. 64 for 8x8 digits).
         crop_pct: eval centre-crop fraction, overriding the weights' own.
         optimizer: called with the named param groups; a partial carries e.g. `weight_decay`.
@@ -90,6 +100,9 @@ class TransferClassifier(pl.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mixup_prob: float = 1.0,
+        teacher_checkpoint: str | None = None,
+        distill_temperature: float = 4.0,
+        distill_alpha: float = 0.7,
         image_size: int | None = None,
         crop_pct: float | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
@@ -112,6 +125,10 @@ class TransferClassifier(pl.LightningModule):
         if loss not in ("cross_entropy", "focal"):
             raise ValueError(f"loss must be 'cross_entropy' or 'focal', got {loss!r}.")
         self.mixup = create_mixup(mixup_alpha, cutmix_alpha, mixup_prob, label_smoothing, num_classes)
+        # A list, so the teacher is not registered: out of parameters(), state_dict() and the optimizer.
+        self._teacher = [_load_teacher(teacher_checkpoint, class_names)] if teacher_checkpoint else []
+        if self._teacher and self.mixup is not None:
+            raise ValueError("Distillation with Mixup/CutMix is not supported: turn one of them off.")
         if self.mixup is not None and (loss == "focal" or class_weights is not None):
             raise ValueError("Mixup/CutMix make soft targets: use them without class_weights, with cross_entropy.")
         # Always a buffer (ones = unweighted), so checkpoints have the same keys whatever the weighting.
@@ -142,6 +159,20 @@ class TransferClassifier(pl.LightningModule):
                 raise ValueError("class_weights='balanced' needs a datamodule with class_counts(); give a list.")
             self.class_weight.copy_(balanced_class_weights(datamodule.class_counts()))
 
+    def on_fit_start(self) -> None:
+        for teacher in self._teacher:
+            teacher.to(self.device)
+
+    def to_teacher_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Re-normalise and resize a batch prepared for this model into what the teacher was trained on."""
+        mine, theirs = self.data_config, self._teacher[0].data_config
+        shape = (1, -1, 1, 1)
+        raw = x * x.new_tensor(mine["std"]).view(shape) + x.new_tensor(mine["mean"]).view(shape)
+        size = tuple(theirs["input_size"][1:])
+        if tuple(raw.shape[-2:]) != size:
+            raw = F.interpolate(raw, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return (raw - x.new_tensor(theirs["mean"]).view(shape)) / x.new_tensor(theirs["std"]).view(shape)
+
     def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         smoothing = self.hparams.label_smoothing
         if self.hparams.loss == "focal":
@@ -152,6 +183,11 @@ class TransferClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
+        if stage == "train" and self._teacher:
+            with torch.no_grad():
+                teacher_logits = self._teacher[0](self.to_teacher_input(x))
+            temperature, alpha = self.hparams.distill_temperature, self.hparams.distill_alpha
+            loss = distillation_loss(logits, teacher_logits, loss, temperature, alpha)
         getattr(self, f"{stage}_metrics").update(logits, y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
         if stage == "test":
@@ -244,7 +280,20 @@ class TransferClassifier(pl.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path: Any, **kwargs: Any) -> TransferClassifier:  # type: ignore[override]
         """Rebuild from a checkpoint without fetching the initial weights again (the checkpoint has them)."""
         kwargs.setdefault("pretrained", False)
+        kwargs.setdefault("teacher_checkpoint", None)  # a trained student needs no teacher
         return super().load_from_checkpoint(checkpoint_path, **kwargs)
+
+
+def _load_teacher(path: str, class_names: Sequence[str]) -> TransferClassifier:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"Teacher checkpoint '{path}' does not exist. Point model.teacher_checkpoint at a best.ckpt of an "
+            "earlier run (outputs/train/runs/<run>/checkpoints/best.ckpt), or set it to null."
+        )
+    teacher = TransferClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+    check_same_classes(teacher.class_names, class_names)
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
