@@ -1,0 +1,107 @@
+"""Predict classes for image files or folders with a trained checkpoint, into a CSV.
+
+Preprocessing (size, mean, std, channels) and class names come from the checkpoint, so nothing is passed
+twice. An unreadable file or one with the wrong number of channels stops with an error naming it.
+
+    python -m tl_lightning.predict CKPT PATH [PATH ...] [--out predictions.csv] [--tta] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from tl_lightning.images import IMAGE_EXTENSIONS, load_image
+from tl_lightning.module import TransferClassifier
+from tl_lightning.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and image files under folders (recursively, hidden entries skipped), in sorted order.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or no image at all.
+    """
+    paths = [Path(p) for p in paths]
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.relative_to(path))
+            )
+        else:
+            raise FileNotFoundError(f"'{path}' does not exist. Pass image files or folders of images.")
+    if not found:
+        names = [str(p) for p in paths]
+        raise FileNotFoundError(f"No images found in {names} (extensions: {sorted(IMAGE_EXTENSIONS)}).")
+    return found
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+@torch.no_grad()
+def predict_files(
+    model: TransferClassifier, files: list[Path], batch_size: int = 64, tta: bool = False
+) -> torch.Tensor:
+    """Class probabilities for `files` (rows in file order), optionally averaged with horizontal flips."""
+    model.eval()
+    transform = eval_transform(model.data_config)
+    channels = int(model.data_config["input_size"][0])
+    rows = []
+    for batch in _batches(files, batch_size):
+        x = torch.stack([transform(image=load_image(f, channels))["image"] for f in batch]).to(model.device)
+        probs = model(x).softmax(-1)
+        if tta:
+            probs = (probs + model(x.flip(-1)).softmax(-1)) / 2
+        rows.append(probs.cpu())
+    return torch.cat(rows)
+
+
+def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_predictions(path: Path, files: list[Path], probs: torch.Tensor, class_names: list[str]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "class", "probability", *(f"p_{name}" for name in class_names)])
+        for file, row in zip(files, probs.tolist(), strict=True):
+            best = max(range(len(row)), key=row.__getitem__)
+            writer.writerow([str(file), class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"Checkpoint '{args.checkpoint}' does not exist (look in <run>/checkpoints/best.ckpt).")
+    model = TransferClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu")
+    files = find_images(args.paths)
+    probs = predict_files(model, files, args.batch_size, args.tta)
+    write_predictions(args.out, files, probs, model.class_names)
+    print(f"{len(files)} predictions written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
