@@ -47,10 +47,11 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 
 def tiny_model(**kwargs):
-    """timm's tiny `test_efficientnet` (BatchNorm in every group) at 32 px, random weights."""
+    """timm's tiny `test_efficientnet` (BatchNorm in every group) at 32 px; random unless `weights_file` is given."""
     from tl_lightning.module import TransferClassifier
 
-    options = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": list(CLASSES), "pretrained": False,
+    options = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": list(CLASSES),
+               "pretrained": "weights_file" in kwargs,
                "image_size": 32, "crop_pct": 1.0} | kwargs  # fmt: skip
     return TransferClassifier(**options)
 

@@ -20,7 +20,7 @@ def test_unknown_backbone_lists_close_matches():
 def test_missing_weights_file_names_the_path(tmp_path: Path):
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        create_backbone("test_resnet", pretrained=True, weights_file=str(missing))
+        create_backbone("test_resnet", weights_file=str(missing))
 
 
 def test_unknown_packaged_weights_lists_known_ones():
@@ -35,7 +35,7 @@ def test_random_init_is_headless_and_recorded():
 
 
 def test_packaged_lite0_weights_load_with_their_own_preprocessing_and_provenance():
-    backbone = create_backbone("tf_efficientnet_lite0", pretrained=True, weights_file=LITE0)
+    backbone = create_backbone("tf_efficientnet_lite0", weights_file=LITE0)
     assert backbone.data_config["mean"] == (0.5, 0.5, 0.5)
     assert backbone.data_config["std"] == (0.5, 0.5, 0.5)
     assert backbone.weights["matched_by"] == "order"
@@ -68,7 +68,7 @@ def test_local_weights_file_loads_by_name(tmp_path: Path):
     source = timm.create_model("test_resnet", pretrained=False)  # with classifier, like a hub file
     path = tmp_path / "resnet.pth"
     torch.save(source.state_dict(), path)
-    backbone = create_backbone("test_resnet", pretrained=True, weights_file=str(path))
+    backbone = create_backbone("test_resnet", weights_file=str(path))
     assert backbone.weights["matched_by"] == "name"
     target = backbone.model.state_dict()
     assert all(torch.equal(target[k], v) for k, v in source.state_dict().items() if k in target)

@@ -21,7 +21,7 @@ def pretrained_stem() -> torch.Tensor:
 
 
 def test_one_channel_sums_the_pretrained_rgb_filters():
-    backbone = create_backbone("tf_efficientnet_lite0", pretrained=True, weights_file=LITE0, in_chans=1)
+    backbone = create_backbone("tf_efficientnet_lite0", weights_file=LITE0, in_chans=1)
     stem = backbone.model.conv_stem.weight
     assert stem.shape[1] == 1
     assert torch.allclose(stem, pretrained_stem().sum(dim=1, keepdim=True))
@@ -29,7 +29,7 @@ def test_one_channel_sums_the_pretrained_rgb_filters():
 
 
 def test_four_bands_repeat_the_pretrained_rgb_filters_scaled():
-    backbone = create_backbone("tf_efficientnet_lite0", pretrained=True, weights_file=LITE0, in_chans=4)
+    backbone = create_backbone("tf_efficientnet_lite0", weights_file=LITE0, in_chans=4)
     stem, rgb = backbone.model.conv_stem.weight, pretrained_stem()
     assert stem.shape[1] == 4
     assert torch.allclose(stem[:, :3], rgb * 3 / 4) and torch.allclose(stem[:, 3], rgb[:, 0] * 3 / 4)

@@ -23,7 +23,7 @@ def fit_with_checkpoints(model, folder: Path, ckpt_dir: Path, max_epochs: int, c
 
 
 def test_checkpoint_round_trip_needs_no_arguments(split_folder: Path, tmp_path: Path):
-    model = tiny_model(backbone="tf_efficientnet_lite0", pretrained=True, weights_file="package:efficientnet_lite0")
+    model = tiny_model(backbone="tf_efficientnet_lite0", weights_file="package:efficientnet_lite0")
     fit_with_checkpoints(model, split_folder, tmp_path, max_epochs=1)
     path = tmp_path / "last.ckpt"
     raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: safe to load

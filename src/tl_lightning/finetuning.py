@@ -76,6 +76,7 @@ class LayerFinetuning(BaseFinetuning):
         self._ddp_registered: set[int] | None = None
         self._hooks: list[Any] = []
         self._groups: list[LayerGroup] | None = None
+        self._unfreeze_epochs: list[int | None] | None = None
         self._applied: int | None = None
         self._logged: int | None = None
 
@@ -156,10 +157,11 @@ class LayerFinetuning(BaseFinetuning):
     def rewarm_factors(self, step: int, steps_per_epoch: int, pl_module: pl.LightningModule) -> dict[str, float]:
         """LR multipliers for groups still re-warming at optimizer step `step`, by layer-group name."""
         groups = self.groups(pl_module)
+        if self._unfreeze_epochs is None:  # a pure function of the schedule: computed once, not every step
+            self._unfreeze_epochs = [self.unfreeze_epoch(i, len(groups)) for i in range(len(groups))]
         ramp = max(1, round(self.rewarm_epochs * steps_per_epoch))
         factors = {}
-        for i, group in enumerate(groups):
-            start = self.unfreeze_epoch(i, len(groups))
+        for group, start in zip(groups, self._unfreeze_epochs, strict=True):
             if start:  # None: never trains; 0: the scheduler's warmup covers it
                 since = step - start * steps_per_epoch
                 if 0 <= since < ramp:

@@ -22,23 +22,28 @@ from tl_lightning.reporting import plot_confusion_matrix, summary_table, write_m
 log = logging.getLogger(__name__)
 
 
+def _prepare(cfg: DictConfig) -> tuple[Path, Any, Any]:
+    """The run folder (with the resolved config), the seed, the prepared datamodule and the model built for it."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = instantiate(
+        cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all"
+    )
+    return out, datamodule, model
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the training split, test the best checkpoint, and write the run folder.
 
     The run folder (`paths.output_dir`) gets `config.yaml`, `split.csv`, `checkpoints/{best,last}.ckpt`,
     `metrics.json` and `confusion_matrix.png`.
     """
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    model = instantiate(
-        cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all"
-    )
+    out, datamodule, model = _prepare(cfg)
     datamodule.save_split(out / "split.csv")
     if datamodule.audit_report is not None:
         datamodule.audit_report.save(out / "audit.json")
@@ -72,15 +77,7 @@ def find_lr(cfg: DictConfig) -> dict[str, Any]:
 
     Writes `lr_find.png` and `lr_find.json` (suggestions and the `model.lr=...` override for the next run).
     """
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    model = instantiate(
-        cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all"
-    )
+    out, datamodule, model = _prepare(cfg)
     datamodule.data_config = dict(model.data_config)
     datamodule.setup("fit")
     finetuning = instantiate(cfg.callbacks.finetuning)
