@@ -1,11 +1,14 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_data, tiny_model
+from PIL import Image
 from test_module import fit_with_checkpoints
 
+from tl_lightning.drift import InputStatistics
 from tl_lightning.images import ImageDecodeError
 from tl_lightning.module import TransferClassifier
 from tl_lightning.predict import find_images, main, predict_files
@@ -51,3 +54,47 @@ def test_bad_inputs_are_named(checkpoint: Path, tmp_path: Path):
         predict_files(model, [bad])
     with pytest.raises(SystemExit, match="does not exist"):
         main([str(tmp_path / "missing.ckpt"), str(bad)])
+
+
+def test_checkpoint_keeps_training_input_statistics(checkpoint: Path, split_folder: Path):
+    model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    stats = model.input_statistics
+    assert stats is not None and stats.images == 24  # every training image: 3 classes x 8
+    dm = tiny_data(split_folder, data_config=model.data_config)
+    dm.setup("fit")
+    x = torch.stack([image for image, _ in dm.val_dataloader().dataset])
+    assert stats.distance(x)[0] < 4  # same source: no warning
+    assert len(stats.mean_of_means) == 3
+
+
+def test_images_unlike_the_training_data_are_warned_about(
+    checkpoint: Path, split_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """Training images are one saturated colour channel plus mild noise; uniform noise from another 'sensor' is not."""
+    model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    same = find_images([split_folder / "test"])
+    with caplog.at_level("WARNING", logger="tl_lightning.predict"):
+        predict_files(model, same, batch_size=4)
+    assert not caplog.records
+    rng = np.random.default_rng(0)
+    (tmp_path / "noise").mkdir()
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "noise" / f"{i}.png")
+    noise = find_images([tmp_path / "noise"])
+    with caplog.at_level("WARNING", logger="tl_lightning.predict"):
+        predict_files(model, [*same[:4], *noise], batch_size=4)
+    assert len(caplog.records) == 3  # the batches of noise, not the first (test images)
+    assert f"{noise[0]} .. {noise[3]}" in caplog.records[0].getMessage()
+    assert "training standard deviations" in caplog.records[0].getMessage()
+
+
+def test_input_statistics_flag_a_shifted_batch_only():
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(200, 3, 8, 8, generator=generator) + torch.randn(200, 3, 1, 1, generator=generator)
+    stats = InputStatistics.of(train)
+    alike = torch.randn(16, 3, 8, 8, generator=generator) + torch.randn(16, 3, 1, 1, generator=generator)
+    assert stats.check(alike) is None
+    shifted = alike.clone()
+    shifted[:, 2] += 6  # one channel, six training standard deviations of the per-image mean
+    assert "channel 2 mean" in stats.check(shifted)
+    assert "channel 0 std" in stats.check(alike * torch.tensor([8.0, 1, 1]).view(1, 3, 1, 1))

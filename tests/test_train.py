@@ -31,7 +31,7 @@ def test_run_writes_the_run_folder_and_tests_the_best_checkpoint(flat_folder: Pa
     out = tmp_path / "run"
     metrics = run(compose_train(folder_overrides(flat_folder, out)))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    for name in ("config.yaml", "split.csv", "audit.json", "metrics.json", "confusion_matrix.png"):
+    for name in ("config.yaml", "split.csv", "audit.json", "metrics.json", "report.md", "report/top_losses.png"):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)

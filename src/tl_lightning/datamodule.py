@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from tl_lightning.audit import AuditReport, FileCheck, build_report, check_files
+from tl_lightning.drift import InputStatistics
 from tl_lightning.images import IMAGE_EXTENSIONS, load_image
 from tl_lightning.transforms import eval_transform, train_transform
 
@@ -280,6 +281,18 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 raise ValueError("Pass data_config=model.data_config: there is no model to take it from.")
             self.data_config = dict(model.data_config)
         _ = self.splits
+
+    def input_statistics(self, max_images: int = 256) -> InputStatistics:
+        """Statistics of up to `max_images` training images (evenly spaced), preprocessed as for evaluation.
+
+        Stored in checkpoints, so prediction can warn about inputs unlike these (`drift.py`).
+        """
+        samples = self.samples("train")
+        step = max(1, len(samples) // max_images)
+        channels = int(self.data_config["input_size"][0])
+        dataset = ImageDataset(samples[::step][:max_images], self.build_eval_transform(self.data_config), channels)
+        with torch.random.fork_rng(devices=[]):  # the eval transform still draws a seed: leave training's RNG be
+            return InputStatistics.of(torch.stack([dataset[i][0] for i in range(len(dataset))]))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.splits:

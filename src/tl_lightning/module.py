@@ -21,6 +21,7 @@ from torchmetrics.classification import (
 )
 
 from tl_lightning.backbones import create_backbone
+from tl_lightning.drift import InputStatistics
 from tl_lightning.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.heads import create_head
 from tl_lightning.losses import (
@@ -133,6 +134,10 @@ class TransferClassifier(pl.LightningModule):
             raise ValueError("Mixup/CutMix make soft targets: use them without class_weights, with cross_entropy.")
         # Always a buffer (ones = unweighted), so checkpoints have the same keys whatever the weighting.
         self.register_buffer("class_weight", initial_class_weights(class_weights, num_classes))
+        # Temperature scaling (`calibration.py`), fitted on validation after training; 1 until then.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        # Statistics of the training inputs, for prediction's drift warning (`drift.py`); set at fit.
+        self.input_statistics: InputStatistics | None = None
         self.train_metrics = _stage_metrics(num_classes, "train")
         self.val_metrics = _stage_metrics(num_classes, "val")
         self.test_metrics = _stage_metrics(num_classes, "test")
@@ -152,9 +157,15 @@ class TransferClassifier(pl.LightningModule):
         head = LayerGroup("head", list(self.head.named_parameters(prefix="head")), [])
         return [*layer_groups(self.backbone, prefix="backbone."), head]
 
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, temperature-scaled: what prediction and export return."""
+        return (self(x) / self.temperature).softmax(dim=-1)
+
     def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        if stage == "fit" and hasattr(datamodule, "input_statistics"):
+            self.input_statistics = datamodule.input_statistics()
         if self.hparams.class_weights == "balanced" and stage == "fit":
-            datamodule = self.trainer.datamodule if self.trainer is not None else None
             if datamodule is None or not hasattr(datamodule, "class_counts"):
                 raise ValueError("class_weights='balanced' needs a datamodule with class_counts(); give a list.")
             self.class_weight.copy_(balanced_class_weights(datamodule.class_counts()))
@@ -211,7 +222,7 @@ class TransferClassifier(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(x).softmax(dim=-1)
+        return self.probabilities(x)
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()
@@ -269,12 +280,18 @@ class TransferClassifier(pl.LightningModule):
             "weights": self.weights_info,
             "class_names": self.class_names,
             "data_config": self.data_config,
+            "temperature": float(self.temperature),
+            "input_statistics": self.input_statistics.to_dict() if self.input_statistics else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("tl_lightning", {})
         check_same_classes(saved.get("class_names", self.class_names), self.class_names)
         self.weights_info = saved.get("weights", self.weights_info)
+        if saved.get("input_statistics"):
+            self.input_statistics = InputStatistics(**saved["input_statistics"])
+        # Checkpoints from before calibration existed: uncalibrated.
+        checkpoint["state_dict"].setdefault("temperature", torch.tensor(1.0))
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, **kwargs: Any) -> TransferClassifier:  # type: ignore[override]

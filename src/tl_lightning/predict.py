@@ -1,7 +1,8 @@
 """Predict classes for image files or folders with a trained checkpoint, into a CSV.
 
-Preprocessing (size, mean, std, channels) and class names come from the checkpoint, so nothing is passed
-twice. An unreadable file or one with the wrong number of channels stops with an error naming it.
+Preprocessing (size, mean, std, channels), class names and the calibration temperature come from the
+checkpoint, so nothing is passed twice. An unreadable file or one with the wrong number of channels stops with
+an error naming it; a batch whose image statistics are far from the training images' is warned about.
 
     python -m tl_lightning.predict CKPT PATH [PATH ...] [--out predictions.csv] [--tta] [--batch-size 64]
 """
@@ -57,16 +58,22 @@ def _hidden(relative: Path) -> bool:
 def predict_files(
     model: TransferClassifier, files: list[Path], batch_size: int = 64, tta: bool = False
 ) -> torch.Tensor:
-    """Class probabilities for `files` (rows in file order), optionally averaged with horizontal flips."""
+    """Calibrated class probabilities for `files` (rows in file order), optionally averaged with horizontal flips.
+
+    Each batch is compared with the checkpoint's training input statistics, and a far-off batch is logged as a
+    warning naming its first and last file.
+    """
     model.eval()
     transform = eval_transform(model.data_config)
     channels = int(model.data_config["input_size"][0])
     rows = []
     for batch in _batches(files, batch_size):
         x = torch.stack([transform(image=load_image(f, channels))["image"] for f in batch]).to(model.device)
-        probs = model(x).softmax(-1)
+        if model.input_statistics is not None and (problem := model.input_statistics.check(x)):
+            log.warning("Images %s .. %s: %s", batch[0], batch[-1], problem)
+        probs = model.probabilities(x)
         if tta:
-            probs = (probs + model(x.flip(-1)).softmax(-1)) / 2
+            probs = (probs + model.probabilities(x.flip(-1))) / 2
         rows.append(probs.cpu())
     return torch.cat(rows)
 
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if not args.checkpoint.is_file():
         raise SystemExit(f"Checkpoint '{args.checkpoint}' does not exist (look in <run>/checkpoints/best.ckpt).")
     model = TransferClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu")

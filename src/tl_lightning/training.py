@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from tl_lightning.calibration import collect_logits, fit_temperature, store_temperature
 from tl_lightning.lr_finder import lr_range_test, plot_range_tests
-from tl_lightning.reporting import plot_confusion_matrix, summary_table, write_metrics
+from tl_lightning.reporting import log_report, summary_table, write_metrics, write_report
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,9 @@ def _prepare(cfg: DictConfig) -> tuple[Path, Any, Any]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the training split, test the best checkpoint, and write the run folder.
 
-    The run folder (`paths.output_dir`) gets `config.yaml`, `split.csv`, `checkpoints/{best,last}.ckpt`,
-    `metrics.json` and `confusion_matrix.png`.
+    After fitting, the best checkpoint gets a temperature fitted on validation (`calibration.py`), then it is
+    tested and reported. The run folder (`paths.output_dir`) gets `config.yaml`, `split.csv`,
+    `checkpoints/{best,last}.ckpt`, `metrics.json`, and `report.md` with its files under `report/`.
     """
     out, datamodule, model = _prepare(cfg)
     datamodule.save_split(out / "split.csv")
@@ -59,10 +62,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
     best = monitored[0].best_model_path if monitored else ""
     metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
+    metrics["calibration/temperature"] = calibrate(model, datamodule, best, trainer.is_global_zero)
     if datamodule.has_test:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics |= results[0] if results else {}
-        plot_confusion_matrix(model.confusion.compute(), model.class_names, out / "confusion_matrix.png")
+        if trainer.is_global_zero:
+            logits, targets = collect_logits(model, datamodule.test_dataloader())
+            files = [path for path, _ in datamodule.samples("test")]
+            channels = int(model.data_config["input_size"][0])
+            temperature = float(model.temperature)
+            scalars = write_report(out, logits, targets, model.class_names, files, temperature, channels,
+                                   checkpoint=best)  # fmt: skip
+            log_report(trainer.loggers, scalars, out, trainer.global_step)
+            metrics |= scalars
     else:
         log.warning("No test split: metrics.json holds the best checkpoint's validation metrics instead.")
         metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0]
@@ -70,6 +82,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_metrics(out / "metrics.json", metrics)
     log.info("Run folder: %s\n%s", out, summary_table(metrics))
     return metrics
+
+
+def calibrate(model: Any, datamodule: Any, best: str, write: bool) -> float:
+    """Load the best checkpoint's weights, fit a temperature on validation and store it there (when `write`)."""
+    if best:
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    temperature = fit_temperature(*collect_logits(model, datamodule.val_dataloader()))
+    model.temperature.fill_(temperature)
+    if best and write:
+        store_temperature(best, temperature)
+    log.info("Temperature scaling fitted on validation: T = %.3f", temperature)
+    return temperature
 
 
 def find_lr(cfg: DictConfig) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""Calibration: a model's logits on a split, temperature scaling fitted on validation, and calibration error.
+
+Temperature scaling (Guo et al., 2017) divides the logits by one scalar fitted to minimise the validation
+negative log-likelihood: the predicted class never changes, only how confident the probabilities are. Fitting
+one scalar needs no library; the error itself is torchmetrics' `MulticlassCalibrationError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+ECE_BINS = 15
+
+
+@torch.no_grad()  # not inference_mode: the logits feed fit_temperature's autograd
+def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets of every batch of `loader`, in loader order, with the model in eval mode.
+
+    A plain loop rather than `trainer.predict`: it runs in every process of a DDP job on the whole split, so
+    each rank fits the same temperature without gathering.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, targets = [], []
+    for x, y in loader:
+        logits.append(model(x.to(device)).float().cpu())
+        targets.append(y)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(targets)
+
+
+@torch.enable_grad()
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+    """The temperature T > 0 minimising the NLL of `softmax(logits / T)`; optimised as log T with L-BFGS."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    logits, targets = logits.detach().float(), targets.detach()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the support-weighted gap between confidence and accuracy over `bins` equal-width bins."""
+    return float(multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=bins, norm="l1"))
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per confidence bin: its edges, the mean confidence, the accuracy and the number of samples."""
+
+    edges: torch.Tensor
+    confidence: torch.Tensor
+    accuracy: torch.Tensor
+    count: torch.Tensor
+
+
+def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> ReliabilityBins:
+    """The reliability diagram's data; the same binning as `expected_calibration_error`."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    index = (torch.bucketize(confidence, edges[1:-1], right=True)).clamp(max=bins - 1)
+    count = torch.bincount(index, minlength=bins).float()
+    mean = lambda values: torch.bincount(index, values, minlength=bins) / count.clamp(min=1)  # noqa: E731
+    return ReliabilityBins(edges, mean(confidence), mean(correct), count)
+
+
+def store_temperature(checkpoint_path: str | Path, temperature: float) -> None:
+    """Write `temperature` into a `TransferClassifier` checkpoint, through a temp file renamed into place."""
+    path = Path(checkpoint_path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["temperature"] = torch.tensor(float(temperature))
+    checkpoint.setdefault("tl_lightning", {})["temperature"] = float(temperature)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
