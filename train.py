@@ -5,12 +5,13 @@ Examples:
     python train.py backbone=efficientnet_b4 data=plants data.root=/data/plantvillage trainer=gpu
     python train.py -m model.lr=1e-3,3e-4                   # a sweep, one run folder per job
     python train.py task=lr_find                            # LR range test; prints the model.lr to use
+    python train.py task=probe                              # linear probe of the frozen features
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from tl_lightning.training import find_lr, run
+from tl_lightning.training import find_lr, probe, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -18,6 +19,8 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.task == "lr_find":
         find_lr(cfg)
         return None
+    if cfg.task == "probe":
+        return probe(cfg)["accuracy"]["val"]
     metrics = run(cfg)
     value = metrics.get(cfg.get("optimized_metric"))
     return float(value) if value is not None else None

@@ -326,5 +326,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split in order, with the deterministic eval preprocessing (for features, probes and reports)."""
+        return self._loader(split, train=False)
+
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if self.has_test else "val", train=False)

@@ -169,6 +169,8 @@ def write_report(
     scalars |= {f"test/{m}_weighted": v for m, v in report.averages()["weighted avg"].items()}
     worst_rows = [(files[i], class_names[targets[i]], class_names[preds[i]], float(probs[i, preds[i]]),
                    float(losses[i])) for i in worst]  # fmt: skip
+    table = [[str(f), t, p, f"{q:.6f}", f"{v:.6f}"] for f, t, p, q, v in worst_rows]
+    _write_csv(folder / "top_losses.csv", [["path", "true", "predicted", "probability", "loss"], *table])
     accuracy = float((preds == targets).float().mean())
     (out / "report.md").write_text(_markdown(report, scalars, accuracy, worst_rows, checkpoint, len(targets)))
     return scalars
@@ -221,6 +223,9 @@ def _markdown(
         "## Highest-loss test images",
         "",
         "![top losses](report/top_losses.png)",
+        "",
+        "As a table in [report/top_losses.csv](report/top_losses.csv); Grad-CAM of these images: "
+        "`python -m tl_lightning.explain CKPT --top-losses RUN`.",
         "",
         "| file | true | predicted | p(predicted) | loss |",
         "|---|---|---|---|---|",

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl_lightning.calibration import collect_logits, fit_temperature, store_temperature
 from tl_lightning.lr_finder import lr_range_test, plot_range_tests
+from tl_lightning.probe import linear_probe
 from tl_lightning.reporting import log_report, summary_table, write_metrics, write_report
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,22 @@ def calibrate(model: Any, datamodule: Any, best: str, write: bool) -> float:
         store_temperature(best, temperature)
     log.info("Temperature scaling fitted on validation: T = %.3f", temperature)
     return temperature
+
+
+def probe(cfg: DictConfig) -> dict[str, Any]:
+    """`task=probe`: a linear probe of the frozen pretrained features; writes `probe.json` with the verdict.
+
+    Features are cached under `paths.cache_dir/features`, so probing again (another `probe.c`) costs seconds.
+    """
+    out, datamodule, model = _prepare(cfg)
+    datamodule.data_config = dict(model.data_config)
+    datamodule.setup("fit")
+    result = linear_probe(model, datamodule, Path(cfg.paths.cache_dir) / "features", c=cfg.probe.c).to_dict()
+    write_metrics(out / "probe.json", result)
+    scores = ", ".join(f"{split} {value:.4f}" for split, value in result["accuracy"].items())
+    log.info("Linear probe accuracy: %s\n%s\nStart with: python train.py %s",
+             scores, result["interpretation"], result["recommendation"])  # fmt: skip
+    return result
 
 
 def find_lr(cfg: DictConfig) -> dict[str, Any]:
