@@ -40,10 +40,26 @@ def split_folder(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     """Digits and other caches go to one temp folder per session, never the user's home."""
-    monkeypatch.setenv("TL_LIGHTNING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TL_LIGHTNING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The real default (digits, shipped Lite0 weights) for a few batches per epoch: one run shared by tests.
+
+    Tests read its folder and checkpoints; none may write into it.
+    """
+    from test_train import FAST, compose_train
+
+    from tl_lightning.training import run
+
+    out = tmp_path_factory.mktemp("digits_run")
+    return out, run(compose_train([f"paths.output_dir={out}", "trainer.limit_train_batches=4", *FAST]))
 
 
 def tiny_model(**kwargs):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_model, write_images
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from test_train import FAST, compose_train
+from test_train import compose_train
 from torchmetrics.classification import (
     MulticlassCalibrationError,
     MulticlassConfusionMatrix,
@@ -29,7 +29,6 @@ from tl_lightning.calibration import (
 from tl_lightning.digits import DigitsDataModule
 from tl_lightning.module import TransferClassifier
 from tl_lightning.reporting import log_report, write_report
-from tl_lightning.training import run
 
 
 def synthetic(n: int = 4000, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +150,8 @@ def test_stored_temperature_is_loaded_and_applied(tmp_path: Path):
     assert float(TransferClassifier.load_from_checkpoint(tmp_path / "old.ckpt").temperature) == 1.0
 
 
-def test_digits_run_writes_a_report_from_the_calibrated_best_checkpoint(tmp_path: Path):
-    out = tmp_path / "run"
-    metrics = run(compose_train([f"paths.output_dir={out}", "trainer.limit_train_batches=4", *FAST]))
+def test_digits_run_writes_a_report_from_the_calibrated_best_checkpoint(digits_run: tuple[Path, dict]):
+    out, metrics = digits_run
     best = out / "checkpoints" / "best.ckpt"
     saved = torch.load(best, map_location="cpu", weights_only=True)
     temperature = metrics["calibration/temperature"]

@@ -41,14 +41,14 @@ def test_run_writes_the_run_folder_and_tests_the_best_checkpoint(flat_folder: Pa
     assert OmegaConf.load(out / "config.yaml").model.backbone == "test_resnet"
 
 
-def test_default_config_is_digits_on_the_shipped_lite0_weights(tmp_path: Path):
-    cfg = compose_train([f"paths.output_dir={tmp_path}", *FAST])
+def test_default_config_is_digits_on_the_shipped_lite0_weights(digits_run: tuple[Path, dict]):
+    cfg = compose_train([])
     assert cfg.model.backbone == "tf_efficientnet_lite0"
     assert cfg.model.weights_file == "package:efficientnet_lite0"
     assert cfg.model.image_size == 64
-    metrics = run(cfg)  # a few batches of the real default: digits written, weights loaded, test run
+    out, metrics = digits_run  # a few batches of the real default: digits written, weights loaded, test run
     assert metrics["weights"] == "package:efficientnet_lite0"
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert len(ckpt["tl_lightning"]["weights"]["sha256"]) == 64
     assert ckpt["tl_lightning"]["data_config"]["mean"] == (0.5, 0.5, 0.5)
 
