@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from tl_lightning.audit import AuditReport, FileCheck, build_report, check_files
 from tl_lightning.drift import InputStatistics
@@ -191,6 +191,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.build_train_transform = train_transform
         self.build_eval_transform = eval_transform
         self.data_config = data_config
+        # Set by `FrozenFeatureCache`: split -> a loader of cached features, or None for the images.
+        self.loader_override: Callable[[str], DataLoader | None] | None = None
         self._splits: dict[str, dict[str, list[Path]]] | None = None
 
     @property
@@ -295,27 +297,35 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return InputStatistics.of(torch.stack([dataset[i][0] for i in range(len(dataset))]))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        if self.loader_override is not None and (override := self.loader_override(split)) is not None:
+            return override
         if split not in self.splits:
             raise ValueError(f"'{self.root}' has no '{split}' split.")
         build = self.build_train_transform if train else self.build_eval_transform
         channels = int(self.data_config["input_size"][0])
         dataset = ImageDataset(self.samples(split), build(self.data_config), channels)
-        sampler = self._balanced_sampler(dataset) if train and self.balanced_sampling else None
+        return self.make_loader(dataset, train)
+
+    def make_loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """This datamodule's batching for `dataset`: shuffled (or class-balanced) and dropping a ragged last
+        batch when `train`, in order otherwise. Used for image datasets and for cached features alike."""
+        sampler = self._balanced_sampler(_labels(dataset)) if train and self.balanced_sampling else None
+        in_memory = isinstance(dataset, TensorDataset)  # worker processes would only add start-up time
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=0 if in_memory else self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            persistent_workers=self.persistent_workers and not in_memory,
         )
 
-    def _balanced_sampler(self, dataset: ImageDataset) -> WeightedRandomSampler:
+    def _balanced_sampler(self, labels: list[int]) -> WeightedRandomSampler:
         counts = self.class_counts()
-        weights = [1.0 / counts[label] for _, label in dataset.samples]
-        return WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
+        weights = [1.0 / counts[label] for label in labels]
+        return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -332,3 +342,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if self.has_test else "val", train=False)
+
+
+def _labels(dataset: Dataset) -> list[int]:
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].tolist()
+    return [label for _, label in dataset.samples]

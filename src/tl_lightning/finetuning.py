@@ -141,6 +141,11 @@ class LayerFinetuning(BaseFinetuning):
         for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
             grad.copy_(synced)
 
+    def frozen_epochs(self, max_epochs: int) -> int:
+        """How many epochs, from the first, train the head alone on a wholly frozen backbone (at most `max_epochs`)."""
+        starts = [epoch for epoch, n in self.milestones.items() if n == ALL or int(n) > 0]
+        return min([*starts, max_epochs])
+
     def last_change_epoch(self, pl_module: pl.LightningModule, max_epochs: int | None) -> int:
         """The last epoch (below `max_epochs`) at which the trainable set changes; 0 if it never does."""
         num_groups = len(self.groups(pl_module))

@@ -152,6 +152,10 @@ class TransferClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Images through backbone and head; `(N, D)` backbone features (from `FrozenFeatureCache`) through the head."""
+        return self.head(x) if x.ndim == 2 else self(x)
+
     def layer_groups(self) -> list[LayerGroup]:
         """Backbone groups input -> output, then the head: the unit of freezing and of learning rate."""
         head = LayerGroup("head", list(self.head.named_parameters(prefix="head")), [])
@@ -192,7 +196,7 @@ class TransferClassifier(pl.LightningModule):
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self._logits(x)
         loss = self.criterion(logits, y)
         if stage == "train" and self._teacher:
             with torch.no_grad():
