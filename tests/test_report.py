@@ -170,3 +170,10 @@ def test_digits_run_writes_a_report_from_the_calibrated_best_checkpoint(digits_r
     assert metrics["test/ece"] == pytest.approx(float(ece(logits.softmax(-1), targets)), abs=1e-5)
     assert metrics["test/ece_calibrated"] <= metrics["test/ece"] + 1e-6
     assert np.isfinite(temperature) and temperature > 0
+
+
+def test_a_degenerate_temperature_is_bounded(caplog: pytest.LogCaptureFixture):
+    targets = torch.arange(40) % 4
+    constant = torch.tensor([[3.0, 0.0, 0.0, 0.0]]).repeat(40, 1)  # one class for every image: no signal
+    assert fit_temperature(constant, targets) == 20.0
+    assert "outside [0.05, 20.0]" in caplog.text

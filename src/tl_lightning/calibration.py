@@ -7,6 +7,7 @@ one scalar needs no library; the error itself is torchmetrics' `MulticlassCalibr
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+log = logging.getLogger(__name__)
+
 ECE_BINS = 15
+# A fitted temperature is kept within these: beyond, the model's logits carry no ranking signal worth scaling
+# (a model that predicts one class drives T to infinity), and the bound is logged.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 @torch.no_grad()  # not inference_mode: the logits feed fit_temperature's autograd
@@ -52,7 +58,13 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    fitted = float(log_t.detach().exp())
+    low, high = TEMPERATURE_RANGE
+    if not low <= fitted <= high:
+        log.warning("Fitted temperature %.3g is outside [%s, %s]; kept at the bound. The model's validation "
+                    "predictions are close to uninformative: check training before trusting its probabilities.",
+                    fitted, low, high)  # fmt: skip
+    return min(max(fitted, low), high)
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:

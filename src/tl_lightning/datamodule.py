@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from tl_lightning.audit import AuditReport, FileCheck, build_report, check_files
+from tl_lightning.distributed import eval_sampler, per_device_batch_size, world
 from tl_lightning.drift import InputStatistics
 from tl_lightning.images import IMAGE_EXTENSIONS, load_image
 from tl_lightning.transforms import eval_transform, train_transform
@@ -140,7 +141,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     Args:
         root: the data folder (see module docstring).
-        batch_size: per-device batch size.
+        batch_size: the global batch size: each of N devices gets `batch_size / N` (an error if that is not whole),
+            so a recipe means the same on one device or eight.
         num_workers, pin_memory, persistent_workers: `DataLoader` settings.
         val_fraction: share of each class held out for validation when there is no `val/` folder.
         test_fraction: share of each class held out for test when `root` holds class folders directly.
@@ -176,6 +178,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         super().__init__()
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
+        self.batch_size_per_device = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -282,6 +285,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             if model is None or not hasattr(model, "data_config"):
                 raise ValueError("Pass data_config=model.data_config: there is no model to take it from.")
             self.data_config = dict(model.data_config)
+        self.batch_size_per_device = per_device_batch_size(self.batch_size, world(self.trainer)[0])
         _ = self.splits
 
     def input_statistics(self, max_images: int = 256) -> InputStatistics:
@@ -296,27 +300,32 @@ class ImageFolderDataModule(pl.LightningDataModule):
         with torch.random.fork_rng(devices=[]):  # the eval transform still draws a seed: leave training's RNG be
             return InputStatistics.of(torch.stack([dataset[i][0] for i in range(len(dataset))]))
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if self.loader_override is not None and (override := self.loader_override(split)) is not None:
-            return override
+    def _loader(self, split: str, train: bool, distributed: bool = True) -> DataLoader:
         if split not in self.splits:
             raise ValueError(f"'{self.root}' has no '{split}' split.")
         build = self.build_train_transform if train else self.build_eval_transform
         channels = int(self.data_config["input_size"][0])
         dataset = ImageDataset(self.samples(split), build(self.data_config), channels)
-        return self.make_loader(dataset, train)
+        return self.make_loader(dataset, train, distributed)
 
-    def make_loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def make_loader(self, dataset: Dataset, train: bool, distributed: bool = True) -> DataLoader:
         """This datamodule's batching for `dataset`: shuffled (or class-balanced) and dropping a ragged last
-        batch when `train`, in order otherwise. Used for image datasets and for cached features alike."""
-        sampler = self._balanced_sampler(_labels(dataset)) if train and self.balanced_sampling else None
+        batch when `train`, in order otherwise. Used for image datasets and for cached features alike.
+
+        Under DDP, training loaders get Lightning's `DistributedSampler`; evaluation loaders get a share of the
+        split without repeats (`distributed.eval_sampler`) unless `distributed=False` asks for the whole split.
+        """
+        if train:
+            sampler = self._balanced_sampler(_labels(dataset)) if self.balanced_sampling else None
+        else:
+            sampler = eval_sampler(dataset, *world(self.trainer)) if distributed else None
         in_memory = isinstance(dataset, TensorDataset)  # worker processes would only add start-up time
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size_per_device,
             shuffle=train and sampler is None,
             sampler=sampler,
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=train and len(dataset) > self.batch_size_per_device,
             num_workers=0 if in_memory else self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and not in_memory,
@@ -328,17 +337,23 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        override = self._overridden("train")
+        return override if override is not None else self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        override = self._overridden("val")
+        return override if override is not None else self._loader("val", train=False)
+
+    def _overridden(self, split: str) -> DataLoader | None:
+        return self.loader_override(split) if self.loader_override is not None else None
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        """Any split in order, with the deterministic eval preprocessing (for features, probes and reports)."""
-        return self._loader(split, train=False)
+        """All of a split, in order, with the deterministic eval preprocessing, on every rank: for features,
+        calibration, probes and reports, which run outside the trainer's loops."""
+        return self._loader(split, train=False, distributed=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if self.has_test else "val", train=False)

@@ -156,11 +156,11 @@ class FrozenFeatureCache(Callback):
                 "train without augmentation (augment=none)."
             )
         views = 1 if deterministic else int(self.views)
-        loader = datamodule.make_loader(train_set, train=False)  # in order, every image once per view
+        loader = datamodule.make_loader(train_set, train=False, distributed=False)  # in order, all images, per view
         pl_module.to(trainer.strategy.root_device)  # where the strategy would put it next anyway
         with torch.random.fork_rng(devices=[]):  # augmented views draw from their own stream, not training's
             self.train_views = [extract_features(pl_module.backbone, loader) for _ in range(views)]
-        self.val = extract_features(pl_module.backbone, datamodule.val_dataloader())
+        self.val = extract_features(pl_module.backbone, datamodule.eval_dataloader("val"))
         self.extract_seconds = time.perf_counter() - started
         log.info("FrozenFeatureCache: %d view(s) of %d training images and %d validation images in %.1f s; the head "
                  "trains on them for %d epoch(s).", views, len(train_set), len(self.val[1]), self.extract_seconds,

@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -149,6 +149,8 @@ class TransferClassifier(pl.LightningModule):
         self.val_metrics = _stage_metrics(num_classes, "val")
         self.test_metrics = _stage_metrics(num_classes, "test")
         self.val_acc_best = MaxMetric()
+        # Images scored per evaluation, summed over ranks: with DDP, proof that each counts exactly once.
+        self.samples = torch.nn.ModuleDict({"val": SumMetric(), "test": SumMetric()})
         self.confusion = MulticlassConfusionMatrix(num_classes)
         self.per_class_accuracy: dict[str, torch.Tensor] = {}
 
@@ -220,7 +222,10 @@ class TransferClassifier(pl.LightningModule):
             temperature, alpha = self.hparams.distill_temperature, self.hparams.distill_alpha
             loss = distillation_loss(logits, teacher_logits, loss, temperature, alpha)
         getattr(self, f"{stage}_metrics").update(logits, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        if stage != "train":
+            self.samples[stage].update(len(y))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
+                 sync_dist=stage != "train")  # fmt: skip
         if stage == "test":
             self.confusion.update(logits, y)
         return loss
@@ -270,6 +275,9 @@ class TransferClassifier(pl.LightningModule):
         per_class = values.pop(f"{stage}/acc_class")
         self.per_class_accuracy[stage] = per_class.cpu()
         self.log_dict(values, prog_bar=stage == "val")
+        if stage != "train":
+            self.log(f"{stage}/samples", self.samples[stage].compute())
+            self.samples[stage].reset()
         if len(per_class) <= PER_CLASS_LOG_LIMIT:
             self.log_dict({f"{stage}/acc_class/{n}": v for n, v in zip(self.class_names, per_class, strict=True)})
         return values

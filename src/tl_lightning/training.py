@@ -1,7 +1,8 @@
 """The training entry: compose data, model, callbacks and trainer from a Hydra config, fit, test, report.
 
 Only this module touches the `DictConfig`; everything it builds takes plain arguments. `run` returns the
-metrics so tests call it in-process and Hydra sweepers can optimise one of them.
+metrics so tests call it in-process and Hydra sweepers can optimise one of them. Under DDP every rank runs
+`run` (Lightning relaunches `train.py` into Hydra's same run folder); only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tl_lightning.calibration import collect_logits, fit_temperature, store_temperature
+from tl_lightning.distributed import TimmSyncBatchNorm
 from tl_lightning.lr_finder import lr_range_test, plot_range_tests
 from tl_lightning.probe import linear_probe
 from tl_lightning.reporting import log_report, summary_table, write_metrics, write_report
@@ -29,7 +32,8 @@ def _prepare(cfg: DictConfig) -> tuple[Path, Any, Any]:
     """The run folder (with the resolved config), the seed, the prepared datamodule and the model built for it."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -48,13 +52,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     `checkpoints/{best,last}.ckpt`, `metrics.json`, and `report.md` with its files under `report/`.
     """
     out, datamodule, model = _prepare(cfg)
-    datamodule.save_split(out / "split.csv")
-    if datamodule.audit_report is not None:
-        datamodule.audit_report.save(out / "audit.json")
-        log.info(datamodule.audit_report.summary())
+    if rank_zero_only.rank == 0:
+        datamodule.save_split(out / "split.csv")
+        if datamodule.audit_report is not None:
+            datamodule.audit_report.save(out / "audit.json")
+            log.info(datamodule.audit_report.summary())
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    layer_sync = {}
+    if cfg.trainer.get("sync_batchnorm"):  # Lightning's own converter would drop timm's fused activations
+        layer_sync = {"sync_batchnorm": False, "plugins": [TimmSyncBatchNorm()]}
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **layer_sync)
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -68,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics |= results[0] if results else {}
         if trainer.is_global_zero:
-            logits, targets = collect_logits(model, datamodule.test_dataloader())
+            logits, targets = collect_logits(model, datamodule.eval_dataloader("test"))
             files = [path for path, _ in datamodule.samples("test")]
             channels = int(model.data_config["input_size"][0])
             temperature = float(model.temperature)
@@ -80,8 +88,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.warning("No test split: metrics.json holds the best checkpoint's validation metrics instead.")
         metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0]
     metrics["weights"] = model.weights_info.get("source")
-    write_metrics(out / "metrics.json", metrics)
-    log.info("Run folder: %s\n%s", out, summary_table(metrics))
+    if trainer.is_global_zero:
+        write_metrics(out / "metrics.json", metrics)
+        log.info("Run folder: %s\n%s", out, summary_table(metrics))
     return metrics
 
 
@@ -89,7 +98,7 @@ def calibrate(model: Any, datamodule: Any, best: str, write: bool) -> float:
     """Load the best checkpoint's weights, fit a temperature on validation and store it there (when `write`)."""
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    temperature = fit_temperature(*collect_logits(model, datamodule.val_dataloader()))
+    temperature = fit_temperature(*collect_logits(model, datamodule.eval_dataloader("val")))
     model.temperature.fill_(temperature)
     if best and write:
         store_temperature(best, temperature)
