@@ -247,6 +247,11 @@ def _restore_lrs(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             group["lr"] = group.pop("_scheduled_lr")
 
 
+def lp_ft(unfreeze_epoch: int = 5, **kwargs: Any) -> LayerFinetuning:
+    """Linear probe, then fine-tune: the head alone for `unfreeze_epoch` epochs, then every group (a sweepable knob)."""
+    return LayerFinetuning(milestones={unfreeze_epoch: ALL}, **kwargs)
+
+
 def top_k(k: int = 2, **kwargs: Any) -> LayerFinetuning:
     """Only the last `k` backbone groups (and the head) ever train, from the first epoch."""
     return LayerFinetuning(milestones={0: k}, **kwargs)

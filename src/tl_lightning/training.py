@@ -71,6 +71,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
     best = monitored[0].best_model_path if monitored else ""
     metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
+    if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
+        metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
     metrics["calibration/temperature"] = calibrate(model, datamodule, best, trainer.is_global_zero)
     if datamodule.has_test:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
