@@ -177,3 +177,12 @@ def test_a_degenerate_temperature_is_bounded(caplog: pytest.LogCaptureFixture):
     constant = torch.tensor([[3.0, 0.0, 0.0, 0.0]]).repeat(40, 1)  # one class for every image: no signal
     assert fit_temperature(constant, targets) == 20.0
     assert "outside [0.05, 20.0]" in caplog.text
+
+
+def test_collecting_logits_restores_each_module_mode():
+    model = tiny_model()
+    model.train()
+    frozen_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    frozen_bn.eval()  # a BatchNorm held in eval mode by the finetuning policy
+    collect_logits(model, [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))])
+    assert model.training and not frozen_bn.training

@@ -33,14 +33,15 @@ def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, 
     A plain loop rather than `trainer.predict`: it runs in every process of a DDP job on the whole split, so
     each rank fits the same temperature without gathering.
     """
-    was_training = model.training
+    modes = [m.training for m in model.modules()]  # restored module by module: BatchNorm policies survive
     model.eval()
     device = next(model.parameters()).device
     logits, targets = [], []
     for x, y in loader:
         logits.append(model(x.to(device)).float().cpu())
         targets.append(y)
-    model.train(was_training)
+    for module, training in zip(model.modules(), modes, strict=True):
+        module.training = training
     return torch.cat(logits), torch.cat(targets)
 
 

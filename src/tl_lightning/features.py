@@ -33,14 +33,15 @@ Samples = Sequence[tuple[Path, int]]
 @torch.no_grad()
 def extract_features(backbone: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features and labels of every batch of `loader`, with the backbone in eval mode (BN statistics fixed)."""
-    was_training = backbone.training
+    modes = [m.training for m in backbone.modules()]  # restored module by module: BatchNorm policies survive
     backbone.eval()
     device = next(backbone.parameters()).device
     features, labels = [], []
     for x, y in loader:
         features.append(backbone(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
-    backbone.train(was_training)
+    for module, training in zip(backbone.modules(), modes, strict=True):
+        module.training = training
     return torch.cat(features), torch.cat(labels)
 
 
