@@ -5,14 +5,18 @@ timed steps. Training steps are forward + backward + AdamW step of `TransferClas
 trainable; inference is a no-grad forward in eval mode. Mixed precision is autocast to bfloat16 on a CPU and to
 float16 (with a GradScaler-free step; the timing is the same) on a GPU.
 
-    python benchmarks/throughput.py [--models resnet50 efficientnet_b0 efficientnet_b4] [--batch-size 8]
-                                    [--warmup 2] [--steps 5] [--device cpu|cuda] [--out benchmarks/results]
+    python benchmarks/throughput.py [--models resnet50 efficientnet_b0 efficientnet_b4] [--settings fp32 amp ...]
+                                    [--batch-size 8] [--warmup 2] [--steps 5] [--device cpu|cuda] [--merge]
+
+`--merge` replaces only the measured (model, setting) rows in an existing results file, so slow combinations
+can be measured separately with fewer steps (bf16 on a CPU without native bf16 instructions is ~10x slower).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 from pathlib import Path
@@ -83,18 +87,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", action="store_true", help="keep other rows of an existing results file")
     args = parser.parse_args()
     device = torch.device(args.device)
+    tag = "throughput" if device.type == "cpu" else "throughput_gpu"
     rows = []
     for name in args.models:
         for setting in args.settings:
             row = {"model": name, "setting": setting}
-            row |= measure(name, setting, args.batch_size, args.warmup, args.steps, device)
+            row |= measure(name, setting, args.batch_size, args.warmup, args.steps, device) | {"steps": args.steps}
             rows.append(row)
             print(f"{name:16s} {setting:20s} {row['input_size'][1]:>4d}px  train {row['train_img_s']:8.1f} img/s  "
                   f"infer {row['infer_img_s']:8.1f} img/s", flush=True)  # fmt: skip
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
-    tag = "throughput" if device.type == "cpu" else "throughput_gpu"
+    if args.merge and (args.out / f"{tag}.json").is_file():
+        measured = {(r["model"], r["setting"]) for r in rows}
+        kept = json.loads((args.out / f"{tag}.json").read_text())["rows"]
+        rows = sorted([r for r in kept if (r["model"], r["setting"]) not in measured] + rows,
+                      key=lambda r: (r["model"], list(SETTINGS).index(r["setting"])))  # fmt: skip
     path = save_json(tag, {"machine": where, "device": device.type, "rows": rows}, args.out)
     print(f"-> {path}")
 

@@ -13,7 +13,6 @@ the same function, outside the clock; the clock counts training and validation t
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 import time
@@ -101,7 +100,7 @@ def plain(epochs: int, cache_dir: str) -> list[tuple[float, float]]:
 
 def reached(curve: list[tuple[float, float]], target: float) -> dict:
     hits = [(i + 1, t) for i, (t, acc) in enumerate(curve) if acc >= target]
-    epoch, seconds = hits[0] if hits else (None, math.nan)
+    epoch, seconds = hits[0] if hits else (None, None)
     return {"epochs": epoch, "seconds": seconds, "best_test_acc": max(a for _, a in curve),
             "final_test_acc": curve[-1][1], "curve": curve}  # fmt: skip
 
@@ -117,14 +116,16 @@ def main() -> None:
         results = {"ours": reached(ours(args.epochs, Path(run_dir)), args.target)}
     results["plain"] = reached(plain(args.epochs, cache_dir), args.target)
     result = {"machine": machine(), "target": args.target, "epochs": args.epochs} | results
-    ratio = results["plain"]["seconds"] / results["ours"]["seconds"]
-    result["plain_over_ours"] = ratio
+    both = results["plain"]["epochs"] and results["ours"]["epochs"]
+    ratio = results["plain"]["seconds"] / results["ours"]["seconds"] if both else None
+    result["plain_over_ours"] = ratio  # None: one of them never reached the target
     path = save_json("time_to_accuracy", result, args.out)
     for name, r in results.items():
         when = f"{r['seconds']:.1f} s (epoch {r['epochs']})" if r["epochs"] else f"not within {args.epochs} epochs"
         print(f"{name:5s}: test acc >= {args.target} after {when}; best {r['best_test_acc']:.4f}, "
               f"final {r['final_test_acc']:.4f}")  # fmt: skip
-    print(f"plain / ours = {ratio:.2f}\n-> {path}")
+    print(f"plain / ours = {ratio:.2f}" if ratio else "plain / ours: not comparable (a target not reached)")
+    print(f"-> {path}")
 
 
 if __name__ == "__main__":

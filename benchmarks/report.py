@@ -1,0 +1,153 @@
+"""Write BENCHMARKS.md from the JSON figures under benchmarks/results/, so the page never drifts from them.
+
+python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from _results import RESULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def overhead(r: dict) -> list[str]:
+    ms = r["median_step_ms"]
+    return [
+        "## Training-step overhead vs a hand-written PyTorch loop",
+        "",
+        f"`python benchmarks/overhead.py` on {r['machine']}: {r['backbone']} at {r['image_size']} px, batch "
+        f"{r['batch_size']}, every group trainable, the same optimizer, param groups, schedule and clipping.",
+        "",
+        "| | median ms/step |",
+        "|---|---|",
+        f"| TransferClassifier under the Lightning Trainer | {ms['lightning']:.1f} |",
+        f"| hand-written loop | {ms['plain']:.1f} |",
+        f"| **ratio** (target <= 1.05) | **{r['ratio_lightning_over_plain']:.3f}** |",
+    ]
+
+
+def feature_cache(r: dict) -> list[str]:
+    e, p = r["epoch_seconds"], r["phase_seconds"]
+    return [
+        "## Frozen phase with and without the feature cache",
+        "",
+        f"`python benchmarks/feature_cache.py` on {r['machine']}: {r['setup']}; deterministic training transform.",
+        "",
+        "| | plain | cached | speed-up |",
+        "|---|---|---|---|",
+        f"| one frozen epoch (train + val), s | {e['plain']:.3f} | {e['cached']:.3f} | **{r['epoch_speedup']:.1f}x** |",
+        f"| whole frozen phase incl. the one-off extraction ({r['extract_seconds']:.2f} s), s | {p['plain']:.2f} | "
+        f"{p['cached']:.2f} | **{r['phase_speedup']:.1f}x** |",
+        "",
+        f"Validation accuracy after the phase: plain {r['val_acc']['plain'][0]:.4f}, cached "
+        f"{r['val_acc']['cached'][0]:.4f}. The two differ only by the order of batches (the image pipeline draws "
+        "from the RNG, the cached one does not); with order-independent batches they agree to float precision "
+        "(`tests/test_feature_cache.py`).",
+    ]
+
+
+def throughput(r: dict, title: str) -> list[str]:
+    command = "python benchmarks/throughput.py" + (" --device cuda" if r["device"] == "cuda" else "")
+    amp = "bfloat16 autocast" if r["device"] == "cpu" else "float16 autocast"
+    lines = [
+        f"## {title}",
+        "",
+        f"`{command}` on {r['machine']}. Synthetic input at each model's native size; warm-up steps, then the "
+        f"median of timed steps; training = forward + backward + AdamW step. `amp` is {amp}.",
+        "",
+        "| model | px | batch | setting | timed steps | train img/s | infer img/s | train vs fp32 | infer vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {row["model"]: row for row in r["rows"] if row["setting"] == "fp32"}
+    for row in r["rows"]:
+        ref = base.get(row["model"])
+        rel = (f"{row['train_img_s'] / ref['train_img_s']:.2f}x | {row['infer_img_s'] / ref['infer_img_s']:.2f}x"
+               if ref else "- | -")  # fmt: skip
+        speed = f"{row['train_img_s']:.1f} | {row['infer_img_s']:.1f}"
+        lines.append(f"| {row['model']} | {row['input_size'][1]} | {row['batch_size']} | {row['setting']} | "
+                     f"{row.get('steps', '?')} | {speed} | {rel} |")  # fmt: skip
+    measured = {(row["model"], row["setting"]) for row in r["rows"]}
+    missing = [f"{m} {s}" for m in sorted(base) for s in ("amp", "amp+channels_last") if (m, s) not in measured]
+    if missing:
+        lines += ["", f"Not measured: {', '.join(missing)} (at the other amp rows' speed, minutes per step)."]
+    if r["device"] == "cpu":
+        lines += ["", "On a CPU without native bfloat16 instructions (no AVX512-BF16/AMX, as here) autocast is "
+                  "emulated and many times slower: keep `trainer.precision=32-true` there. channels-last helps "
+                  "fp32 convolutions a little on oneDNN."]  # fmt: skip
+    return lines
+
+
+def time_to_accuracy(r: dict) -> list[str]:
+    def cell(x: dict) -> str:
+        return f"{x['seconds']:.1f} s (epoch {x['epochs']})" if x["epochs"] else f"not within {r['epochs']} epochs"
+
+    return [
+        f"## Time to {r['target']} test accuracy on digits",
+        "",
+        f"`python benchmarks/time_to_accuracy.py` on {r['machine']}: the default `python train.py` recipe vs a "
+        "hand-written fine-tuning loop (same weights, data, augmentation and epochs; every layer trainable with "
+        "BatchNorm in train mode, one LR, cosine). Training + validation time; the test accuracy is taken after "
+        "each epoch, off the clock.",
+        "",
+        f"| | time to {r['target']} | best test acc | final test acc | all {r['epochs']} epochs |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {cell(r[name])} | {r[name]['best_test_acc']:.4f} | {r[name]['final_test_acc']:.4f} | "
+            f"{r[name]['curve'][-1][0]:.1f} s |"
+            for name in ("ours", "plain")
+        ),
+        "",
+        "Test accuracy after each epoch:",
+        "",
+        *(f"- {name}: " + ", ".join(f"{acc:.3f}" for _, acc in r[name]["curve"]) for name in ("ours", "plain")),
+    ]
+
+
+def dataloader(r: dict) -> list[str]:
+    ips = r["median_images_per_second"]
+    rows = [f"| {name} | {value:.1f} |" for name, value in ips.items()]
+    return [
+        "## Training data pipeline vs torchvision v2",
+        "",
+        f"`python benchmarks/dataloader.py` on {r['machine']}: {r['images']} JPEGs, batch {r['batch_size']}, "
+        f"{r['workers']} workers, decode + augment + collate.",
+        "",
+        "| pipeline | images/s |",
+        "|---|---|",
+        *rows,
+        f"| **ratio** | **{r['ratio_ours_over_torchvision']:.2f}x** |",
+    ]
+
+
+def main() -> None:
+    sections = [
+        "# Benchmarks",
+        "",
+        "Every figure below is read from `benchmarks/results/*.json` by `python benchmarks/report.py`; the command "
+        "that measured it and the machine it ran on are given with it. Ratios are measured side by side in one run. "
+        "The finetuning strategies' accuracies are in `benchmarks/results/strategies.md`.",
+    ]
+    for name, render in (("overhead", overhead), ("feature_cache", feature_cache),
+                         ("time_to_accuracy", time_to_accuracy), ("dataloader", dataloader)):  # fmt: skip
+        if (result := load(name)) is not None:
+            sections += ["", *render(result)]
+    for name, title in (("throughput", "Throughput on the CPU"), ("throughput_gpu", "Throughput on a GPU")):
+        if (result := load(name)) is not None:
+            sections += ["", *throughput(result, title)]
+    if load("throughput_gpu") is None:
+        sections += ["", "No GPU was available to this project's sessions so far: GPU throughput is still to measure "
+                     "(`python benchmarks/throughput.py --device cuda`)."]  # fmt: skip
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(sections) + "\n")
+    print(f"-> {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
