@@ -18,6 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from tl_lightning.features import extract_features
+
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
@@ -26,23 +28,13 @@ ECE_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
-@torch.no_grad()  # not inference_mode: the logits feed fit_temperature's autograd
 def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and targets of every batch of `loader`, in loader order, with the model in eval mode.
 
-    A plain loop rather than `trainer.predict`: it runs in every process of a DDP job on the whole split, so
-    each rank fits the same temperature without gathering.
+    A plain loop (`features.extract_features` over the whole classifier) rather than `trainer.predict`: it runs
+    in every process of a DDP job on the whole split, so each rank fits the same temperature without gathering.
     """
-    modes = [m.training for m in model.modules()]  # restored module by module: BatchNorm policies survive
-    model.eval()
-    device = next(model.parameters()).device
-    logits, targets = [], []
-    for x, y in loader:
-        logits.append(model(x.to(device)).float().cpu())
-        targets.append(y)
-    for module, training in zip(model.modules(), modes, strict=True):
-        module.training = training
-    return torch.cat(logits), torch.cat(targets)
+    return extract_features(model, loader)
 
 
 @torch.enable_grad()

@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 Samples = Sequence[tuple[Path, int]]
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: calibration fits a temperature on these outputs with autograd
 def extract_features(backbone: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features and labels of every batch of `loader`, with the backbone in eval mode (BN statistics fixed)."""
+    """Outputs (a backbone's pooled features, a classifier's logits) and labels of every batch of `loader`, in
+    order, with every module in eval mode (BN statistics fixed) and each module's mode restored afterwards."""
     modes = [m.training for m in backbone.modules()]  # restored module by module: BatchNorm policies survive
     backbone.eval()
     device = next(backbone.parameters()).device

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,6 +31,7 @@ from tl_lightning.losses import (
     initial_class_weights,
 )
 from tl_lightning.schedules import warmup_cosine
+from tl_lightning.teacher import convert_batch, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class TransferClassifier(pl.LightningModule):
             raise ValueError(f"loss must be 'cross_entropy' or 'focal', got {loss!r}.")
         self.mixup = create_mixup(mixup_alpha, cutmix_alpha, mixup_prob, label_smoothing, num_classes)
         # A list, so the teacher is not registered: out of parameters(), state_dict() and the optimizer.
-        self._teacher = [_load_teacher(teacher_checkpoint, class_names)] if teacher_checkpoint else []
+        self._teacher = [load_teacher(teacher_checkpoint, class_names)] if teacher_checkpoint else []
         if self._teacher and self.mixup is not None:
             raise ValueError("Distillation with Mixup/CutMix is not supported: turn one of them off.")
         if self.mixup is not None and (loss == "focal" or class_weights is not None):
@@ -198,13 +198,7 @@ class TransferClassifier(pl.LightningModule):
 
     def to_teacher_input(self, x: torch.Tensor) -> torch.Tensor:
         """Re-normalise and resize a batch prepared for this model into what the teacher was trained on."""
-        mine, theirs = self.data_config, self._teacher[0].data_config
-        shape = (1, -1, 1, 1)
-        raw = x * x.new_tensor(mine["std"]).view(shape) + x.new_tensor(mine["mean"]).view(shape)
-        size = tuple(theirs["input_size"][1:])
-        if tuple(raw.shape[-2:]) != size:
-            raw = F.interpolate(raw, size=size, mode="bilinear", antialias=True, align_corners=False)
-        return (raw - x.new_tensor(theirs["mean"]).view(shape)) / x.new_tensor(theirs["std"]).view(shape)
+        return convert_batch(x, self.data_config, self._teacher[0].data_config)
 
     def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         smoothing = self.hparams.label_smoothing
@@ -327,18 +321,6 @@ class TransferClassifier(pl.LightningModule):
         kwargs.setdefault("pretrained", False)
         kwargs.setdefault("teacher_checkpoint", None)  # a trained student needs no teacher
         return super().load_from_checkpoint(checkpoint_path, **kwargs)
-
-
-def _load_teacher(path: str, class_names: Sequence[str]) -> TransferClassifier:
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"Teacher checkpoint '{path}' does not exist. Point model.teacher_checkpoint at a best.ckpt of an "
-            "earlier run (outputs/train/runs/<run>/checkpoints/best.ckpt), or set it to null."
-        )
-    teacher = TransferClassifier.load_from_checkpoint(path, map_location="cpu").eval()
-    check_same_classes(teacher.class_names, class_names)
-    teacher.requires_grad_(False)
-    return teacher
 
 
 def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
