@@ -56,6 +56,17 @@ def test_sync_batchnorm_keeps_timm_activations():
 
 
 @pytest.mark.slow
+def test_ddp_spawn_on_cpu_counts_every_sample_once(split_folder: Path, tmp_path: Path):
+    """Spawned processes share the module's CPU memory; metric states must not be summed by both at once."""
+    script = Path(__file__).with_name("ddp_spawn_count.py")
+    env = os.environ | {"PYTHONPATH": str(script.parent)}
+    done = subprocess.run([sys.executable, str(script), str(split_folder), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "counted.json").read_text()) == {"val": 9.0, "test": 9.0}
+
+
+@pytest.mark.slow
 def test_two_process_ddp_run_writes_one_folder_and_counts_every_sample_once(split_folder: Path, tmp_path: Path):
     runs = tmp_path / "runs"
     command = [

@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MetricCollection, SumMetric
+from torchmetrics import MaxMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -184,6 +184,12 @@ class TransferClassifier(pl.LightningModule):
             self.backbone.compile(**(self.hparams.compile_options or {}))
 
     def setup(self, stage: str) -> None:
+        # ddp_spawn on a CPU hands the module to each process through shared memory. Lightning un-shares
+        # parameters and buffers (#18238), not torchmetrics states, which every process would then add to at
+        # once (each sample counted world-size times). reset() gives each process states of its own.
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
         datamodule = self.trainer.datamodule if self.trainer is not None else None
         if stage == "fit" and hasattr(datamodule, "input_statistics"):
             self.input_statistics = datamodule.input_statistics()

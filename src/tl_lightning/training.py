@@ -68,6 +68,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - started
 
+    if datamodule.data_config is None:  # ddp_spawn: the datamodule was set up in the spawned processes only
+        datamodule.data_config = dict(model.data_config)
     monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
     best = monitored[0].best_model_path if monitored else ""
     metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
