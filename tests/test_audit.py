@@ -120,3 +120,32 @@ def test_heavy_imbalance_is_warned_about_with_a_hint(tmp_path: Path):
     with pytest.warns(UserWarning, match=r"12x the images of the smallest.\nHINT: .*class_weights=balanced"):
         _ = dm.splits
     assert dm.audit_report.imbalance_ratio == 12.0
+
+
+def test_audit_cache_rechecks_only_changed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import tl_lightning.audit as audit
+
+    root = make_nasty_folder(tmp_path / "nasty")
+    checked: list[str] = []
+    real = audit.check_file
+    monkeypatch.setattr(audit, "check_file", lambda path: checked.append(path.name) or real(path))
+    first = ImageFolderDataModule(root, audit_cache=tmp_path / "cache")
+    _ = first.splits
+    assert len(checked) == 24  # every file decoded once
+    checked.clear()
+    second = ImageFolderDataModule(root, audit_cache=tmp_path / "cache")
+    _ = second.splits
+    assert checked == []  # nothing decoded again
+    assert second.audit_report.to_dict() == first.audit_report.to_dict()
+
+    victim = root / "train" / "dog" / "dog_0.png"
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated after the first audit: new size, new mtime
+    third = ImageFolderDataModule(root, audit_cache=tmp_path / "cache")
+    _ = third.splits
+    assert checked == ["dog_0.png"]
+    assert str(victim) in third.audit_report.bad
+
+    (tmp_path / "cache" / "audit.json").write_text("{not json")
+    checked.clear()
+    _ = ImageFolderDataModule(root, audit_cache=tmp_path / "cache").splits
+    assert len(checked) == 24  # an unreadable cache is ignored, never trusted

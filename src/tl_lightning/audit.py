@@ -2,7 +2,9 @@
 
 Written here because no maintained library audits an ImageFolder: peers either crash hours into a run on a
 truncated JPEG or train silently on leaked duplicates. Files are fully decoded (truncation only shows then)
-in a thread pool (PIL releases the GIL while decoding), and hashed for exact duplicates.
+in a thread pool (PIL releases the GIL while decoding), and hashed for exact duplicates. With a cache folder,
+each file's result is kept under its path, size and modification time, so a second run only stats the files
+and decodes those that changed.
 
     python -m tl_lightning.audit DATA_ROOT [--json audit.json]
 """
@@ -18,7 +20,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,11 @@ class FileCheck:
     mode: str | None = None
     size: tuple[int, int] | None = None
     problem: str | None = None
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> FileCheck:
+        size = saved.get("size")
+        return cls(saved["sha256"], saved.get("mode"), tuple(size) if size else None, saved.get("problem"))
 
 
 def check_file(path: Path) -> FileCheck:
@@ -71,12 +78,53 @@ def _check_array(data: bytes, digest: str) -> FileCheck:
     return FileCheck(digest, mode=f"array:{bands}x{array.dtype}", size=(array.shape[1], array.shape[0]))
 
 
-def check_files(paths: Iterable[Path], progress: bool = True) -> dict[Path, FileCheck]:
+def check_files(paths: Iterable[Path], progress: bool = True, cache: str | Path | None = None) -> dict[Path, FileCheck]:
+    """`check_file` for every path; with `cache` (a folder), unchanged files' results are read back, not redone."""
     paths = list(paths)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        checks = pool.map(check_file, paths)
-        bar = tqdm(checks, total=len(paths), desc="Auditing images", unit="img", disable=not progress or None)
-        return dict(zip(paths, bar, strict=True))
+    keys = {path: os.path.abspath(path) for path in paths}
+    stamps = {path: _stamp(path) for path in paths}
+    stored = AuditCache(cache) if cache is not None else None
+    known = stored.load() if stored is not None else {}
+    found = {p: FileCheck.from_dict(known[keys[p]]["check"]) for p in paths
+             if known.get(keys[p], {}).get("stamp") == stamps[p]}  # fmt: skip
+    todo = [p for p in paths if p not in found]
+    if todo:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            checks = pool.map(check_file, todo)
+            bar = tqdm(checks, total=len(todo), desc="Auditing images", unit="img", disable=not progress or None)
+            found |= dict(zip(todo, bar, strict=True))
+    if stored is not None and todo:
+        stored.save(known | {keys[p]: {"stamp": stamps[p], "check": asdict(found[p])} for p in paths})
+    if stored is not None:
+        log.info("Audit: %d files checked, %d unchanged since the cached audit", len(todo), len(paths) - len(todo))
+    return {p: found[p] for p in paths}
+
+
+def _stamp(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+class AuditCache:
+    """Per-file audit results in `folder/audit.json`, by absolute path, written through a temp file renamed."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder).expanduser() / "audit.json"
+
+    def load(self) -> dict[str, dict]:
+        if not self.path.is_file():
+            return {}
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            log.warning("Ignoring an unreadable audit cache %s: every file is checked again.", self.path)
+            return {}
+
+    def save(self, entries: dict[str, dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, self.path)
 
 
 @dataclass

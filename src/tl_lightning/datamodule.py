@@ -67,6 +67,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         seed: seed of those splits.
         audit: decode and hash every file once before training (see `tl_lightning.audit`); the report is
             `audit_report`.
+        audit_cache: a folder to keep each file's audit result in, by path, size and modification time, so later
+            runs decode only new or changed files.
         on_bad_image: ``"skip"`` unreadable files (counted in the report) or ``"raise"`` an error listing them.
         balanced_sampling: draw training batches with a `WeightedRandomSampler` (with replacement) so every class
             is seen equally often; an epoch stays the size of the training split.
@@ -87,6 +89,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         test_fraction: float = 0.15,
         seed: int = 0,
         audit: bool = True,
+        audit_cache: str | Path | None = None,
         on_bad_image: str = "skip",
         balanced_sampling: bool = False,
         train_transform: Callable[[dict[str, Any]], Any] = train_transform,
@@ -106,6 +109,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if on_bad_image not in ("skip", "raise"):
             raise ValueError(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}.")
         self.audit = audit
+        self.audit_cache = audit_cache
         self.on_bad_image = on_bad_image
         self.audit_report: AuditReport | None = None
         self.balanced_sampling = balanced_sampling
@@ -141,7 +145,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         has_splits = (self.root / "train").is_dir()
         folders = {s: self.root / s for s in SPLITS if (self.root / s).is_dir()} if has_splits else {"all": self.root}
         found = {split: list_class_folders(folder, ignored) for split, folder in folders.items()}
-        checks = check_files([p for c in found.values() for ps in c.values() for p in ps]) if self.audit else {}
+        files = [p for c in found.values() for ps in c.values() for p in ps]
+        checks = check_files(files, cache=self.audit_cache) if self.audit else {}
         found = self._without_bad_files(found, checks)
         for split, classes in found.items():
             check_no_empty_class(classes, folders[split])
