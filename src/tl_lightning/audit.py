@@ -81,12 +81,12 @@ def _check_array(data: bytes, digest: str) -> FileCheck:
 def check_files(paths: Iterable[Path], progress: bool = True, cache: str | Path | None = None) -> dict[Path, FileCheck]:
     """`check_file` for every path; with `cache` (a folder), unchanged files' results are read back, not redone."""
     paths = list(paths)
-    keys = {path: os.path.abspath(path) for path in paths}
-    stamps = {path: _stamp(path) for path in paths}
     stored = AuditCache(cache) if cache is not None else None
     known = stored.load() if stored is not None else {}
+    keys = {path: os.path.abspath(path) for path in paths} if stored is not None else {}
+    stamps = {path: _stamp(path) for path in paths} if stored is not None else {}
     found = {p: FileCheck.from_dict(known[keys[p]]["check"]) for p in paths
-             if known.get(keys[p], {}).get("stamp") == stamps[p]}  # fmt: skip
+             if known.get(keys[p], {}).get("stamp") == stamps[p]} if known else {}  # fmt: skip
     todo = [p for p in paths if p not in found]
     if todo:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

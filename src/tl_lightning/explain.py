@@ -94,19 +94,16 @@ def _tokens_to_map(tokens: torch.Tensor, prefix: int) -> torch.Tensor:
 
 def save_overlay(image: object, cam: torch.Tensor, title: str, path: Path) -> Path:
     """The image (as read from disk, resized to the map) with the map over it in a colour scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from tl_lightning.reporting import pyplot, show_image
 
     array = torch.as_tensor(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
     array = F.interpolate(array, size=cam.shape, mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
-    array = (array - array.min()) / max(float(array.max() - array.min()), 1e-6)
-    shown = array[..., :3] if array.shape[-1] >= 3 else array[..., 0]
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
-    axes[0].imshow(shown, cmap="gray" if shown.ndim == 2 else None)
-    axes[1].imshow(shown, cmap="gray" if shown.ndim == 2 else None)
+    show_image(axes[0], array)
+    show_image(axes[1], array)
     axes[1].imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
     for ax in axes:
         ax.axis("off")

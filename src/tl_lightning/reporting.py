@@ -48,7 +48,7 @@ def _jsonable(value: Any) -> Any:
 
 def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str], path: Path) -> Path:
     """Save a row-normalised confusion matrix (true rows, predicted columns) with counts as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
 
     counts = confusion.cpu().numpy()
     rates = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
@@ -235,7 +235,7 @@ def _markdown(
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,7 +246,7 @@ def _pyplot():
 
 def plot_reliability(bins: Mapping[str, ReliabilityBins], eces: Mapping[str, float], path: Path) -> Path:
     """Accuracy against confidence per bin, one panel per probability set, with the diagonal of perfect calibration."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(bins), figsize=(4.5 * len(bins), 4.5), squeeze=False)
     for ax, (name, b) in zip(axes[0], bins.items(), strict=True):
         width = float(b.edges[1] - b.edges[0])
@@ -273,16 +273,14 @@ def plot_top_losses(
     path: Path,
 ) -> Path:
     """A grid of images as read from disk, titled true / predicted (probability)."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(4, max(1, len(files)))
     rows = max(1, math.ceil(len(files) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, file, target, p in zip(axes.flat, files, targets.tolist(), probs, strict=False):
-        image = load_image(file, channels)
-        shown = image[..., :3] if image.shape[-1] >= 3 else image[..., 0]
-        ax.imshow(_display_range(shown), cmap="gray" if shown.ndim == 2 else None)
+        show_image(ax, load_image(file, channels))
         predicted = int(p.argmax())
         ax.set_title(f"{Path(file).name}\ntrue {class_names[target]} / pred {class_names[predicted]} "
                      f"({float(p[predicted]):.2f})", fontsize=8)  # fmt: skip
@@ -292,12 +290,16 @@ def plot_top_losses(
     return path
 
 
-def _display_range(image: Any) -> Any:
+def show_image(ax: Any, image: Any) -> None:
+    """Draw an HxWxC image of any channel count and range: its first three bands (or the only one, in grey),
+    stretched to 0..1 so 16-bit, float and multi-band inputs are visible."""
     import numpy as np
 
     image = np.asarray(image, dtype=np.float32)
-    low, high = float(image.min()), float(image.max())
-    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+    shown = image[..., :3] if image.shape[-1] >= 3 else image[..., 0]
+    low, high = float(shown.min()), float(shown.max())
+    shown = (shown - low) / (high - low) if high > low else np.zeros_like(shown)
+    ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
 
 
 def log_report(loggers: Sequence[Any], scalars: Mapping[str, float], out: Path, step: int) -> None:

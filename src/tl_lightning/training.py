@@ -28,8 +28,11 @@ from tl_lightning.reporting import log_report, summary_table, write_metrics, wri
 log = logging.getLogger(__name__)
 
 
-def _prepare(cfg: DictConfig) -> tuple[Path, Any, Any]:
-    """The run folder (with the resolved config), the seed, the prepared datamodule and the model built for it."""
+def _prepare(cfg: DictConfig, standalone: bool = False) -> tuple[Path, Any, Any]:
+    """The run folder (with the resolved config), the seed, the prepared datamodule and the model built for it.
+
+    `standalone`: the datamodule is set up here, from the model's preprocessing, for tasks without a trainer.
+    """
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
@@ -41,6 +44,9 @@ def _prepare(cfg: DictConfig) -> tuple[Path, Any, Any]:
     model = instantiate(
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all"
     )
+    if standalone:
+        datamodule.data_config = dict(model.data_config)
+        datamodule.setup("fit")
     return out, datamodule, model
 
 
@@ -115,9 +121,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
     Features are cached under `paths.cache_dir/features`, so probing again (another `probe.c`) costs seconds.
     """
-    out, datamodule, model = _prepare(cfg)
-    datamodule.data_config = dict(model.data_config)
-    datamodule.setup("fit")
+    out, datamodule, model = _prepare(cfg, standalone=True)
     result = linear_probe(model, datamodule, Path(cfg.paths.cache_dir) / "features", c=cfg.probe.c).to_dict()
     write_metrics(out / "probe.json", result)
     scores = ", ".join(f"{split} {value:.4f}" for split, value in result["accuracy"].items())
@@ -131,9 +135,7 @@ def find_lr(cfg: DictConfig) -> dict[str, Any]:
 
     Writes `lr_find.png` and `lr_find.json` (suggestions and the `model.lr=...` override for the next run).
     """
-    out, datamodule, model = _prepare(cfg)
-    datamodule.data_config = dict(model.data_config)
-    datamodule.setup("fit")
+    out, datamodule, model = _prepare(cfg, standalone=True)
     finetuning = instantiate(cfg.callbacks.finetuning)
     loader = datamodule.train_dataloader()
     options = dict(cfg.lr_find)
