@@ -11,19 +11,12 @@ Examples:
 import hydra
 from omegaconf import DictConfig
 
-from tl_lightning.training import find_lr, probe, run
+from tl_lightning.app import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if cfg.task == "lr_find":
-        find_lr(cfg)
-        return None
-    if cfg.task == "probe":
-        return probe(cfg)["accuracy"]["val"]
-    metrics = run(cfg)
-    value = metrics.get(cfg.get("optimized_metric"))
-    return float(value) if value is not None else None
+    return train.main(cfg)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 from _results import RESULTS, machine, save_json
 from dataloader import write_jpegs
 
-from tl_lightning.datamodule import ImageFolderDataModule
+from tl_lightning.data.datamodule import ImageFolderDataModule
 
 
 def scan_seconds(root: Path, cache: Path | None) -> float:

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from tl_lightning.datamodule import ImageFolderDataModule
-from tl_lightning.transforms import train_transform
+from tl_lightning.data.datamodule import ImageFolderDataModule
+from tl_lightning.data.transforms import train_transform
 
 DATA_CONFIG = {
     "input_size": (3, 224, 224),

@@ -22,11 +22,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 from _results import RESULTS, machine, save_json
 
-from tl_lightning.digits import DigitsDataModule
-from tl_lightning.features import FrozenFeatureCache
-from tl_lightning.finetuning import LayerFinetuning
-from tl_lightning.module import TransferClassifier
-from tl_lightning.transforms import eval_transform
+from tl_lightning.data.digits import DigitsDataModule
+from tl_lightning.data.transforms import eval_transform
+from tl_lightning.finetuning.feature_cache import FrozenFeatureCache
+from tl_lightning.finetuning.unfreezing import LayerFinetuning
+from tl_lightning.models.module import TransferClassifier
 
 
 class EpochClock(pl.Callback):
@@ -50,6 +50,7 @@ def frozen_phase(cached: bool, epochs: int, cache_dir: str) -> dict:
         "tf_efficientnet_lite0", num_classes=10, class_names=data.class_names,
         weights_file="package:efficientnet_lite0", image_size=64, crop_pct=1.0,
     )  # fmt: skip
+    data.data_config = dict(model.data_config)
     clock, cache = EpochClock(), FrozenFeatureCache()
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,

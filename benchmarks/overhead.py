@@ -21,10 +21,10 @@ import torch
 from _results import RESULTS, machine, save_json
 from torch.utils.data import DataLoader, TensorDataset
 
-from tl_lightning.finetuning import LayerFinetuning
-from tl_lightning.groups import build_param_groups, discriminative_lrs
-from tl_lightning.module import TransferClassifier
-from tl_lightning.schedules import warmup_cosine
+from tl_lightning.finetuning.unfreezing import LayerFinetuning
+from tl_lightning.models.groups import build_param_groups, discriminative_lrs
+from tl_lightning.models.lr_schedules import warmup_cosine
+from tl_lightning.models.module import TransferClassifier
 
 WARMUP_STEPS = 5
 

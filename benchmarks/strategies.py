@@ -17,7 +17,7 @@ from _results import RESULTS, machine, save_json
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from tl_lightning.training import run
+from tl_lightning.app.train import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ROWS = {

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from _results import RESULTS, machine, save_json
 
-from tl_lightning.module import TransferClassifier
+from tl_lightning.models.module import TransferClassifier
 
 SETTINGS = {  # name: (autocast, channels_last)
     "fp32": (False, False),
@@ -42,7 +42,7 @@ def _sync(device: torch.device) -> None:
 def measure(name: str, setting: str, batch: int, warmup: int, steps: int, device: torch.device) -> dict:
     autocast, channels_last = SETTINGS[setting]
     torch.manual_seed(0)
-    model = TransferClassifier(name, num_classes=1000, pretrained=False, channels_last=channels_last)
+    model = TransferClassifier(name, num_classes=1000, pretrained=False, performance={"channels_last": channels_last})
     model.configure_model()
     model.to(device)
     size = tuple(model.data_config["input_size"])

@@ -23,9 +23,9 @@ import torch
 from _results import RESULTS, machine, save_json
 from hydra import compose, initialize_config_dir
 
-from tl_lightning.calibration import collect_logits
-from tl_lightning.digits import DigitsDataModule
-from tl_lightning.module import TransferClassifier
+from tl_lightning.data.digits import DigitsDataModule
+from tl_lightning.evaluation.calibration import collect_logits
+from tl_lightning.models.module import TransferClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,14 +54,15 @@ class Clock(pl.Callback):
 
 
 def ours(epochs: int, out: Path) -> list[tuple[float, float]]:
-    from tl_lightning.training import _prepare
+    from tl_lightning.app.train import prepare
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={out}", f"trainer.max_epochs={epochs}", "logger=none",
                                           "trainer.enable_progress_bar=false"])  # fmt: skip
     from hydra.utils import instantiate
 
-    _, datamodule, model = _prepare(cfg)
+    job = prepare(cfg)
+    datamodule, model = job.datamodule, job.model
     clock = Clock(datamodule)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [clock]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)

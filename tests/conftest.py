@@ -11,6 +11,42 @@ from PIL import Image
 CLASSES = ("cat", "dog", "fox")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["debug=fast", "logger=none", "data.num_workers=0", "data.persistent_workers=false"]
+
+
+def compose_train(overrides: list[str]):
+    """The command line's config with `overrides`, composed in-process."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def folder_overrides(root: Path, out: Path) -> list[str]:
+    return ["data=folder", f"data.root={root}", "backbone=test_resnet", "model.image_size=32",
+            f"paths.output_dir={out}", *FAST]  # fmt: skip
+
+
+def fit_with_checkpoints(model, folder: Path, ckpt_dir: Path, max_epochs: int, ckpt_path=None, callbacks=()):
+    """Fit `model` on `folder` with best.ckpt (val/acc) and last.ckpt written to `ckpt_dir`."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tl_lightning.finetuning.unfreezing import LayerFinetuning
+
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False)
+    trainer = tiny_trainer(
+        max_epochs=max_epochs,
+        enable_checkpointing=True,
+        callbacks=[LayerFinetuning(milestones={1: "all"}), best, last, *callbacks],
+    )
+    data = tiny_data(folder, model)
+    model.connect_data(data)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return trainer
+
+
 def write_images(folder: Path, classes=CLASSES, per_class: int = 6, size: int = 24, seed: int = 0) -> Path:
     """Class folders of PNGs whose mean colour depends on the class, so a model can learn them."""
     rng = np.random.default_rng(seed)
@@ -54,9 +90,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     Tests read its folder and checkpoints; none may write into it.
     """
-    from test_train import FAST, compose_train
-
-    from tl_lightning.training import run
+    from tl_lightning.app.train import run
 
     out = tmp_path_factory.mktemp("digits_run")
     return out, run(compose_train([f"paths.output_dir={out}", "trainer.limit_train_batches=4", *FAST]))
@@ -64,7 +98,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def tiny_model(**kwargs):
     """timm's tiny `test_efficientnet` (BatchNorm in every group) at 32 px; random unless `weights_file` is given."""
-    from tl_lightning.module import TransferClassifier
+    from tl_lightning.models.module import TransferClassifier
 
     options = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": list(CLASSES),
                "pretrained": "weights_file" in kwargs,
@@ -72,10 +106,12 @@ def tiny_model(**kwargs):
     return TransferClassifier(**options)
 
 
-def tiny_data(root: Path, **kwargs):
-    from tl_lightning.datamodule import ImageFolderDataModule
+def tiny_data(root: Path, model=None, **kwargs):
+    """A datamodule over `root` with `model`'s preprocessing (a default `tiny_model`'s when not given)."""
+    from tl_lightning.data.datamodule import ImageFolderDataModule
 
-    return ImageFolderDataModule(root, **({"batch_size": 4, "num_workers": 0} | kwargs))
+    data_config = dict((model or tiny_model()).data_config)
+    return ImageFolderDataModule(root, **({"batch_size": 4, "num_workers": 0, "data_config": data_config} | kwargs))
 
 
 def tiny_trainer(**kwargs):

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from conftest import tiny_data, tiny_model
 
-from tl_lightning.finetuning import LayerFinetuning
+from tl_lightning.finetuning.unfreezing import LayerFinetuning
 
 if __name__ == "__main__":
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -19,7 +19,7 @@ if __name__ == "__main__":
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[LayerFinetuning(milestones={0: "all"})],
     )  # fmt: skip
-    datamodule = tiny_data(data, batch_size=4)
+    datamodule = tiny_data(data, model, batch_size=4)
     trainer.fit(model, datamodule)
     counted = {"val": float(trainer.callback_metrics["val/samples"])}
     counted["test"] = trainer.test(model, datamodule)[0]["test/samples"]

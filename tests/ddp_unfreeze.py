@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import torch
 from conftest import tiny_data, tiny_model
 
-from tl_lightning.finetuning import LayerFinetuning
+from tl_lightning.finetuning.unfreezing import LayerFinetuning
 
 if __name__ == "__main__":
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -19,5 +19,5 @@ if __name__ == "__main__":
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[LayerFinetuning(milestones={1: "all"})],
     )  # fmt: skip
-    trainer.fit(model, tiny_data(data, batch_size=2))
+    trainer.fit(model, tiny_data(data, model, batch_size=2))
     torch.save(model.state_dict(), out / f"rank{trainer.global_rank}.pt")

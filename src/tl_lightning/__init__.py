@@ -1,25 +1,54 @@
-"""Transfer learning for image classification with timm backbones, Lightning and Hydra, correct by default."""
+"""Transfer learning for image classification with timm backbones, Lightning and Hydra, correct by default.
 
-from tl_lightning.backbones import create_backbone
-from tl_lightning.datamodule import ImageFolderDataModule
-from tl_lightning.digits import DigitsDataModule
-from tl_lightning.distributed import TimmSyncBatchNorm
-from tl_lightning.early_stopping import PhaseAwareEarlyStopping
-from tl_lightning.ema import EMAEvaluation
-from tl_lightning.features import FrozenFeatureCache
-from tl_lightning.finetuning import LayerFinetuning
-from tl_lightning.groups import build_param_groups, discriminative_lrs, layer_groups
-from tl_lightning.heads import create_head
-from tl_lightning.module import TransferClassifier
-from tl_lightning.schedules import warmup_cosine
+The subpackages follow the data's path, each importing only those below it (a test checks):
+
+    app/          the command line: Hydra configs in, the objects below out (the only layer that imports Hydra)
+    evaluation/   calibration, the test report, the linear probe, Grad-CAM
+    inference/    prediction into a CSV, ONNX / TorchScript export
+    finetuning/   the unfreezing callback and the other training callbacks, the LR finder
+    models/       backbones, weights, head, layer groups, losses, the LightningModule
+    data/         decoding, splits, the audit, transforms, the DataModules
+    utils         atomic file writes
+"""
+
+import importlib.abc
+import importlib.util
+import sys
+from importlib.machinery import ModuleSpec
+
+from tl_lightning.data import DigitsDataModule, ImageFolderDataModule
+from tl_lightning.finetuning import (
+    EMAEvaluation,
+    FrozenFeatureCache,
+    LayerFinetuning,
+    PhaseAwareEarlyStopping,
+    TimmSyncBatchNorm,
+)
+from tl_lightning.models import (
+    Distillation,
+    Imbalance,
+    Performance,
+    Regularization,
+    TransferClassifier,
+    build_param_groups,
+    create_backbone,
+    create_head,
+    discriminative_lrs,
+    layer_groups,
+    warmup_cosine,
+)
 
 __all__ = [
     "DigitsDataModule",
+    "Distillation",
     "EMAEvaluation",
     "FrozenFeatureCache",
     "ImageFolderDataModule",
+    "Imbalance",
     "LayerFinetuning",
+    "Performance",
     "PhaseAwareEarlyStopping",
+    "Regularization",
     "TimmSyncBatchNorm",
     "TransferClassifier",
     "build_param_groups",
@@ -29,3 +58,26 @@ __all__ = [
     "layer_groups",
     "warmup_cosine",
 ]
+
+# The command-line tools live in `app/`; these names keep `python -m tl_lightning.<name>` running them.
+COMMANDS = ("predict", "export", "explain", "audit", "backbones", "groups")
+
+
+class _CommandFinder(importlib.abc.MetaPathFinder):
+    """Finds `tl_lightning.<command>` as the source of `tl_lightning.app.<command>`.
+
+    Written as a finder rather than a re-exporting module per command, which would put six one-line files beside
+    the subpackages, and which `python -m` would find already imported (a runpy `RuntimeWarning`) whenever the
+    package imported it.
+    """
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in COMMANDS:
+            return None
+        source = importlib.util.find_spec(f"{__name__}.app.{name}")
+        return importlib.util.spec_from_file_location(fullname, source.origin) if source and source.origin else None
+
+
+if not any(isinstance(finder, _CommandFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_CommandFinder())

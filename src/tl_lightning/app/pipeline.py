@@ -1,0 +1,94 @@
+"""A whole run from plain objects: fit, calibrate the best checkpoint, evaluate the test split once, write the run
+folder. No Hydra here: `app.train` builds the objects from the config and calls `train_and_evaluate`, and a
+notebook or another project can call it with objects of its own.
+
+Under DDP every rank calls it (Lightning relaunches the script into the same run folder); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from tl_lightning.data.datamodule import ImageFolderDataModule
+from tl_lightning.evaluation.calibration import collect_logits, fit_temperature, store_temperature
+from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
+from tl_lightning.models.module import TransferClassifier
+
+log = logging.getLogger(__name__)
+
+
+def train_and_evaluate(
+    model: TransferClassifier,
+    datamodule: ImageFolderDataModule,
+    trainer: pl.Trainer,
+    out: str | Path,
+    ckpt_path: str | None = None,
+) -> dict[str, Any]:
+    """Fit, fit a temperature on validation for the best checkpoint, evaluate the test split, write the run folder.
+
+    `out` gets `split.csv`, `audit.json`, `metrics.json`, and `report.md` with its files under `report/` (the
+    checkpoints go where the trainer's `ModelCheckpoint` callbacks put them). Returns the metrics.
+    """
+    out = Path(out)
+    model.connect_data(datamodule)
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        datamodule.save_split(out / "split.csv")
+        if datamodule.audit_report is not None:
+            datamodule.audit_report.save(out / "audit.json")
+            log.info(datamodule.audit_report.summary())
+
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - started
+
+    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    best = monitored[0].best_model_path if monitored else ""
+    metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
+    if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
+        metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
+    metrics["calibration/temperature"] = calibrate(model, datamodule, best, trainer.is_global_zero)
+    if datamodule.has_test:
+        if trainer.is_global_zero:
+            metrics |= evaluate_test(model, datamodule, trainer, out, best)
+    else:
+        log.warning("No test split: metrics.json holds the best checkpoint's validation metrics instead.")
+        metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0]
+    metrics["weights"] = model.weights_info.get("source")
+    if trainer.is_global_zero:
+        write_metrics(out / "metrics.json", metrics)
+        log.info("Run folder: %s\n%s", out, summary_table(metrics))
+    return metrics
+
+
+def calibrate(model: TransferClassifier, datamodule: ImageFolderDataModule, best: str, write: bool) -> float:
+    """Load the best checkpoint's weights, fit a temperature on validation and store it there (when `write`)."""
+    if best:
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    temperature = fit_temperature(*collect_logits(model, datamodule.eval_dataloader("val")))
+    model.temperature.fill_(temperature)
+    if best and write:
+        store_temperature(best, temperature)
+    log.info("Temperature scaling fitted on validation: T = %.3f", temperature)
+    return temperature
+
+
+def evaluate_test(
+    model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, out: Path, best: str
+) -> dict[str, Any]:
+    """One pass over the whole test split: the module's test metrics and the report, both from the same logits."""
+    logits, targets = collect_logits(model, datamodule.eval_dataloader("test"))
+    metrics = model.score(logits, targets, "test")
+    files = [path for path, _ in datamodule.samples("test")]
+    channels = int(model.data_config["input_size"][0])
+    scalars = write_report(out, logits, targets, model.class_names, files, float(model.temperature), channels,
+                           checkpoint=best)  # fmt: skip
+    log_report(trainer.loggers, metrics | scalars, out, trainer.global_step)
+    return metrics | scalars

@@ -1,0 +1,129 @@
+"""The command line's training entry: Hydra config in, objects out, converted once.
+
+Only the app layer touches the `DictConfig`. `build` turns the config into a datamodule, a model, callbacks,
+loggers and a trainer (each a plain class that works without Hydra); `pipeline.train_and_evaluate` runs them.
+`run` returns the metrics so tests call it in-process and Hydra sweepers can optimise one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from tl_lightning.app.pipeline import train_and_evaluate
+from tl_lightning.data.datamodule import ImageFolderDataModule
+from tl_lightning.evaluation.probe import linear_probe
+from tl_lightning.evaluation.report import write_metrics
+from tl_lightning.finetuning.lr_finder import lr_range_test, plot_range_tests
+from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
+from tl_lightning.models.losses import balanced_class_weights
+from tl_lightning.models.module import TransferClassifier
+
+log = logging.getLogger(__name__)
+
+TASKS = ("train", "lr_find", "probe")
+
+
+@dataclass
+class Job:
+    """What a config builds before any training: where it writes, the data and the model, connected."""
+
+    out: Path
+    datamodule: ImageFolderDataModule
+    model: TransferClassifier
+
+
+def prepare(cfg: DictConfig) -> Job:
+    """Write the resolved config, seed, prepare the data, and build the model for it (the seam connected)."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    overrides: dict[str, Any] = {}
+    if cfg.model.get("imbalance", {}).get("class_weights") == "balanced":
+        weights = balanced_class_weights(datamodule.class_counts()).tolist()
+        overrides["imbalance"] = OmegaConf.to_container(cfg.model.imbalance) | {"class_weights": weights}
+    model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
+                        _convert_="all", **overrides)  # fmt: skip
+    model.connect_data(datamodule)
+    return Job(out, datamodule, model)
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    """The trainer with the config's callbacks and loggers; `trainer.sync_batchnorm` through timm's converter."""
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    layer_sync = {}
+    if cfg.trainer.get("sync_batchnorm"):  # Lightning's own converter would drop timm's fused activations
+        layer_sync = {"sync_batchnorm": False, "plugins": [TimmSyncBatchNorm()]}
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **layer_sync)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """`task=train`: fit, calibrate, test and report (`pipeline.train_and_evaluate`); returns the metrics."""
+    job = prepare(cfg)
+    return train_and_evaluate(job.model, job.datamodule, build_trainer(cfg), job.out, cfg.get("ckpt_path"))
+
+
+def probe(cfg: DictConfig) -> dict[str, Any]:
+    """`task=probe`: a linear probe of the frozen pretrained features; writes `probe.json` with the verdict.
+
+    Features are cached under `paths.cache_dir/features`, so probing again (another `probe.c`) costs seconds.
+    """
+    job = prepare(cfg)
+    job.datamodule.setup("fit")
+    cache = Path(cfg.paths.cache_dir) / "features"
+    result = linear_probe(job.model, job.datamodule, cache, c=cfg.probe.c).to_dict()
+    write_metrics(job.out / "probe.json", result)
+    scores = ", ".join(f"{split} {value:.4f}" for split, value in result["accuracy"].items())
+    log.info("Linear probe accuracy: %s\n%s\nStart with: python train.py %s",
+             scores, result["interpretation"], result["recommendation"])  # fmt: skip
+    return result
+
+
+def find_lr(cfg: DictConfig) -> dict[str, Any]:
+    """`task=lr_find`: a range test for the head on the frozen backbone, and for the last unfrozen phase.
+
+    Writes `lr_find.png` and `lr_find.json` (suggestions and the `model.lr=...` override for the next run).
+    """
+    job = prepare(cfg)
+    job.datamodule.setup("fit")
+    finetuning = instantiate(cfg.callbacks.finetuning)
+    loader = job.datamodule.train_dataloader()
+    options = dict(cfg.lr_find)
+    tests = [lr_range_test(job.model, loader, finetuning, epoch=0, phase="frozen phase", **options)]
+    last = finetuning.last_change_epoch(job.model, cfg.trainer.max_epochs)
+    if last > 0:
+        tests.append(lr_range_test(job.model, loader, finetuning, epoch=last, phase=f"from epoch {last}", **options))
+    plot_range_tests(tests, job.out / "lr_find.png")
+    chosen = tests[-1].suggestion
+    result = {f"lr_find/{t.phase}": t.suggestion for t in tests} | {"override": f"model.lr={chosen:.2e}"}
+    write_metrics(job.out / "lr_find.json", result)
+    log.info("LR range test (model.lr is %s): %s", cfg.model.lr, result)
+    log.info("Next run: python train.py %s", result["override"])
+    return result
+
+
+def main(cfg: DictConfig) -> float | None:
+    """What `python train.py` runs for each job: the config's `task`, returning `optimized_metric` to sweepers."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"Unknown task '{cfg.task}': choose one of {', '.join(TASKS)}.")
+    if cfg.task == "lr_find":
+        find_lr(cfg)
+        return None
+    if cfg.task == "probe":
+        return probe(cfg)["accuracy"]["val"]
+    metrics = run(cfg)
+    value = metrics.get(cfg.get("optimized_metric"))
+    return float(value) if value is not None else None

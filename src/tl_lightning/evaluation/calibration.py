@@ -1,0 +1,96 @@
+"""Calibration: a model's logits on a split, temperature scaling fitted on validation, and calibration error.
+
+Temperature scaling (Guo et al., 2017) divides the logits by one scalar fitted to minimise the validation
+negative log-likelihood: the predicted class never changes, only how confident the probabilities are. Fitting
+one scalar needs no library; the error itself is torchmetrics' `MulticlassCalibrationError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from tl_lightning.models.features import extract_features
+from tl_lightning.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+ECE_BINS = 15
+# A fitted temperature is kept within these: beyond, the model's logits carry no ranking signal worth scaling
+# (a model that predicts one class drives T to infinity), and the bound is logged.
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets of every batch of `loader`, in loader order, with the model in eval mode.
+
+    A plain loop (`features.extract_features` over the whole classifier) rather than `trainer.predict`: it runs
+    in every process of a DDP job on the whole split, so each rank fits the same temperature without gathering.
+    """
+    return extract_features(model, loader)
+
+
+@torch.enable_grad()
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+    """The temperature T > 0 minimising the NLL of `softmax(logits / T)`; optimised as log T with L-BFGS."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    logits, targets = logits.detach().float(), targets.detach()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    fitted = float(log_t.detach().exp())
+    low, high = TEMPERATURE_RANGE
+    if not low <= fitted <= high:
+        log.warning("Fitted temperature %.3g is outside [%s, %s]; kept at the bound. The model's validation "
+                    "predictions are close to uninformative: check training before trusting its probabilities.",
+                    fitted, low, high)  # fmt: skip
+    return min(max(fitted, low), high)
+
+
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the support-weighted gap between confidence and accuracy over `bins` equal-width bins."""
+    return float(multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=bins, norm="l1"))
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per confidence bin: its edges, the mean confidence, the accuracy and the number of samples."""
+
+    edges: torch.Tensor
+    confidence: torch.Tensor
+    accuracy: torch.Tensor
+    count: torch.Tensor
+
+
+def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> ReliabilityBins:
+    """The reliability diagram's data; the same binning as `expected_calibration_error`."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    index = (torch.bucketize(confidence, edges[1:-1], right=True)).clamp(max=bins - 1)
+    count = torch.bincount(index, minlength=bins).float()
+    mean = lambda values: torch.bincount(index, values, minlength=bins) / count.clamp(min=1)  # noqa: E731
+    return ReliabilityBins(edges, mean(confidence), mean(correct), count)
+
+
+def store_temperature(checkpoint_path: str | Path, temperature: float) -> None:
+    """Write `temperature` into a `TransferClassifier` checkpoint, through a temp file renamed into place."""
+    path = Path(checkpoint_path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["temperature"] = torch.tensor(float(temperature))
+    checkpoint.setdefault("tl_lightning", {})["temperature"] = float(temperature)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)

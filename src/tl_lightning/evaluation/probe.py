@@ -1,0 +1,91 @@
+"""The linear probe: how good are the pretrained features for this data, before any fine-tuning?
+
+Logistic regression (scikit-learn, on standardised features) on the frozen backbone's pooled features of the
+training split, scored on validation (and test). The accuracy says how far the data is from what the backbone
+learnt, and so how much of the backbone needs training; `interpret` turns it into a finetuning preset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from tl_lightning.models.features import FeatureCache, cache_key, split_features
+
+log = logging.getLogger(__name__)
+
+# (lowest accuracy, what it means, finetuning preset to start from), best first.
+INTERPRETATION = (
+    (0.85, "excellent: the pretrained features already separate the classes; feature extraction may suffice",
+     "finetuning=feature_extraction (or lp_ft to gain the last points)"),
+    (0.70, "good: light fine-tuning of the last groups should close the gap", "finetuning=top_k finetuning.k=2"),
+    (0.50, "fair: the features need adapting; fine-tune 3-4 groups", "finetuning=top_k finetuning.k=4"),
+    (0.0, "poor: a large domain gap; fine-tune everything, or pick a backbone pretrained nearer this domain",
+     "finetuning=full"),
+)  # fmt: skip
+
+
+def interpret(accuracy: float) -> tuple[str, str]:
+    """The interpretation and the recommended finetuning preset for a probe accuracy."""
+    for lowest, meaning, preset in INTERPRETATION:
+        if accuracy > lowest or lowest == 0.0:
+            return meaning, preset
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Probe accuracies per split, the verdict, and whether the features came from the cache."""
+
+    accuracy: dict[str, float]
+    interpretation: str
+    recommendation: str
+    feature_dim: int
+    train_images: int
+    from_cache: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, c: float = 1.0, max_iter: int = 2000) -> Pipeline:
+    """Standardise, then multinomial logistic regression with L2 strength `1/c`."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    return probe.fit(features.numpy(), labels.numpy())
+
+
+def linear_probe(model: Any, datamodule: Any, cache_dir: str | Path | None, c: float = 1.0) -> ProbeResult:
+    """Probe `model.backbone` on `datamodule`'s splits (eval preprocessing), caching features under `cache_dir`.
+
+    `model` is a `TransferClassifier`; `datamodule` an `ImageFolderDataModule` already set up. The verdict is
+    made on validation accuracy (test, if any, is reported beside it, never used to choose).
+    """
+    started = time.perf_counter()
+    splits = [s for s in ("train", "val", "test") if s in datamodule.splits and any(datamodule.splits[s].values())]
+    if "train" not in splits or "val" not in splits:
+        raise ValueError(f"The linear probe needs train and val splits; '{datamodule.root}' has {splits}.")
+    loaders = {s: datamodule.eval_dataloader(s) for s in splits}
+    random_init = model.weights_info.get("source") == "random-init"
+    if random_init:
+        log.warning("The backbone has random weights: the probe measures random features, and nothing is cached.")
+    cache = None if random_init or cache_dir is None else FeatureCache(cache_dir)
+    key = cache_key(model.hparams.backbone, model.weights_info, model.data_config,
+                    {s: datamodule.samples(s) for s in splits})  # fmt: skip
+    features, from_cache = split_features(model.backbone, loaders, key, cache)
+    probe = fit_probe(*features["train"], c=c)
+    accuracy = {s: float(probe.score(f.numpy(), y.numpy())) for s, (f, y) in features.items()}
+    meaning, preset = interpret(accuracy["val"])
+    train_features = features["train"][0]
+    return ProbeResult(
+        accuracy, meaning, preset, train_features.shape[1], len(train_features), from_cache,
+        round(time.perf_counter() - started, 2),
+    )  # fmt: skip

@@ -1,0 +1,90 @@
+"""Predict classes for image files or folders with a trained checkpoint, into a CSV.
+
+Preprocessing (size, mean, std, channels), class names and the calibration temperature come from the
+checkpoint, so nothing is passed twice. An unreadable file or one with the wrong number of channels stops with
+an error naming it; a batch whose image statistics are far from the training images' is warned about. The command
+line is `python -m tl_lightning.predict`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from tl_lightning.data.images import IMAGE_EXTENSIONS, load_image
+from tl_lightning.data.transforms import eval_transform
+from tl_lightning.models.module import TransferClassifier
+from tl_lightning.utils import write_csv
+
+log = logging.getLogger(__name__)
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and image files under folders (recursively, hidden entries skipped), in sorted order.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or no image at all.
+    """
+    paths = [Path(p) for p in paths]
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.relative_to(path))
+            )
+        else:
+            raise FileNotFoundError(f"'{path}' does not exist. Pass image files or folders of images.")
+    if not found:
+        names = [str(p) for p in paths]
+        raise FileNotFoundError(f"No images found in {names} (extensions: {sorted(IMAGE_EXTENSIONS)}).")
+    return found
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+@torch.no_grad()
+def predict_files(
+    model: TransferClassifier, files: list[Path], batch_size: int = 64, tta: bool = False
+) -> torch.Tensor:
+    """Calibrated class probabilities for `files` (rows in file order), optionally averaged with horizontal flips.
+
+    Each batch is compared with the checkpoint's training input statistics, and a far-off batch is logged as a
+    warning naming its first and last file.
+    """
+    model.eval()
+    transform = eval_transform(model.data_config)
+    channels = int(model.data_config["input_size"][0])
+    rows = []
+    for batch in _batches(files, batch_size):
+        x = torch.stack([transform(image=load_image(f, channels))["image"] for f in batch]).to(model.device)
+        if model.input_statistics is not None and (problem := model.input_statistics.check(x)):
+            log.warning("Images %s .. %s: %s", batch[0], batch[-1], problem)
+        probs = model.probabilities(x)
+        if tta:
+            probs = (probs + model.probabilities(x.flip(-1))) / 2
+        rows.append(probs.cpu())
+    return torch.cat(rows)
+
+
+def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_predictions(path: Path, files: list[Path], probs: torch.Tensor, class_names: list[str]) -> Path:
+    """One CSV row per file: path, predicted class, its probability, and every class's probability."""
+    rows = []
+    for file, row in zip(files, probs.tolist(), strict=True):
+        best = max(range(len(row)), key=row.__getitem__)
+        rows.append([str(file), class_names[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row)])
+    return write_csv(path, [["path", "class", "probability", *(f"p_{name}" for name in class_names)], *rows])

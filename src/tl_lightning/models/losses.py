@@ -1,0 +1,74 @@
+"""Classification losses and what feeds them: focal loss, class weights, and the batch mixing behind soft targets.
+
+Focal loss is written here because torchvision ships only the binary (sigmoid) form and MMPretrain is not a
+dependency. Both losses take per-class weights and label smoothing, and reduce like `F.cross_entropy`: the
+weighted mean over the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy scaled by `(1 - p_true) ** gamma`, so confidently right examples count less (Lin et al. 2017).
+
+    >>> logits, target = torch.tensor([[4.0, 0.0], [0.0, 0.1]]), torch.tensor([0, 0])
+    >>> bool(focal_loss(logits, target, gamma=0.0).isclose(F.cross_entropy(logits, target)))
+    True
+    """
+    ce = F.cross_entropy(logits, target, weight=weight, reduction="none", label_smoothing=label_smoothing)
+    p_true = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+    loss = (1 - p_true).pow(gamma) * ce
+    norm = weight[target].sum() if weight is not None else target.new_tensor(len(target), dtype=loss.dtype)
+    return loss.sum() / norm
+
+
+def balanced_class_weights(counts: list[int]) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1, so the loss keeps its scale.
+
+    >>> balanced_class_weights([30, 10]).tolist()
+    [0.5, 1.5]
+    """
+    counts_t = torch.tensor(counts, dtype=torch.float)
+    if (counts_t <= 0).any():
+        raise ValueError(f"Every class needs training images for balanced weights; counts are {counts}.")
+    inverse = 1.0 / counts_t
+    return inverse * len(counts) / inverse.sum()
+
+
+def create_mixup(
+    mixup_alpha: float, cutmix_alpha: float, prob: float, label_smoothing: float, num_classes: int
+) -> Mixup | None:
+    """timm's batch-level Mixup/CutMix, or `None` when both alphas are 0."""
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        prob=prob,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    """Hinton et al. (2015): `alpha` x T^2 x KL(teacher || student) at temperature T, plus (1 - alpha) x hard loss.
+
+    The T^2 factor keeps the soft term's gradients on the scale of the hard term's whatever the temperature.
+    """
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
+        reduction="batchmean", log_target=True,
+    )  # fmt: skip
+    return alpha * temperature**2 * soft + (1 - alpha) * hard_loss

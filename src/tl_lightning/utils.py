@@ -1,0 +1,58 @@
+"""Plain helpers every layer may use: files written atomically.
+
+A file the project writes (checkpoint, cache, metrics, predictions, export metadata) either holds its old content
+or its complete new content, never half of it: an interrupted run must not leave a truncated file that a later run
+trusts. Each writer goes to a temporary name in the same folder (so the rename stays on one file system) and
+`os.replace`s it into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "write_csv", "write_json", "write_text"]
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends without an error.
+
+    >>> with atomic_path("/tmp/tl_demo.txt") as tmp:  # doctest: +SKIP
+    ...     tmp.write_text("done")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, value: Any, default: Callable[[Any], Any] | None = None) -> Path:
+    """Write `value` as indented JSON to `path` atomically."""
+    return write_text(path, json.dumps(value, indent=2, default=default) + "\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> Path:
+    """Write `rows` (the header first) as CSV to `path` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return Path(path)

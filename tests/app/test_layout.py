@@ -1,0 +1,89 @@
+"""The package's shape: a short top level, small modules, layered imports, and every config target and command
+still resolving after files moved."""
+
+import importlib
+import runpy
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tl_lightning
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "src" / "tl_lightning"
+
+
+def test_top_level_shows_the_architecture_in_a_few_entries():
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name not in ("__init__.py", "__pycache__"))
+    assert len(entries) <= 8, entries
+    for package in (p for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        module = importlib.import_module(f"tl_lightning.{package.name}")
+        assert module.__doc__ and len(module.__doc__.split()) > 10, f"{package.name}/__init__.py needs its docstring"
+
+
+def test_no_module_is_over_350_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350
+    }
+    assert not long
+
+
+def test_import_contracts_hold():
+    """Layers (app -> evaluation | inference -> finetuning -> models -> data -> utils), Hydra only in app, and no
+    import circles among the modules of a package, as `lint-imports` checks them from pyproject.toml."""
+    done = subprocess.run(
+        [Path(sys.executable).with_name("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "3 kept, 0 broken" in done.stdout
+
+
+def _targets(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str):
+            yield node["_target_"]
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def test_every_config_target_resolves():
+    from hydra.utils import get_object
+
+    targets = {t for f in (ROOT / "conf").rglob("*.yaml") for t in _targets(yaml.safe_load(f.read_text()) or {})}
+    ours = sorted(t for t in targets if t.startswith("tl_lightning."))
+    assert len(ours) >= 10
+    for target in ours:
+        assert callable(get_object(target)), target
+
+
+def test_the_public_api_keeps_its_names():
+    for name in tl_lightning.__all__:
+        assert getattr(tl_lightning, name) is not None
+    from tl_lightning import ImageFolderDataModule, LayerFinetuning, TransferClassifier  # noqa: F401
+
+
+@pytest.mark.parametrize("command", tl_lightning.COMMANDS)
+def test_python_m_commands_run_the_app_modules(command: str, monkeypatch, capsys):
+    """`python -m tl_lightning.<command>`, as runpy runs it: the app module's code, with no warning."""
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # runpy's "found in sys.modules" warning
+        with pytest.raises(SystemExit) as done:
+            runpy.run_module(f"tl_lightning.{command}", run_name="__main__", alter_sys=True)
+    assert done.value.code == 0
+    assert f"python -m tl_lightning.{command}" in capsys.readouterr().out
+
+
+def test_python_m_audit_in_a_fresh_process_prints_no_runpy_warning(split_folder: Path):
+    done = subprocess.run([sys.executable, "-m", "tl_lightning.audit", str(split_folder)], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usable images" in done.stdout
+    assert "RuntimeWarning" not in done.stderr

@@ -1,0 +1,82 @@
+"""The training entry, in-process through Hydra's compose API and as `python train.py` subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, ROOT, compose_train, folder_overrides
+from omegaconf import OmegaConf
+
+from tl_lightning.app.train import run
+
+
+def test_run_writes_the_run_folder_and_tests_the_best_checkpoint(flat_folder: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    metrics = run(compose_train(folder_overrides(flat_folder, out)))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    for name in ("config.yaml", "split.csv", "audit.json", "metrics.json", "report.md", "report/top_losses.png"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    assert saved["checkpoint"] == str(out / "checkpoints" / "best.ckpt")
+    assert 0.0 <= saved["test/acc"] <= 1.0
+    assert set(saved) >= {"test/acc_macro", "test/f1_macro", "test/precision_macro", "test/recall_macro"}
+    assert OmegaConf.load(out / "config.yaml").model.backbone == "test_resnet"
+
+
+def test_default_config_is_digits_on_the_shipped_lite0_weights(digits_run: tuple[Path, dict]):
+    cfg = compose_train([])
+    assert cfg.model.backbone == "tf_efficientnet_lite0"
+    assert cfg.model.weights_file == "package:efficientnet_lite0"
+    assert cfg.model.image_size == 64
+    out, metrics = digits_run  # a few batches of the real default: digits written, weights loaded, test run
+    assert metrics["weights"] == "package:efficientnet_lite0"
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(ckpt["tl_lightning"]["weights"]["sha256"]) == 64
+    assert ckpt["tl_lightning"]["data_config"]["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_efficientnet_b4_on_plants_composes_and_trains_from_scratch(flat_folder: Path, tmp_path: Path):
+    cfg = compose_train(["backbone=efficientnet_b4", "data=plants"])
+    assert cfg.model.backbone == "efficientnet_b4" and cfg.model.pretrained is True
+    assert cfg.data._target_ == "tl_lightning.data.datamodule.ImageFolderDataModule"
+    overrides = ["backbone=efficientnet_b4", "data=plants", "backbone.pretrained=false", f"data.root={flat_folder}",
+                 "model.image_size=32", f"paths.output_dir={tmp_path}", *FAST]  # fmt: skip
+    metrics = run(compose_train(overrides))
+    assert metrics["weights"] == "random-init" and "test/acc" in metrics
+
+
+def test_missing_data_root_is_named(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run(compose_train(folder_overrides(tmp_path / "nowhere", tmp_path / "out")))
+
+
+def test_unknown_backbone_is_named(flat_folder: Path, tmp_path: Path):
+    overrides = [*folder_overrides(flat_folder, tmp_path), "backbone.name=efficientnet_b99"]
+    with pytest.raises(Exception, match=r"Unknown backbone 'efficientnet_b99'.*Close matches"):
+        run(compose_train(overrides))
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_two_learning_rates(flat_folder: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in folder_overrides(flat_folder, tmp_path) if not o.startswith("paths.")]
+    command = [sys.executable, "train.py", "-m", "model.lr=1e-3,3e-4", f"hydra.sweep.dir={sweep}", *overrides]
+    env = os.environ | {"HYDRA_FULL_ERROR": "1"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    lrs = [OmegaConf.load(job / "config.yaml").model.lr for job in jobs]
+    assert lrs == [1e-3, 3e-4]
+    assert all("test/acc" in json.loads((job / "metrics.json").read_text()) for job in jobs)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_passes_a_smoke_run(experiment: str, tmp_path: Path):
+    metrics = run(compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}", *FAST]))
+    assert 0.0 <= metrics["test/acc"] <= 1.0

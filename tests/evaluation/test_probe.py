@@ -1,0 +1,82 @@
+"""The linear probe: cached features reused, invalidated by a changed file, the verdict table, and digits."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import FAST, compose_train, tiny_data, tiny_model
+
+import tl_lightning.models.features as features
+from tl_lightning.app.train import probe
+from tl_lightning.evaluation.probe import interpret, linear_probe
+
+
+@pytest.fixture
+def extractions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts backbone passes over a split (one entry per split extracted)."""
+    calls: list[int] = []
+    real = features.extract_features
+
+    def counted(backbone, loader):
+        calls.append(len(loader.dataset))
+        return real(backbone, loader)
+
+    monkeypatch.setattr(features, "extract_features", counted)
+    return calls
+
+
+def pretrained_setup(root: Path):
+    model = tiny_model(backbone="tf_efficientnet_lite0", weights_file="package:efficientnet_lite0")
+    dm = tiny_data(root, data_config=model.data_config)
+    dm.setup("fit")
+    return model, dm
+
+
+def test_probe_features_are_cached_and_reused_until_a_file_changes(
+    split_folder: Path, tmp_path: Path, extractions: list[int]
+):
+    model, dm = pretrained_setup(split_folder)
+    first = linear_probe(model, dm, tmp_path / "features")
+    assert extractions == [24, 9, 9] and not first.from_cache
+    second = linear_probe(model, dm, tmp_path / "features")
+    assert extractions == [24, 9, 9] and second.from_cache  # no backbone pass at all
+    assert second.accuracy == first.accuracy
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 1
+
+    changed = next((split_folder / "val" / "cat").iterdir())
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    third = linear_probe(model, dm, tmp_path / "features")
+    assert not third.from_cache and len(extractions) == 6
+
+    other = tiny_model(backbone="tf_efficientnet_lite0", weights_file="package:efficientnet_lite0", image_size=48)
+    dm.data_config = dict(other.data_config)
+    assert not linear_probe(other, dm, tmp_path / "features").from_cache  # other preprocessing, other key
+
+
+def test_random_weights_are_probed_but_never_cached(split_folder: Path, tmp_path: Path, extractions: list[int]):
+    model = tiny_model()
+    dm = tiny_data(split_folder, data_config=model.data_config)
+    dm.setup("fit")
+    for _ in range(2):
+        assert not linear_probe(model, dm, tmp_path / "features").from_cache
+    assert len(extractions) == 6 and not (tmp_path / "features").exists()
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "preset"),
+    [(0.95, "feature_extraction"), (0.851, "feature_extraction"), (0.85, "top_k finetuning.k=2"),
+     (0.72, "top_k finetuning.k=2"), (0.6, "top_k finetuning.k=4"), (0.5, "full"), (0.1, "full")],
+)  # fmt: skip
+def test_interpretation_table(accuracy: float, preset: str):
+    assert f"finetuning={preset}" in interpret(accuracy)[1]
+
+
+def test_probe_task_on_digits_writes_its_verdict(tmp_path: Path):
+    result = probe(compose_train(["task=probe", f"paths.output_dir={tmp_path}", *FAST]))
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert saved["accuracy"] == pytest.approx(result["accuracy"])
+    assert set(saved["accuracy"]) == {"train", "val", "test"} and saved["train_images"] == 500
+    assert saved["accuracy"]["val"] > 0.5  # real ImageNet features on real digits: far above chance (0.1)
+    assert saved["recommendation"] == interpret(saved["accuracy"]["val"])[1]

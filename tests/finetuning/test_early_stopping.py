@@ -1,0 +1,70 @@
+"""Phase-aware early stopping, and the test metrics coming from the best checkpoint, not the last epoch."""
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import compose_train, folder_overrides, tiny_data, tiny_model, tiny_trainer
+from lightning.pytorch.callbacks import EarlyStopping
+
+from tl_lightning.app.train import run
+from tl_lightning.finetuning.early_stopping import PhaseAwareEarlyStopping
+from tl_lightning.finetuning.unfreezing import LayerFinetuning, gradual
+from tl_lightning.models.module import TransferClassifier
+
+
+def stopped_at(stopper, split_folder: Path, milestones=None) -> int:
+    model = tiny_model(lr=0.0)  # nothing learns, so val/acc never improves after the first epoch
+    callbacks = [LayerFinetuning(milestones={3: "all"} if milestones is None else milestones), stopper]
+    trainer = tiny_trainer(max_epochs=12, callbacks=callbacks)
+    trainer.fit(model, tiny_data(split_folder, model))
+    return trainer.current_epoch
+
+
+def test_plain_early_stopping_ends_the_run_in_the_frozen_phase(split_folder: Path):
+    assert stopped_at(EarlyStopping(monitor="val/acc", mode="max", patience=1), split_folder) == 2
+
+
+def test_phase_aware_early_stopping_waits_for_the_unfreeze_and_its_patience(split_folder: Path):
+    stopper = PhaseAwareEarlyStopping(monitor="val/acc", mode="max", patience=1)
+    assert stopped_at(stopper, split_folder) == 5  # unfreeze at 3, one epoch of patience, stop after epoch 4
+    assert stopper.stopped_epoch == 4
+
+
+def test_the_last_change_counts_only_within_the_run_and_the_model_groups(split_folder: Path):
+    model = tiny_model()
+    assert gradual(every=2, start=1).last_change_epoch(model, max_epochs=30) == 11  # 6 groups: epochs 1..11
+    assert gradual(every=2, start=1).last_change_epoch(model, max_epochs=8) == 7
+    assert LayerFinetuning(milestones={}).last_change_epoch(model, max_epochs=8) == 0
+
+
+class RuinLastEpoch(pl.Callback):
+    """Zero the backbone at the start of the last epoch, so the last weights are the worst."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            with torch.no_grad():
+                for p in pl_module.backbone.parameters():
+                    p.zero_()
+
+
+def test_metrics_come_from_the_best_checkpoint_not_the_ruined_last_epoch(flat_folder: Path, tmp_path: Path):
+    unlimited = [f"trainer.limit_{stage}_batches=null" for stage in ("train", "val", "test")]
+    overrides = [
+        *folder_overrides(flat_folder, tmp_path),
+        *unlimited,
+        "trainer.max_epochs=8",
+        "data.batch_size=4",
+        "model.lr=1e-2",
+        "finetuning=full",
+        "+callbacks.ruin._target_=test_early_stopping.RuinLastEpoch",
+    ]
+    metrics = run(compose_train(overrides))
+    assert metrics["checkpoint"].endswith("best.ckpt")
+    last = TransferClassifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    dm = tiny_data(flat_folder, data_config=last.data_config)
+    ruined = tiny_trainer().test(last, dm, verbose=False)[0]["test/acc"]
+    assert metrics["test/acc"] > ruined
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == pytest.approx(metrics["test/acc"])

@@ -1,0 +1,70 @@
+"""Precision, memory layout and compilation from config, on CPU."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_train, folder_overrides, tiny_data, tiny_model, tiny_trainer
+
+from tl_lightning.app.train import run
+from tl_lightning.finetuning.unfreezing import LayerFinetuning
+
+
+class Spy(torch.nn.Module):
+    """Not a module in the model: records what the head and the backbone received during training steps."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.head_dtypes: set[torch.dtype] = set()
+        self.channels_last: set[bool] = set()
+        model.head.register_forward_hook(lambda m, i, out: self.head_dtypes.add(out.dtype) if m.training else None)
+        model.backbone.register_forward_pre_hook(self.record_layout)
+
+    def record_layout(self, module, inputs) -> None:
+        if module.training:
+            self.channels_last.add(inputs[0].is_contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)])
+def test_precision_runs_the_forward_in_that_dtype(split_folder: Path, precision: str, dtype: torch.dtype):
+    model = tiny_model()
+    spy = Spy(model)
+    trainer = tiny_trainer(max_epochs=1, precision=precision, callbacks=[LayerFinetuning(milestones={0: "all"})])
+    trainer.fit(model, tiny_data(split_folder, model))
+    assert spy.head_dtypes == {dtype}
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+def test_channels_last_converts_weights_and_batches(split_folder: Path):
+    model = tiny_model(performance={"channels_last": True})
+    spy = Spy(model)
+    tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning(milestones={0: "all"})]).fit(
+        model, tiny_data(split_folder, model)
+    )
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # really converted, not just square
+    assert spy.channels_last == {True}
+
+
+def test_compile_wraps_the_backbone_in_place(split_folder: Path, tmp_path: Path):
+    # The eager backend checks the wiring in seconds; the inductor backend compiles C++ for a minute on a CPU.
+    model = tiny_model(performance={"compile": True, "compile_options": {"backend": "eager"}})
+    keys = set(model.state_dict())
+    trainer = tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning(milestones={0: "all"})])
+    trainer.fit(model, tiny_data(split_folder, model))
+    assert model.backbone._compiled_call_impl is not None
+    assert set(model.state_dict()) == keys  # checkpoints keep their keys
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_precision_and_layout_from_the_command_line(flat_folder: Path, tmp_path: Path):
+    overrides = [
+        *folder_overrides(flat_folder, tmp_path),
+        "trainer.precision=bf16-mixed",
+        "model.performance.channels_last=true",
+    ]
+    cfg = compose_train(overrides)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.performance.channels_last is True
+    assert 0.0 <= run(cfg)["test/acc"] <= 1.0
