@@ -1,4 +1,5 @@
-"""Plain helpers every layer may use: files written atomically.
+"""Plain helpers every layer may use: the error type for the user's mistakes, files written atomically, and the
+CPUs this process may use.
 
 A file the project writes (checkpoint, cache, metrics, predictions, export metadata) either holds its old content
 or its complete new content, never half of it: an interrupted run must not leave a truncated file that a later run
@@ -17,7 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_csv", "write_json", "write_text"]
+__all__ = ["UserError", "atomic_path", "usable_cpus", "write_csv", "write_json", "write_text"]
+
+
+class UserError(Exception):
+    """A mistake or a missing resource on the user's side, with one sentence that names the value, says why it is
+    wrong and what to do. Command-line entry points print that sentence alone and exit with status 2; any other
+    exception is a bug of ours and keeps its traceback."""
 
 
 @contextmanager
@@ -56,3 +63,12 @@ def write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     return Path(path)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as SLURM, containers or `taskset` set it), which can be
+    far fewer than the machine's `os.cpu_count()`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

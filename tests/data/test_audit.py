@@ -108,6 +108,8 @@ def test_audit_command_prints_and_writes_the_report(tmp_path: Path, capsys: pyte
     audit_main([str(root), "--json", str(tmp_path / "audit.json")])
     printed = capsys.readouterr().out
     assert "bad files skipped: 3" in printed and "ignored (hidden or not an image type): 2" in printed
+    assert f"    {root / 'train' / '.ipynb_checkpoints'}\n" in printed  # named, as bad files are
+    assert f"    {root / 'train' / 'cat' / 'readme.txt'}\n" in printed
     saved = json.loads((tmp_path / "audit.json").read_text())
     assert saved["counts"]["train"] == {"cat": 11, "dog": 6} and len(saved["bad"]) == 3
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_lightning.app._common import setup_logging
+from tl_lightning.app._common import run_cli, setup_logging
 from tl_lightning.data.datamodule import ImageFolderDataModule
 
 
@@ -24,4 +24,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -6,6 +6,8 @@ import argparse
 
 import timm
 
+from tl_lightning.app._common import run_cli
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tl_lightning.backbones", description="List timm backbones.")
@@ -20,4 +22,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

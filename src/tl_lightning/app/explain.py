@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_lightning.app._common import load_model
+from tl_lightning.app._common import load_model, run_cli
 from tl_lightning.evaluation.explain import explain_files, top_loss_files
 from tl_lightning.inference.predict import find_images
 
@@ -29,4 +29,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from tl_lightning.app._common import run_cli
 from tl_lightning.models.backbones import create_backbone
 from tl_lightning.models.groups import layer_groups
 
@@ -22,4 +23,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tl_lightning.app import hardware
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.calibration import collect_logits, fit_temperature, store_temperature
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
@@ -45,6 +46,8 @@ def train_and_evaluate(
             datamodule.audit_report.save(out / "audit.json")
             log.info(datamodule.audit_report.summary())
 
+    used = hardware.describe(trainer, datamodule)
+    log.info(hardware.one_line(used))
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
@@ -52,6 +55,7 @@ def train_and_evaluate(
     monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
     best = monitored[0].best_model_path if monitored else ""
     metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
+    metrics |= {f"hardware/{key}": value for key, value in used.items()}
     if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
     metrics["calibration/temperature"] = calibrate(model, datamodule, best, trainer.is_global_zero)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_lightning.app._common import load_model, setup_logging
+from tl_lightning.app._common import load_model, run_cli, setup_logging
 from tl_lightning.inference.predict import find_images, predict_files, write_predictions
 
 
@@ -27,4 +27,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,15 +8,20 @@ loggers and a trainer (each a plain class that works without Hydra); `pipeline.t
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from tl_lightning.app import hardware
+from tl_lightning.app._common import user_errors
 from tl_lightning.app.pipeline import train_and_evaluate
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.probe import linear_probe
@@ -29,6 +34,7 @@ from tl_lightning.models.module import TransferClassifier
 log = logging.getLogger(__name__)
 
 TASKS = ("train", "lr_find", "probe")
+CONF_ENV = "TL_LIGHTNING_CONF"
 
 
 @dataclass
@@ -72,6 +78,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """`task=train`: fit, calibrate, test and report (`pipeline.train_and_evaluate`); returns the metrics."""
+    hardware.resolve(cfg)
     job = prepare(cfg)
     return train_and_evaluate(job.model, job.datamodule, build_trainer(cfg), job.out, cfg.get("ckpt_path"))
 
@@ -116,9 +123,18 @@ def find_lr(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main(cfg: DictConfig) -> float | None:
-    """What `python train.py` runs for each job: the config's `task`, returning `optimized_metric` to sweepers."""
+    """What `python train.py` runs for each job: the config's `task`, returning `optimized_metric` to sweepers.
+
+    A `UserError` (bad input, missing data) ends the job with its one sentence and exit status 2.
+    """
+    with user_errors():
+        return _task(cfg)
+
+
+def _task(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise ValueError(f"Unknown task '{cfg.task}': choose one of {', '.join(TASKS)}.")
+    hardware.resolve(cfg)
     if cfg.task == "lr_find":
         find_lr(cfg)
         return None
@@ -127,3 +143,26 @@ def main(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
     value = metrics.get(cfg.get("optimized_metric"))
     return float(value) if value is not None else None
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: `$TL_LIGHTNING_CONF`, else `./conf`, else the `conf/` of the source checkout."""
+    candidates = [Path(os.environ[CONF_ENV])] if os.environ.get(CONF_ENV) else []
+    candidates += [Path.cwd() / "conf", Path(__file__).resolve().parents[3] / "conf"]
+    for folder in candidates:
+        if (folder / "train.yaml").is_file():
+            return folder.resolve()
+    raise SystemExit(f"No Hydra config found (looked for train.yaml in {', '.join(map(str, candidates))}). Run from "
+                     f"the repository, or set {CONF_ENV}=/path/to/conf.")  # fmt: skip
+
+
+def run_hydra(overrides: list[str]) -> None:
+    """`main` under Hydra with `overrides`, as `python train.py` runs it (`tl-lightning train` comes here)."""
+    # Lightning's DDP launcher starts the other ranks by re-running sys.argv[0] with Hydra's overrides: point it
+    # at this file, which runs the same entry as a script.
+    sys.argv = [__file__, *overrides]
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(main)()
+
+
+if __name__ == "__main__":  # how `tl-lightning train` relaunches itself for DDP ranks
+    run_hydra(sys.argv[1:])

@@ -152,6 +152,7 @@ class AuditReport:
             f"  bad files skipped: {len(self.bad)}",
             *(f"    {path}: {problem}" for path, problem in sorted(self.bad.items())[:20]),
             f"  ignored (hidden or not an image type): {len(self.ignored)}",
+            *(f"    {path}" for path in sorted(self.ignored)[:20]),
             f"  identical files in more than one split: {len(self.duplicates)}",
             *(f"    {' = '.join(group)}" for group in self.duplicates[:10]),
         ]

@@ -9,7 +9,7 @@ the others (timm #957): it is an error instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from tl_lightning.data.audit import AuditReport, FileCheck, build_report, check_files
 from tl_lightning.data.distributed import eval_sampler, per_device_batch_size, world
+from tl_lightning.data.download import Archive, fetch_archive
 from tl_lightning.data.drift import InputStatistics
 from tl_lightning.data.images import load_image
 from tl_lightning.data.splits import (
@@ -28,12 +29,27 @@ from tl_lightning.data.splits import (
     stratified_split,
 )
 from tl_lightning.data.transforms import DataConfig, eval_transform, train_transform
-from tl_lightning.utils import write_csv
+from tl_lightning.utils import usable_cpus, write_csv
 
 log = logging.getLogger(__name__)
 
 Samples = list[tuple[Path, int]]
 SPLITS = ("train", "val", "test")
+
+
+# Past this many loader processes per device, more only cost memory and start-up time for image folders.
+MAX_AUTO_WORKERS = 8
+
+
+def auto_num_workers(devices: int, cpus: int | None = None) -> int:
+    """Loader worker processes per device: the usable CPUs shared between `devices`, one left for the process that
+    trains, at most `MAX_AUTO_WORKERS`.
+
+    >>> auto_num_workers(devices=1, cpus=16), auto_num_workers(devices=4, cpus=16), auto_num_workers(1, cpus=1)
+    (8, 3, 0)
+    """
+    per_device = (cpus if cpus is not None else usable_cpus()) // max(1, devices)
+    return max(0, min(MAX_AUTO_WORKERS, per_device - 1))
 
 
 class ImageDataset(Dataset):
@@ -63,10 +79,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
     """Train/val/test dataloaders over an image folder, with transforms from the backbone's data config.
 
     Args:
-        root: the data folder (see module docstring).
+        root: the data folder (see module docstring); `None` with an `archive` uses the archive's folder under
+            `cache_dir`, downloaded and extracted by `prepare_data` on first use.
+        archive: a published zip of the image folder (`download.Archive`, or its fields as a mapping).
+        cache_dir: where archives are downloaded and extracted.
         batch_size: the global batch size: each of N devices gets `batch_size / N` (an error if that is not whole),
             so a recipe means the same on one device or eight.
-        num_workers, pin_memory, persistent_workers: `DataLoader` settings.
+        num_workers: loader worker processes per device; `None` chooses at `setup`: the CPUs this process may use,
+            shared between devices, one left for the training process, at most 8 (`auto_num_workers`).
+        pin_memory: page-locked batches for faster host-to-GPU copies; `None` turns it on when training on CUDA.
+        persistent_workers: keep worker processes between epochs (when there are any).
         val_fraction: share of each class held out for validation when there is no `val/` folder.
         test_fraction: share of each class held out for test when `root` holds class folders directly.
         seed: seed of those splits.
@@ -86,10 +108,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
+        archive: Archive | Mapping[str, Any] | None = None,
+        cache_dir: str | Path = "~/.cache/tl_lightning",
         batch_size: int = 32,
-        num_workers: int = 2,
-        pin_memory: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
         persistent_workers: bool = True,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
@@ -103,12 +127,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
         data_config: DataConfig | None = None,
     ) -> None:
         super().__init__()
-        self.root = Path(root).expanduser()
+        if root is None and archive is None:
+            raise ValueError("ImageFolderDataModule needs data.root (a folder of class folders) or an archive.")
+        # An explicit root wins over the archive: a local copy is never downloaded again.
+        self.archive = Archive.of(archive) if root is None and archive is not None else None
+        self.cache_dir = cache_dir
+        self.root = Path(root).expanduser() if root is not None else self.archive.target(cache_dir)
         self.batch_size = batch_size
         self.batch_size_per_device = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.persistent_workers = persistent_workers
+        # What the loaders use: the settings above, with `None` resolved for the trainer's hardware at `setup`.
+        self.loader_workers = num_workers if num_workers is not None else auto_num_workers(1)
+        self.pin_batches = bool(pin_memory)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
@@ -126,6 +158,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         # cached features, or None for the images.
         self.loader_override: Callable[[str], DataLoader | None] | None = None
         self._splits: dict[str, dict[str, list[Path]]] | None = None
+
+    def prepare_data(self) -> None:
+        """Download and extract the archive when there is one and it is not extracted yet (once, under a lock)."""
+        if self.archive is not None and not self.root.is_dir():
+            fetch_archive(self.archive, self.cache_dir)
 
     @property
     def splits(self) -> dict[str, dict[str, list[Path]]]:
@@ -208,8 +245,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 "ImageFolderDataModule has no preprocessing: pass data_config=model.data_config when creating it, "
                 "or set datamodule.data_config = model.data_config before fitting."
             )
-        self.batch_size_per_device = per_device_batch_size(self.batch_size, world(self.trainer)[0])
+        devices = world(self.trainer)[0]
+        self.batch_size_per_device = per_device_batch_size(self.batch_size, devices)
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        self.loader_workers, self.pin_batches = self.loader_settings(devices, on_cuda)
         _ = self.splits
+
+    def loader_settings(self, devices: int, on_cuda: bool) -> tuple[int, bool]:
+        """Worker processes per device and pinned memory for this hardware: the given values, or the automatic ones."""
+        workers = self.num_workers if self.num_workers is not None else auto_num_workers(devices)
+        return workers, on_cuda if self.pin_memory is None else self.pin_memory
 
     def input_statistics(self, max_images: int = 256) -> InputStatistics:
         """Statistics of up to `max_images` training images (evenly spaced), preprocessed as for evaluation.
@@ -252,9 +297,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size_per_device,
-            num_workers=0 if in_memory else self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and not in_memory,
+            num_workers=0 if in_memory else self.loader_workers,
+            pin_memory=self.pin_batches,
+            persistent_workers=self.persistent_workers and not in_memory and self.loader_workers > 0,
             collate_fn=collate_fn,
         )
 

@@ -70,7 +70,7 @@ class DigitsDataModule(ImageFolderDataModule):
 
     def __init__(self, cache_dir: str | Path = "~/.cache/tl_lightning", **kwargs: Any) -> None:
         kwargs.setdefault("train_transform", partial(train_transform, **DIGITS_AUGMENTATION))
-        super().__init__(root=Path(cache_dir).expanduser() / "digits-v1", **kwargs)
+        super().__init__(root=Path(cache_dir).expanduser() / "digits-v1", cache_dir=cache_dir, **kwargs)
 
     def prepare_data(self) -> None:
         if not self.root.is_dir():
