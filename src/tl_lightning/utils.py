@@ -18,13 +18,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UserError", "atomic_path", "usable_cpus", "write_csv", "write_json", "write_text"]
+__all__ = ["BadValue", "NotFound", "UserError", "atomic_path", "usable_cpus", "write_csv", "write_json", "write_text"]
 
 
 class UserError(Exception):
     """A mistake or a missing resource on the user's side, with one sentence that names the value, says why it is
     wrong and what to do. Command-line entry points print that sentence alone and exit with status 2; any other
     exception is a bug of ours and keeps its traceback."""
+
+
+class BadValue(UserError, ValueError):
+    """A value (a setting, an argument, a file's content) that cannot work; still a `ValueError`."""
+
+
+class NotFound(UserError, FileNotFoundError):
+    """A file or folder the user named that is not there; still a `FileNotFoundError`."""
 
 
 @contextmanager

@@ -26,7 +26,8 @@ def test_global_batch_is_split_per_device_or_refused(split_folder: Path):
         per_device_batch_size(30, 4)
     dm = tiny_data(split_folder, batch_size=6, data_config={"input_size": (3, 32, 32), "mean": (0.5,) * 3,
                                                              "std": (0.5,) * 3, "crop_pct": 1.0})  # fmt: skip
-    dm.trainer = SimpleNamespace(world_size=2, global_rank=1, lightning_module=None)
+    cpu = SimpleNamespace(root_device=torch.device("cpu"))
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1, lightning_module=None, strategy=cpu)
     dm.setup("fit")
     assert dm.train_dataloader().batch_size == 3
     assert len(dm.val_dataloader().sampler) == 4  # 9 validation images: rank 1 of 2 gets 4, rank 0 gets 5

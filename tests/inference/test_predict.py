@@ -1,4 +1,5 @@
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,6 @@ from PIL import Image
 
 from tl_lightning.app.predict import main
 from tl_lightning.data.drift import InputStatistics
-from tl_lightning.data.images import ImageDecodeError
 from tl_lightning.inference.predict import find_images, predict_files
 from tl_lightning.models.module import TransferClassifier
 
@@ -39,7 +39,7 @@ def test_predict_csv_rows_match_predict_step(checkpoint: Path, split_folder: Pat
 def test_flip_tta_averages_two_views(checkpoint: Path, split_folder: Path):
     model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     files = find_images([split_folder / "val"])
-    plain, tta = predict_files(model, files), predict_files(model, files, tta=True)
+    plain, tta = predict_files(model, files).probabilities, predict_files(model, files, tta=True).probabilities
     assert torch.allclose(tta.sum(-1), torch.ones(len(files)), atol=1e-5)
     assert not torch.allclose(plain, tta)
 
@@ -49,11 +49,30 @@ def test_bad_inputs_are_named(checkpoint: Path, tmp_path: Path):
         find_images([tmp_path / "nowhere"])
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
-    with pytest.raises(ImageDecodeError, match=r"broken\.jpg"):
-        predict_files(model, [bad])
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt' does not exist"):
         main([str(tmp_path / "missing.ckpt"), str(bad)])
+
+
+def test_a_bad_file_is_skipped_and_named_and_the_others_are_predicted(
+    checkpoint: Path, split_folder: Path, tmp_path: Path
+):
+    folder = tmp_path / "mixed"
+    shutil.copytree(split_folder / "test" / "cat", folder)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    good = Image.open(next(folder.glob("*.png")))
+    good.save(folder / "truncated.png")
+    (folder / "truncated.png").write_bytes((folder / "truncated.png").read_bytes()[:60])
+    out = tmp_path / "preds" / "predictions.csv"
+    (tmp_path / "preds").mkdir()
+    main([str(checkpoint), str(folder), "--out", str(out)])
+    with open(out) as f:
+        predicted = [Path(r["path"]).name for r in csv.DictReader(f)]
+    with open(tmp_path / "preds" / "skipped.csv") as f:
+        skipped = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert set(skipped) == {"broken.jpg", "truncated.png"} and all(skipped.values())
+    assert sorted(predicted) == sorted(p.name for p in (split_folder / "test" / "cat").iterdir())
+    model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert predict_files(model, [folder / "broken.jpg"]).files == []
 
 
 def test_checkpoint_keeps_training_input_statistics(checkpoint: Path, split_folder: Path):

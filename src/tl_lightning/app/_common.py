@@ -14,11 +14,8 @@ from tl_lightning.utils import UserError
 
 
 def load_model(path: Path) -> TransferClassifier:
-    """A `TransferClassifier` on the CPU from `path`; a missing file exits with the checks' sentence."""
-    try:
-        return TransferClassifier.load_from_checkpoint(path, map_location="cpu")
-    except FileNotFoundError as err:
-        raise SystemExit(str(err)) from None
+    """A `TransferClassifier` on the CPU from `path`."""
+    return TransferClassifier.load_from_checkpoint(path, map_location="cpu")  # checked: a UserError names what is wrong
 
 
 def setup_logging() -> None:
@@ -31,11 +28,18 @@ def user_errors() -> Iterator[None]:
     traceback (they are bugs). `HYDRA_FULL_ERROR=1` shows the traceback of user errors too."""
     try:
         yield
-    except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        cause = _user_error(err)  # Hydra's instantiate wraps what a constructor raises
+        if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"Error: {err}", file=sys.stderr)
+        print(f"Error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _user_error(err: BaseException | None) -> UserError | None:
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def run_cli(main: Callable[[list[str] | None], None]) -> None:

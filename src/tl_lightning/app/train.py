@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl_lightning.app import hardware
 from tl_lightning.app._common import user_errors
+from tl_lightning.app.checks import check_config, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.probe import linear_probe
@@ -30,10 +31,10 @@ from tl_lightning.finetuning.lr_finder import lr_range_test, plot_range_tests
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
 from tl_lightning.models.losses import balanced_class_weights
 from tl_lightning.models.module import TransferClassifier
+from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
-TASKS = ("train", "lr_find", "probe")
 CONF_ENV = "TL_LIGHTNING_CONF"
 
 
@@ -47,7 +48,8 @@ class Job:
 
 
 def prepare(cfg: DictConfig) -> Job:
-    """Write the resolved config, seed, prepare the data, and build the model for it (the seam connected)."""
+    """Check the config, write it, seed, prepare the data, and build the model for it (the seam connected)."""
+    check_config(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
@@ -56,6 +58,11 @@ def prepare(cfg: DictConfig) -> Job:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
+    if datamodule.num_classes < 2:
+        raise BadValue(f"'{datamodule.root}' has one class ({datamodule.class_names[0]}): a classifier needs at least "
+                       "two class folders. Add a folder of images for each other class.")  # fmt: skip
+    if cfg.get("ckpt_path"):
+        check_resume(cfg.ckpt_path, datamodule.class_names)
     overrides: dict[str, Any] = {}
     if cfg.model.get("imbalance", {}).get("class_weights") == "balanced":
         weights = balanced_class_weights(datamodule.class_counts()).tolist()
@@ -132,8 +139,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _task(cfg: DictConfig) -> float | None:
-    if cfg.task not in TASKS:
-        raise ValueError(f"Unknown task '{cfg.task}': choose one of {', '.join(TASKS)}.")
+    check_task(cfg.get("task"))
     hardware.resolve(cfg)
     if cfg.task == "lr_find":
         find_lr(cfg)

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from tl_lightning.data.images import DECODE_ERRORS
 from tl_lightning.utils import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def check_file(path: Path) -> FileCheck:
             return FileCheck(digest, mode=image.mode, size=image.size)
     except UnidentifiedImageError:
         return FileCheck(digest, problem="not an image")
-    except (OSError, SyntaxError, ValueError) as err:
+    except DECODE_ERRORS as err:
         return FileCheck(digest, problem=f"unreadable: {err}")
 
 

@@ -29,7 +29,7 @@ from tl_lightning.data.splits import (
     stratified_split,
 )
 from tl_lightning.data.transforms import DataConfig, eval_transform, train_transform
-from tl_lightning.utils import usable_cpus, write_csv
+from tl_lightning.utils import BadValue, NotFound, usable_cpus, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if root is None and archive is None:
-            raise ValueError("ImageFolderDataModule needs data.root (a folder of class folders) or an archive.")
+            raise BadValue("ImageFolderDataModule needs data.root (a folder of class folders) or an archive.")
         # An explicit root wins over the archive: a local copy is never downloaded again.
         self.archive = Archive.of(archive) if root is None and archive is not None else None
         self.cache_dir = cache_dir
@@ -145,7 +145,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.test_fraction = test_fraction
         self.seed = seed
         if on_bad_image not in ("skip", "raise"):
-            raise ValueError(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}.")
+            raise BadValue(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}.")
         self.audit = audit
         self.audit_cache = audit_cache
         self.on_bad_image = on_bad_image
@@ -181,7 +181,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _scan(self) -> dict[str, dict[str, list[Path]]]:
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise NotFound(
                 f"data.root '{self.root}' does not exist. Point data.root at your image folder "
                 "(class folders, or train/ [val/] [test/] folders of class folders)."
             )
@@ -204,7 +204,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         bad = {path: check.problem for path, check in checks.items() if check.problem}
         if bad and self.on_bad_image == "raise":
             listed = "; ".join(f"{path}: {problem}" for path, problem in sorted(bad.items())[:10])
-            raise ValueError(
+            raise BadValue(
                 f"{len(bad)} files cannot be read as images ({listed}). Remove or replace them, or set "
                 "data.on_bad_image=skip to train without them."
             )
@@ -241,7 +241,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.data_config is None:
-            raise ValueError(
+            raise BadValue(
                 "ImageFolderDataModule has no preprocessing: pass data_config=model.data_config when creating it, "
                 "or set datamodule.data_config = model.data_config before fitting."
             )
@@ -270,7 +270,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool, distributed: bool = True) -> DataLoader:
         if split not in self.splits:
-            raise ValueError(f"'{self.root}' has no '{split}' split.")
+            raise BadValue(f"'{self.root}' has no '{split}' split.")
         build = self.build_train_transform if train else self.build_eval_transform
         channels = int(self.data_config["input_size"][0])
         dataset = ImageDataset(self.samples(split), build(self.data_config), channels)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset
 
+from tl_lightning.utils import BadValue
+
 
 def per_device_batch_size(batch_size: int, world_size: int) -> int:
     """`batch_size` is the global batch, whatever the number of devices, so a recipe means the same on 1 or 8.
@@ -14,7 +16,7 @@ def per_device_batch_size(batch_size: int, world_size: int) -> int:
     """
     if batch_size % world_size:
         lower, upper = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
-        raise ValueError(
+        raise BadValue(
             f"data.batch_size={batch_size} is the global batch and must divide evenly between the {world_size} "
             f"devices; use e.g. data.batch_size={lower or upper} or {upper}."
         )

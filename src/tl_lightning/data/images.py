@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tl_lightning.utils import BadValue
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy"}
 )
 
 
-class ImageDecodeError(ValueError):
+# What PIL raises for a file it cannot decode safely: not an image, truncated, an unknown mode, or a decompression
+# bomb (more pixels than Image.MAX_IMAGE_PIXELS allows twice over).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class ImageDecodeError(BadValue):
     """An image file that cannot be decoded."""
 
 
@@ -54,7 +61,7 @@ def _load_pil(path: Path, mode: str | None) -> np.ndarray:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             return np.asarray(image.convert(mode) if mode else image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise ImageDecodeError(f"Cannot decode image '{path}': {err}. Remove or replace the file.") from err
 
 
@@ -62,7 +69,7 @@ def _is_high_depth(path: Path) -> bool:
     try:
         with Image.open(path) as image:
             return image.mode in ("I;16", "I;16B", "I;16L", "I", "F")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise ImageDecodeError(f"Cannot decode image '{path}': {err}. Remove or replace the file.") from err
 
 
@@ -90,7 +97,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 return _scale_high_depth(np.asarray(image))
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise ImageDecodeError(
             f"Cannot decode image '{path}': {err}. Remove or replace the file, then run again."
         ) from err

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tl_lightning.data.images import IMAGE_EXTENSIONS
+from tl_lightning.utils import BadValue, NotFound
 
 
 def list_class_folders(folder: Path, ignored: list[str] | None = None) -> dict[str, list[Path]]:
@@ -24,7 +25,7 @@ def list_class_folders(folder: Path, ignored: list[str] | None = None) -> dict[s
         ValueError: no class folders.
     """
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise NotFound(
             f"Data folder '{folder}' does not exist. Set data.root to a folder of class folders "
             "(or of train/, val/, test/ folders of class folders)."
         )
@@ -40,7 +41,7 @@ def list_class_folders(folder: Path, ignored: list[str] | None = None) -> dict[s
             (files if keep else ignored).append(f if keep else str(f))
         classes[entry.name] = files
     if not classes:
-        raise ValueError(f"'{folder}' has no class folders. Put each class's images in a folder named after it.")
+        raise BadValue(f"'{folder}' has no class folders. Put each class's images in a folder named after it.")
     return classes
 
 
@@ -48,7 +49,7 @@ def check_no_empty_class(classes: dict[str, list[Path]], folder: Path) -> None:
     """Raise a `ValueError` naming every class folder left without a usable image."""
     empty = [str(folder / name) for name, files in classes.items() if not files]
     if empty:
-        raise ValueError(
+        raise BadValue(
             f"Class folders without usable images: {', '.join(empty)}. Add images (one of "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folders."
         )
@@ -63,7 +64,7 @@ def check_same_class_folders(train: list[str], other: list[str], split: str, fol
     missing = sorted(set(train) - set(other))
     extra = sorted(set(other) - set(train))
     if missing or extra:
-        raise ValueError(
+        raise BadValue(
             f"Split '{split}' in '{folder}' does not have the training classes: missing {missing}, extra {extra}. "
             "Every split needs the same class folders, each with at least one image."
         )
@@ -88,7 +89,7 @@ def stratified_split(
             start += count
         out["train"][name] = sorted(order[start:])
         if not out["train"][name] or any(fractions[s] > 0 and not out[s][name] for s in fractions):
-            raise ValueError(
+            raise BadValue(
                 f"Class '{name}' has {len(paths)} images, too few to split into {['train', *fractions]}. "
                 "Add images, lower data.val_fraction/data.test_fraction, or provide train/ and val/ folders."
             )

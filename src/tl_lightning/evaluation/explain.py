@@ -24,6 +24,7 @@ from tl_lightning.data.images import load_image
 from tl_lightning.data.transforms import eval_transform
 from tl_lightning.evaluation.plots import new_figure, show_image
 from tl_lightning.models.heads import scaled_softmax
+from tl_lightning.utils import BadValue, NotFound
 
 
 def target_layer(backbone: nn.Module, name: str | None = None) -> tuple[nn.Module | None, int | None]:
@@ -33,7 +34,7 @@ def target_layer(backbone: nn.Module, name: str | None = None) -> tuple[nn.Modul
         try:
             return backbone.get_submodule(name), tokens
         except AttributeError:
-            raise ValueError(f"The backbone has no module '{name}'; see print(model.backbone) for names.") from None
+            raise BadValue(f"The backbone has no module '{name}'; see print(model.backbone) for names.") from None
     if tokens is not None and hasattr(backbone, "blocks"):
         return backbone.blocks[-1].norm1, tokens
     return None, None
@@ -88,7 +89,7 @@ def _tokens_to_map(tokens: torch.Tensor, prefix: int) -> torch.Tensor:
     patches = tokens[:, prefix:]
     side = math.isqrt(patches.shape[1])
     if side * side != patches.shape[1]:
-        raise ValueError(f"{patches.shape[1]} patch tokens do not make a square grid; pass --layer explicitly.")
+        raise BadValue(f"{patches.shape[1]} patch tokens do not make a square grid; pass --layer explicitly.")
     return patches.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
 
 
@@ -120,7 +121,7 @@ def explain_files(
     out.mkdir(parents=True, exist_ok=True)
     names = list(model.class_names)
     if class_name is not None and class_name not in names:
-        raise ValueError(f"Class '{class_name}' is not one of the checkpoint's classes: {names}.")
+        raise BadValue(f"Class '{class_name}' is not one of the checkpoint's classes: {names}.")
     transform = eval_transform(model.data_config)
     channels = int(model.data_config["input_size"][0])
     written = []
@@ -142,7 +143,7 @@ def top_loss_files(run: Path) -> tuple[list[Path], list[str]]:
     """The files and true classes listed in a run's `report/top_losses.csv`."""
     table = run / "report" / "top_losses.csv"
     if not table.is_file():
-        raise FileNotFoundError(f"'{table}' does not exist: --top-losses takes a run folder that has a test report.")
+        raise NotFound(f"'{table}' does not exist: --top-losses takes a run folder that has a test report.")
     with open(table) as f:
         rows = list(csv.DictReader(f))
     return [Path(r["path"]) for r in rows], [r["true"] for r in rows]

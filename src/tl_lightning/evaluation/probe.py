@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tl_lightning.models.features import FeatureCache, cache_key, split_features
+from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def linear_probe(model: Any, datamodule: Any, cache_dir: str | Path | None, c: f
     started = time.perf_counter()
     splits = [s for s in ("train", "val", "test") if s in datamodule.splits and any(datamodule.splits[s].values())]
     if "train" not in splits or "val" not in splits:
-        raise ValueError(f"The linear probe needs train and val splits; '{datamodule.root}' has {splits}.")
+        raise BadValue(f"The linear probe needs train and val splits; '{datamodule.root}' has {splits}.")
     loaders = {s: datamodule.eval_dataloader(s) for s in splits}
     random_init = model.weights_info.get("source") == "random-init"
     if random_init:

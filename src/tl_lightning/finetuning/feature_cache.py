@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
 from tl_lightning.models.features import FeatureDataset, collate_features, extract_features
+from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class FrozenFeatureCache(Callback):
 
     def __init__(self, views: int | None = None) -> None:
         if views is not None and views < 1:
-            raise ValueError(f"views must be a positive number of augmented views per image, got {views}.")
+            raise BadValue(f"views must be a positive number of augmented views per image, got {views}.")
         self.views = views
         self.frozen_epochs = 0
         self.train_views: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -58,7 +59,7 @@ class FrozenFeatureCache(Callback):
             return
         schedules = [c for c in trainer.callbacks if isinstance(c, LayerFinetuning)]
         if not schedules:
-            raise ValueError("FrozenFeatureCache needs a LayerFinetuning callback: it caches only while that keeps "
+            raise BadValue("FrozenFeatureCache needs a LayerFinetuning callback: it caches only while that keeps "
                              "the whole backbone frozen.")  # fmt: skip
         schedule = schedules[0]
         self.frozen_epochs = schedule.frozen_epochs(trainer.max_epochs)
@@ -71,7 +72,7 @@ class FrozenFeatureCache(Callback):
         train_set = datamodule.train_dataloader().dataset
         deterministic = _deterministic(train_set)
         if not deterministic and self.views is None:
-            raise ValueError(
+            raise BadValue(
                 "The training transform is random (augmentation), so cached features would fix one augmented view "
                 "per image. Set callbacks.feature_cache.views=K to cache K views (epoch e uses view e mod K), or "
                 "train without augmentation (augment=none)."
@@ -117,13 +118,13 @@ class FrozenFeatureCache(Callback):
 
 def _check_cacheable(trainer: pl.Trainer, pl_module: pl.LightningModule, schedule: Any) -> None:
     if schedule.train_bn:
-        raise ValueError("FrozenFeatureCache needs a constant backbone, but finetuning.train_bn=true trains BatchNorm "
+        raise BadValue("FrozenFeatureCache needs a constant backbone, but finetuning.train_bn=true trains BatchNorm "
                          "in frozen groups: set it to false, or drop the feature cache.")  # fmt: skip
     if getattr(pl_module, "mixup", None) is not None or getattr(pl_module, "teacher", None) is not None:
-        raise ValueError("FrozenFeatureCache cannot be combined with Mixup/CutMix or distillation: both need "
+        raise BadValue("FrozenFeatureCache cannot be combined with Mixup/CutMix or distillation: both need "
                          "images in every step. Turn one of them off.")  # fmt: skip
     if not isinstance(trainer.datamodule, ImageFolderDataModule):
-        raise ValueError(f"FrozenFeatureCache serves features through an ImageFolderDataModule (or a subclass); "
+        raise BadValue(f"FrozenFeatureCache serves features through an ImageFolderDataModule (or a subclass); "
                          f"got {type(trainer.datamodule).__name__}.")  # fmt: skip
 
 

@@ -36,6 +36,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.optim import Optimizer
 
 from tl_lightning.models.groups import LayerGroup
+from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def gradual(every: int = 2, start: int = 1, **kwargs: Any) -> LayerFinetuning:
     The schedule is written out for up to 256 groups, more than any timm model has; surplus entries are no-ops.
     """
     if every < 1 or start < 0:
-        raise ValueError(f"gradual unfreezing needs every >= 1 and start >= 0, got every={every}, start={start}.")
+        raise BadValue(f"gradual unfreezing needs every >= 1 and start >= 0, got every={every}, start={start}.")
     return LayerFinetuning(milestones={start + i * every: i + 1 for i in range(256)}, **kwargs)
 
 
@@ -272,7 +273,7 @@ def _check_milestones(milestones: Mapping) -> dict[int, int | str]:
     checked: dict[int, int | str] = {}
     for epoch, count in dict(milestones).items():
         if int(epoch) < 0 or not (count == ALL or (isinstance(count, int) and count >= 0)):
-            raise ValueError(
+            raise BadValue(
                 f"Bad finetuning milestone {epoch!r}: {count!r}. Use {{epoch: n}} with epoch >= 0 and n a number "
                 f"of backbone groups counted from the head, or '{ALL}'; e.g. {{5: {ALL}}}."
             )

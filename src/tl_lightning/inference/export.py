@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tl_lightning.models.heads import scaled_softmax
-from tl_lightning.utils import atomic_path, write_json
+from tl_lightning.utils import BadValue, atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def export(model: Any, out: Path, formats: tuple[str, ...] = FORMATS, tolerance:
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        raise ValueError(f"Unknown export format(s) {unknown}; choose from {list(FORMATS)}.")
+        raise BadValue(f"Unknown export format(s) {unknown}; choose from {list(FORMATS)}.")
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     done = []

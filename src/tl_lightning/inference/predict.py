@@ -2,7 +2,8 @@
 
 Preprocessing (size, mean, std, channels), class names and the calibration temperature come from the
 checkpoint, so nothing is passed twice. An unreadable file or one with the wrong number of channels stops with
-an error naming it; a batch whose image statistics are far from the training images' is warned about. The command
+a file that cannot be decoded is left out and named; a batch whose image statistics are far from the training
+images' is warned about. The command
 line is `python -m tl_lightning.predict`.
 """
 
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tl_lightning.data.images import IMAGE_EXTENSIONS, load_image
+from tl_lightning.data.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 from tl_lightning.data.transforms import eval_transform
 from tl_lightning.models.module import TransferClassifier
-from tl_lightning.utils import write_csv
+from tl_lightning.utils import NotFound, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,10 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.relative_to(path))
             )
         else:
-            raise FileNotFoundError(f"'{path}' does not exist. Pass image files or folders of images.")
+            raise NotFound(f"'{path}' does not exist. Pass image files or folders of images.")
     if not found:
         names = [str(p) for p in paths]
-        raise FileNotFoundError(f"No images found in {names} (extensions: {sorted(IMAGE_EXTENSIONS)}).")
+        raise NotFound(f"No images found in {names} (extensions: {sorted(IMAGE_EXTENSIONS)}).")
     return found
 
 
@@ -52,28 +54,53 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-@torch.no_grad()
-def predict_files(
-    model: TransferClassifier, files: list[Path], batch_size: int = 64, tta: bool = False
-) -> torch.Tensor:
-    """Calibrated class probabilities for `files` (rows in file order), optionally averaged with horizontal flips.
+@dataclass
+class Predictions:
+    """Calibrated probabilities of the files that could be read (rows in their order), and the files left out."""
 
-    Each batch is compared with the checkpoint's training input statistics, and a far-off batch is logged as a
-    warning naming its first and last file.
+    files: list[Path]
+    probabilities: torch.Tensor
+    skipped: dict[Path, str] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def predict_files(model: TransferClassifier, files: list[Path], batch_size: int = 64, tta: bool = False) -> Predictions:
+    """Calibrated class probabilities for `files`, optionally averaged with horizontal flips.
+
+    A file that cannot be decoded (corrupt, truncated, a decompression bomb, other channels) is left out and named
+    with its reason in `skipped`: one bad file never costs the others their predictions. Each batch is compared
+    with the checkpoint's training input statistics, and a far-off batch is logged as a warning naming its first
+    and last file.
     """
     model.eval()
     transform = eval_transform(model.data_config)
     channels = int(model.data_config["input_size"][0])
-    rows = []
+    kept, rows, skipped = [], [], {}
     for batch in _batches(files, batch_size):
-        x = torch.stack([transform(image=load_image(f, channels))["image"] for f in batch]).to(model.device)
+        images = {}
+        for file in batch:
+            try:
+                images[file] = transform(image=load_image(file, channels))["image"]
+            except ImageDecodeError as err:
+                skipped[file] = str(err)
+                log.warning("Skipping %s", err)
+        if not images:
+            continue
+        x = torch.stack(list(images.values())).to(model.device)
         if model.input_statistics is not None and (problem := model.input_statistics.check(x)):
             log.warning("Images %s .. %s: %s", batch[0], batch[-1], problem)
         probs = model.probabilities(x)
         if tta:
             probs = (probs + model.probabilities(x.flip(-1))) / 2
+        kept += list(images)
         rows.append(probs.cpu())
-    return torch.cat(rows)
+    empty = torch.empty(0, len(model.class_names))
+    return Predictions(kept, torch.cat(rows) if rows else empty, skipped)
+
+
+def write_skipped(path: Path, skipped: dict[Path, str]) -> Path:
+    """The files prediction left out, with the reason for each."""
+    return write_csv(path, [["path", "reason"], *([str(f), reason] for f, reason in skipped.items())])
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import timm
 from torch import nn
 
+from tl_lightning.data.transforms import DataConfig
 from tl_lightning.models.weights import load_pretrained, read_state_dict, resolve_weights_file, sha256_of
+from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def check_backbone_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
-    raise ValueError(f"Unknown backbone '{name}'.{hint} List all with `python -m tl_lightning.backbones --list`.")
+    raise BadValue(f"Unknown backbone '{name}'.{hint} List all with `python -m tl_lightning.backbones --list`.")
 
 
 def create_backbone(
@@ -119,3 +122,13 @@ def _is_network_error(err: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def with_overrides(config: Mapping[str, Any], image_size: int | None, crop_pct: float | None) -> DataConfig:
+    """The data config with another input resolution and eval crop, where given."""
+    config = DataConfig(**config)
+    if image_size is not None:
+        config["input_size"] = (config["input_size"][0], image_size, image_size)
+    if crop_pct is not None:
+        config["crop_pct"] = crop_pct
+    return config

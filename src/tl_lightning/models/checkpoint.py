@@ -6,10 +6,17 @@ through `check_checkpoint_file`, so a missing file gets the same sentence everyw
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["check_checkpoint_file", "check_same_classes"]
+import torch
+
+from tl_lightning.utils import BadValue, NotFound
+
+__all__ = ["check_checkpoint_file", "check_same_classes", "read_checkpoint"]
 
 
 def check_checkpoint_file(path: str | Path, role: str = "Checkpoint") -> Path:
@@ -20,11 +27,46 @@ def check_checkpoint_file(path: str | Path, role: str = "Checkpoint") -> Path:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotFound(
             f"{role} '{path}' does not exist. Run checkpoints are in outputs/train/runs/<run>/checkpoints/ "
             "(best.ckpt for the best epoch, last.ckpt to resume)."
         )
     return path
+
+
+def read_checkpoint(path: str | Path, role: str = "Checkpoint") -> dict[str, Any]:
+    """The checkpoint dict at `path`, on the CPU, loaded with `weights_only=True`.
+
+    Raises:
+        NotFound: no such file.
+        BadValue: the file is truncated or damaged, is not a PyTorch file, holds objects other than tensors
+            (another library's pickle), or is a PyTorch file but not a tl_lightning checkpoint; the message says
+            which.
+    """
+    path = check_checkpoint_file(path, role)
+    size = path.stat().st_size
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise BadValue(f"{role} '{path}' holds Python objects, not only tensors: it was not written by "
+                           "tl_lightning (another library, or a full pickled model). Use a best.ckpt or last.ckpt of a "
+                           "tl_lightning run.") from None  # fmt: skip
+        raise _damaged(role, path, size, err) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise _damaged(role, path, size, err) from None
+    keys = sorted(checkpoint) if isinstance(checkpoint, dict) else []
+    if not {"state_dict", "hyper_parameters", "tl_lightning"} <= set(keys):
+        raise BadValue(f"{role} '{path}' is a PyTorch file but not a tl_lightning checkpoint (its top-level keys: "
+                       f"{keys[:8] or type(checkpoint).__name__}). Use a best.ckpt or last.ckpt of a tl_lightning run; "
+                       "for plain backbone weights use backbone.weights_file.")  # fmt: skip
+    return checkpoint
+
+
+def _damaged(role: str, path: Path, size: int, err: BaseException) -> BadValue:
+    return BadValue(f"{role} '{path}' cannot be read: it is truncated or damaged ({size:,} bytes; {err}). An "
+                    "interrupted copy or a full disk does this; use the run's other checkpoint (last.ckpt or "
+                    "best.ckpt) or copy it again.")  # fmt: skip
 
 
 def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
@@ -36,7 +78,7 @@ def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
     detail = "same names, other order"
     if missing or extra:
         detail = f"only in the checkpoint: {missing}; only in this run: {extra}"
-    raise ValueError(
+    raise BadValue(
         f"The checkpoint was trained on classes {list(saved)} but this run has {list(current)} ({detail}). "
         "Resume only with the same class folders; to reuse its backbone for new classes, start a new run with "
         "backbone.weights_file pointing at exported backbone weights."

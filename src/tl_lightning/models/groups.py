@@ -19,6 +19,8 @@ from timm.models import group_parameters
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tl_lightning.utils import BadValue
+
 log = logging.getLogger(__name__)
 
 
@@ -115,7 +117,7 @@ def discriminative_lrs(num_groups: int, lr: float, lr_mult: float) -> list[float
     [1e-05, 0.0001, 0.001]
     """
     if lr_mult < 1:
-        raise ValueError(f"lr_mult must be >= 1 (first group's LR is lr / lr_mult), got {lr_mult}.")
+        raise BadValue(f"lr_mult must be >= 1 (first group's LR is lr / lr_mult), got {lr_mult}.")
     if num_groups == 1:
         return [lr]
     return [lr / lr_mult ** ((num_groups - 1 - i) / (num_groups - 1)) for i in range(num_groups)]

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from tl_lightning.utils import BadValue
+
 
 def create_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0) -> nn.Sequential:
     """A linear head, or an MLP `Linear -> ReLU -> Dropout` per hidden size, then `Linear`.
@@ -19,7 +21,7 @@ def create_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), 
     Linear(in_features=256, out_features=10, bias=True)
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+        raise BadValue(f"num_classes must be at least 1, got {num_classes}.")
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 
+from tl_lightning.utils import BadValue
+
 
 def focal_loss(
     logits: torch.Tensor,
@@ -40,7 +42,7 @@ def balanced_class_weights(counts: list[int]) -> torch.Tensor:
     """
     counts_t = torch.tensor(counts, dtype=torch.float)
     if (counts_t <= 0).any():
-        raise ValueError(f"Every class needs training images for balanced weights; counts are {counts}.")
+        raise BadValue(f"Every class needs training images for balanced weights; counts are {counts}.")
     inverse = 1.0 / counts_t
     return inverse * len(counts) / inverse.sum()
 

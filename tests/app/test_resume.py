@@ -1,0 +1,56 @@
+"""Faults lose no work: a `python train.py` killed with SIGKILL in the frozen phase, at the unfreeze or in the
+middle of an epoch resumes from its last.ckpt to the result of the run that was never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, ROOT, write_images
+
+KILLS = {"in the frozen phase": (1, 0), "at the unfreeze": (2, 0), "mid-epoch after the unfreeze": (2, 1)}
+
+
+def train(data: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "train.py", "data=folder", f"data.root={data}", "backbone=test_resnet",
+               "model.image_size=32", "data.batch_size=8", *FAST, "trainer.max_epochs=4",
+               "callbacks.finetuning.unfreeze_epoch=2", f"hydra.run.dir={run}", *extra]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("resume")
+    data = write_images(base / "data", per_class=10)
+    done = train(data, base / "straight")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data, base / "straight"
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The weights after the last epoch: they depend on every epoch, the resumed ones included."""
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", KILLS)
+def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, tmp_path: Path):
+    data, reference = straight
+    epoch, batch = KILLS[kill]
+    run = tmp_path / "run"
+    killed = train(data, run, "+callbacks.kill._target_=kill_at.KillAt", f"+callbacks.kill.epoch={epoch}",
+                   f"+callbacks.kill.batch={batch}")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (run / "metrics.json").exists()
+    resumed = train(data, run, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = (json.loads((r / "metrics.json").read_text()) for r in (reference, run))
+    for key in ("test/acc", "test/loss", "val/acc_best", "calibration/temperature"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    expected_weights, got_weights = final_weights(reference), final_weights(run)
+    assert [k for k in expected_weights if not torch.allclose(expected_weights[k], got_weights[k], atol=1e-6)] == []
