@@ -2,17 +2,18 @@
 PYTHONPATH by `python train.py +callbacks.kill._target_=kill_at.KillAt ...`)."""
 
 import os
-import signal
+import signal as signal_module
 
 import lightning.pytorch as pl
 
 
 class KillAt(pl.Callback):
-    """Die, without any chance to clean up, at the start of `epoch` (after `batch` training batches of it)."""
+    """Send this process `signal` (SIGKILL: die without any chance to clean up) at the start of `epoch`, after
+    `batch` training batches of it."""
 
-    def __init__(self, epoch: int, batch: int = 0) -> None:
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, epoch: int, batch: int = 0, signal: str = "SIGKILL") -> None:
+        self.epoch, self.batch, self.signal = epoch, batch, getattr(signal_module, signal)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.signal)

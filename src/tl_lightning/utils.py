@@ -18,7 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BadValue", "NotFound", "UserError", "atomic_path", "usable_cpus", "write_csv", "write_json", "write_text"]
+__all__ = [
+    "BadValue",
+    "NotFound",
+    "UserError",
+    "atomic_path",
+    "save_figure",
+    "usable_cpus",
+    "write_csv",
+    "write_json",
+    "write_text",
+]
 
 
 class UserError(Exception):
@@ -64,6 +74,13 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, value: Any, default: Callable[[Any], Any] | None = None) -> Path:
     """Write `value` as indented JSON to `path` atomically."""
     return write_text(path, json.dumps(value, indent=2, default=default) + "\n")
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG to `path` atomically (the format is given: the temporary name has none)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    return Path(path)
 
 
 def write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> Path:

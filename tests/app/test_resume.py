@@ -54,3 +54,23 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, t
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     expected_weights, got_weights = final_weights(reference), final_weights(run)
     assert [k for k in expected_weights if not torch.allclose(expected_weights[k], got_weights[k], atol=1e-6)] == []
+
+
+@pytest.mark.slow
+def test_sigterm_saves_where_training_is_and_a_restart_in_the_same_folder_goes_on(straight, tmp_path: Path):
+    """A scheduler's stop (SLURM preemption): last.ckpt is saved mid-epoch, and the same command started again
+    (as a requeued job is, in its own folder) resumes from it without being told to, and finishes."""
+    data, _ = straight
+    run = tmp_path / "run"
+    stopped = train(data, run, "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.epoch=2",
+                    "+callbacks.kill.batch=1", "+callbacks.kill.signal=SIGTERM")  # fmt: skip
+    assert not (run / "metrics.json").exists(), stopped.stderr[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # 2 steps per epoch: the epoch-end last.ckpt of epoch 1 is at step 4; Lightning acts on SIGTERM after the step
+    # under way, so the save is at step 6, inside epoch 2, work an epoch-end checkpoint would have lost
+    assert saved["epoch"] == 2 and saved["global_step"] == 6
+    again = train(data, run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming the interrupted run" in again.stderr + again.stdout
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["epoch"] == 3 and (run / "metrics.json").is_file()

@@ -171,11 +171,24 @@ def test_digits_run_writes_a_report_from_the_calibrated_best_checkpoint(digits_r
     assert np.isfinite(temperature) and temperature > 0
 
 
-def test_a_degenerate_temperature_is_bounded(caplog: pytest.LogCaptureFixture):
+def test_a_degenerate_temperature_is_not_used(caplog: pytest.LogCaptureFixture):
     targets = torch.arange(40) % 4
     constant = torch.tensor([[3.0, 0.0, 0.0, 0.0]]).repeat(40, 1)  # one class for every image: no signal
-    assert fit_temperature(constant, targets) == 20.0
+    assert fit_temperature(constant, targets) == 1.0
     assert "outside [0.05, 20.0]" in caplog.text
+
+
+def test_a_separable_or_tiny_validation_set_keeps_t_at_one_with_a_warning(caplog: pytest.LogCaptureFixture):
+    targets = torch.arange(60) % 3
+    separated = torch.nn.functional.one_hot(targets, 3).float() * 4 + torch.randn(60, 3) * 0.1  # all right
+    assert fit_temperature(separated, targets) == 1.0  # a fit would drive T to its lower bound
+    assert "separates all 60 validation images" in caplog.text
+    caplog.clear()
+    noisy = separated.clone()
+    noisy[:10] = noisy[:10].roll(1, dims=1)  # some mistakes: a temperature can be fitted
+    assert fit_temperature(noisy, targets) != 1.0 and not caplog.text
+    assert fit_temperature(noisy[:15], targets[:15]) == 1.0
+    assert "15 validation images are too few" in caplog.text
 
 
 def test_collecting_logits_restores_each_module_mode():

@@ -38,6 +38,11 @@ def check_config(cfg: DictConfig) -> None:
         check_positive_int("model.image_size", model.image_size)
         check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})
     check_writable("paths.output_dir", Path(cfg.paths.output_dir))
+    if str(cfg.get("optimized_metric") or "").startswith("test/"):
+        raise BadValue(
+            f"optimized_metric={cfg.optimized_metric} would tune on the test split, whose score must stay an unbiased "
+            "estimate: optimise a validation metric such as optimized_metric=val/acc_best."
+        )
     if cfg.get("ckpt_path"):
         check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
 

@@ -18,7 +18,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tl_lightning.app import hardware
 from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.evaluation.calibration import collect_logits, fit_temperature, store_temperature
+from tl_lightning.evaluation.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    collect_logits,
+    fit_temperature,
+    store_temperature,
+)
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.models.module import TransferClassifier
 
@@ -46,6 +51,11 @@ def train_and_evaluate(
             datamodule.audit_report.save(out / "audit.json")
             log.info(datamodule.audit_report.summary())
 
+    if (validation := sum(datamodule.class_counts("val"))) < MIN_CALIBRATION_IMAGES:
+        log.warning("The validation split has %d images: accuracy on it moves in steps of %.0f%%, too coarse to "
+                    "select a checkpoint or fit a temperature on. Checkpoints are chosen on val/score (ties broken by "
+                    "loss) and the temperature stays 1. Give it more images (data.val_fraction, or a val/ folder) "
+                    "for a reliable choice.", validation, 100 / max(1, validation))  # fmt: skip
     used = hardware.describe(trainer, datamodule)
     log.info(hardware.one_line(used))
     started = time.perf_counter()

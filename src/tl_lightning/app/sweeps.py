@@ -17,6 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from tl_lightning.utils import write_json, write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -53,10 +55,10 @@ class SeedSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         seeds, metrics = read_jobs(sweep_dir)
         summary = summarise(metrics)
-        (sweep_dir / "seeds.json").write_text(json.dumps({"seeds": seeds, "metrics": summary}, indent=2) + "\n")
+        write_json(sweep_dir / "seeds.json", {"seeds": seeds, "metrics": summary})
         rows = [f"| {k} | {v['mean']:.4f} | {v['std']:.4f} | {v['n']} |" for k, v in summary.items()]
         table = ["| metric | mean | std | runs |", "|---|---|---|---|", *rows]
-        (sweep_dir / "seeds.md").write_text(f"Seeds {seeds}\n\n" + "\n".join(table) + "\n")
+        write_text(sweep_dir / "seeds.md", f"Seeds {seeds}\n\n" + "\n".join(table) + "\n")
         focus = config.get("optimized_metric")
         if focus in summary:
             log.info("%s over seeds %s: %.4f +- %.4f", focus, seeds, summary[focus]["mean"], summary[focus]["std"])

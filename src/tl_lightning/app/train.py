@@ -1,8 +1,9 @@
 """The command line's training entry: Hydra config in, objects out, converted once.
 
-Only the app layer touches the `DictConfig`. `build` turns the config into a datamodule, a model, callbacks,
-loggers and a trainer (each a plain class that works without Hydra); `pipeline.train_and_evaluate` runs them.
-`run` returns the metrics so tests call it in-process and Hydra sweepers can optimise one of them.
+Only the app layer touches the `DictConfig`. `prepare` checks the config and turns it into a datamodule and a model,
+`build_trainer` into callbacks, loggers and a trainer (each a plain class that works without Hydra), and
+`pipeline.train_and_evaluate` runs them. `run` returns the metrics so tests call it in-process and Hydra sweepers
+can optimise one of them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tl_lightning.finetuning.lr_finder import lr_range_test, plot_range_tests
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
 from tl_lightning.models.losses import balanced_class_weights
 from tl_lightning.models.module import TransferClassifier
-from tl_lightning.utils import BadValue
+from tl_lightning.utils import BadValue, write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def prepare(cfg: DictConfig) -> Job:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -87,7 +88,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """`task=train`: fit, calibrate, test and report (`pipeline.train_and_evaluate`); returns the metrics."""
     hardware.resolve(cfg)
     job = prepare(cfg)
-    return train_and_evaluate(job.model, job.datamodule, build_trainer(cfg), job.out, cfg.get("ckpt_path"))
+    return train_and_evaluate(job.model, job.datamodule, build_trainer(cfg), job.out, resume_from(cfg, job))
+
+
+def resume_from(cfg: DictConfig, job: Job) -> str | None:
+    """`ckpt_path` if given; else the `last.ckpt` of an unfinished run in this output folder (no metrics.json), so
+    a job that a scheduler stopped and started again (SLURM requeue through submitit keeps its folder) goes on
+    where it was instead of starting over."""
+    if cfg.get("ckpt_path"):
+        return cfg.ckpt_path
+    last = job.out / "checkpoints" / "last.ckpt"
+    if last.is_file() and not (job.out / "metrics.json").exists():
+        check_resume(str(last), job.datamodule.class_names)
+        log.info("Resuming the interrupted run in %s from %s", job.out, last)
+        return str(last)
+    return None
 
 
 def probe(cfg: DictConfig) -> dict[str, Any]:

@@ -23,9 +23,11 @@ from tl_lightning.utils import atomic_path
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
-# A fitted temperature is kept within these: beyond, the model's logits carry no ranking signal worth scaling
-# (a model that predicts one class drives T to infinity), and the bound is logged.
+# A temperature fitted outside these is not used: the model's logits carry no signal worth scaling there (a model
+# that predicts one class drives T to infinity).
 TEMPERATURE_RANGE = (0.05, 20.0)
+# Fewer validation images than this cannot tell a temperature apart from noise.
+MIN_CALIBRATION_IMAGES = 30
 
 
 def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,10 +41,26 @@ def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, 
 
 @torch.enable_grad()
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
-    """The temperature T > 0 minimising the NLL of `softmax(logits / T)`; optimised as log T with L-BFGS."""
+    """The temperature T > 0 minimising the NLL of `softmax(logits / T)`; optimised as log T with L-BFGS.
+
+    T = 1 (no scaling), with a warning, where a fit would mislead: fewer than `MIN_CALIBRATION_IMAGES` validation
+    images, a perfectly separated validation set (its NLL keeps falling as T -> 0, so any T would be arbitrary and
+    overconfident on new data), or a fit outside `TEMPERATURE_RANGE` (predictions close to uninformative).
+    """
+    logits, targets = logits.detach().float(), targets.detach()
+    if len(targets) < MIN_CALIBRATION_IMAGES:
+        log.warning("Temperature scaling skipped (T = 1): %d validation images are too few to fit it on; "
+                    "probabilities stay as the model gives them.", len(targets))  # fmt: skip
+        return 1.0
+    if bool((logits.argmax(-1) == targets).all()):
+        log.warning(
+            "Temperature scaling skipped (T = 1): the model separates all %d validation images, so the fit would "
+            "only drive T towards 0 and make it overconfident on new images.",
+            len(targets),
+        )
+        return 1.0
     log_t = torch.zeros((), requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-    logits, targets = logits.detach().float(), targets.detach()
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -54,10 +72,11 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     fitted = float(log_t.detach().exp())
     low, high = TEMPERATURE_RANGE
     if not low <= fitted <= high:
-        log.warning("Fitted temperature %.3g is outside [%s, %s]; kept at the bound. The model's validation "
-                    "predictions are close to uninformative: check training before trusting its probabilities.",
-                    fitted, low, high)  # fmt: skip
-    return min(max(fitted, low), high)
+        log.warning("Temperature scaling skipped (T = 1): the fitted temperature %.3g is outside [%s, %s]. The model's "
+                    "validation predictions are close to uninformative: check training before trusting its "
+                    "probabilities.", fitted, low, high)  # fmt: skip
+        return 1.0
+    return fitted
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:

@@ -24,7 +24,7 @@ from tl_lightning.data.images import load_image
 from tl_lightning.data.transforms import eval_transform
 from tl_lightning.evaluation.plots import new_figure, show_image
 from tl_lightning.models.heads import scaled_softmax
-from tl_lightning.utils import BadValue, NotFound
+from tl_lightning.utils import BadValue, NotFound, save_figure
 
 
 def target_layer(backbone: nn.Module, name: str | None = None) -> tuple[nn.Module | None, int | None]:
@@ -105,7 +105,7 @@ def save_overlay(image: object, cam: torch.Tensor, title: str, path: Path) -> Pa
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path
 
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from tl_lightning.data.images import load_image
 from tl_lightning.evaluation.calibration import ReliabilityBins
+from tl_lightning.utils import save_figure
 
 
 def new_figure(rows: int = 1, cols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Figure, Any]:
@@ -46,7 +47,7 @@ def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str], p
                     color = "white" if rates[i, j] > 0.5 else "black"
                     ax.text(j, i, int(counts[i, j]), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path
 
 
@@ -64,7 +65,7 @@ def plot_reliability(bins: Mapping[str, ReliabilityBins], eces: Mapping[str, flo
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{name}: ECE {eces[name]:.4f}")
         ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path
 
 
@@ -88,7 +89,7 @@ def plot_top_losses(
         ax.set_title(f"{Path(file).name}\ntrue {class_names[target]} / pred {class_names[predicted]} "
                      f"({float(p[predicted]):.2f})", fontsize=8)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path
 
 

@@ -19,6 +19,7 @@ import torch
 
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
 from tl_lightning.models.module import TransferClassifier
+from tl_lightning.utils import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -115,5 +116,5 @@ def plot_range_tests(tests: list[RangeTest], path: Path) -> Path:
     ax.set(xscale="log", xlabel="model.lr (the head's LR)", ylabel="smoothed training loss", title="LR range test")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
-from torchmetrics import MaxMetric, Metric, SumMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric, SumMetric
 
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.drift import InputStatistics
@@ -136,6 +136,7 @@ class TransferClassifier(pl.LightningModule):
         self.val_acc_best.persistent(True)
         # Images scored per evaluation, summed over ranks: with DDP, proof that each counts exactly once.
         self.samples = torch.nn.ModuleDict({"val": SumMetric(), "test": SumMetric()})
+        self.val_loss = MeanMetric()  # for val/score
 
     def connect_data(self, datamodule: ImageFolderDataModule) -> None:
         """The one seam between model and data, called once before fitting: the datamodule gets this model's
@@ -218,6 +219,8 @@ class TransferClassifier(pl.LightningModule):
         getattr(self, f"{stage}_metrics").update(logits, y)
         if stage != "train":
             self.samples[stage].update(len(y))
+        if stage == "val":
+            self.val_loss.update(loss.detach(), weight=len(y))
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
                  sync_dist=stage != "train")  # fmt: skip
         return loss
@@ -247,6 +250,12 @@ class TransferClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_stage("val")
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        # What checkpoints and early stopping select on: accuracy, ties broken by lower loss. Loss counts for less
+        # than one image (loss / (10 N)), so no accuracy difference is ever overturned; on a small validation set,
+        # where accuracy saturates early, later and better epochs are no longer lost to the first tied one.
+        self.log("val/score", values["val/acc"] - loss / (10 * values["val/samples"].clamp(min=1)), prog_bar=False)
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(values["val/acc"])
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)

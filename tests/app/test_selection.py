@@ -1,0 +1,42 @@
+"""Model selection on a tiny validation set: accuracy saturates in the frozen phase, and the first tied epoch
+must not be kept when later epochs are as accurate and better by loss."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import FAST, compose_train
+from PIL import Image
+
+from tl_lightning.app.train import run
+
+
+def test_ties_on_a_tiny_validation_set_do_not_keep_a_frozen_phase_checkpoint(tmp_path: Path, caplog):
+    """The default backbone (shipped Lite0 weights) on nearly solid colours: the head separates them in the frozen
+    phase, accuracy collapses at the unfreeze and recovers, as on the held-out faces set."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2), ("test", 4)):  # 6 validation images
+        for index, name in enumerate(("red", "green", "blue")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.full((24, 24, 3), 30.0)
+                pixels[..., index] = 220
+                noisy = np.clip(pixels + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(noisy).save(root / split / name / f"{i}.png")
+    out = tmp_path / "run"
+    overrides = ["data=folder", f"data.root={root}", "model.image_size=32", "augment=none", f"paths.output_dir={out}",
+                 *FAST, "logger=csv", "trainer.max_epochs=7", "model.lr=3e-3", "data.batch_size=4",
+                 "callbacks.finetuning.unfreeze_epoch=3", "trainer.limit_train_batches=null"]  # fmt: skip
+    run(compose_train(overrides))
+    with open(next(out.glob("csv/version_*/metrics.csv"))) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    accuracy = {int(r["epoch"]): float(r["val/acc"]) for r in rows}
+    best = max(accuracy.values())
+    frozen_ties = [e for e in (0, 1, 2) if accuracy[e] == best]
+    assert frozen_ties and best == 1.0, f"the frozen phase should already separate the 6 images: {accuracy}"
+    assert any(accuracy[e] == best for e in range(3, 7)), accuracy  # and later epochs tie with it
+    chosen = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["epoch"]
+    assert chosen >= 3, f"kept epoch {chosen} of a tie {accuracy}"
+    assert "The validation split has 6 images" in caplog.text
