@@ -12,7 +12,10 @@ import pytest
 import torch
 from conftest import FAST, ROOT, write_images
 
-KILLS = {"in the frozen phase": (1, 0), "at the unfreeze": (2, 0), "mid-epoch after the unfreeze": (2, 1)}
+KILLS = {"in the frozen phase": (1, 0), "at the unfreeze": (2, 0), "mid-epoch after the unfreeze": (2, 1),
+         "in the frozen phase, features cached": (1, 0)}  # fmt: skip
+# The feature cache needs a deterministic training transform; its runs are compared with a straight run of their own.
+CACHED = ["callbacks=[default,feature_cache]", "augment=none"]
 
 
 def train(data: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -32,6 +35,14 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, base / "straight"
 
 
+@pytest.fixture(scope="module")
+def straight_cached(straight, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("resume_cached") / "straight"
+    done = train(straight[0], run, *CACHED)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     """The weights after the last epoch: they depend on every epoch, the resumed ones included."""
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
@@ -39,15 +50,18 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", KILLS)
-def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, tmp_path: Path):
+def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, request, tmp_path: Path):
     data, reference = straight
+    extra = CACHED if "cached" in kill else []
+    if extra:  # the cache is rebuilt at setup, before the checkpoint's states are restored
+        reference = request.getfixturevalue("straight_cached")
     epoch, batch = KILLS[kill]
     run = tmp_path / "run"
-    killed = train(data, run, "+callbacks.kill._target_=kill_at.KillAt", f"+callbacks.kill.epoch={epoch}",
+    killed = train(data, run, *extra, "+callbacks.kill._target_=kill_at.KillAt", f"+callbacks.kill.epoch={epoch}",
                    f"+callbacks.kill.batch={batch}")  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (run / "metrics.json").exists()
-    resumed = train(data, run, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    resumed = train(data, run, *extra, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = (json.loads((r / "metrics.json").read_text()) for r in (reference, run))
     for key in ("test/acc", "test/loss", "val/acc_best", "calibration/temperature"):
