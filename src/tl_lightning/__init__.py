@@ -8,7 +8,7 @@ The subpackages follow the data's path, each importing only those below it (a te
     finetuning/   the unfreezing callback and the other training callbacks, the LR finder
     models/       backbones, weights, head, layer groups, losses, the LightningModule
     data/         decoding, splits, the audit, transforms, the DataModules
-    utils         atomic file writes
+    utils         the user-error type, atomic file writes, usable CPUs
 """
 
 import importlib.abc
@@ -22,6 +22,7 @@ from tl_lightning.finetuning import (
     FrozenFeatureCache,
     LayerFinetuning,
     PhaseAwareEarlyStopping,
+    ResumeRNG,
     TimmSyncBatchNorm,
 )
 from tl_lightning.models import (
@@ -49,6 +50,7 @@ __all__ = [
     "Performance",
     "PhaseAwareEarlyStopping",
     "Regularization",
+    "ResumeRNG",
     "TimmSyncBatchNorm",
     "TransferClassifier",
     "build_param_groups",
