@@ -107,9 +107,8 @@ class TransferClassifier(pl.LightningModule):
         self.imbalance = coerce(Imbalance, imbalance)
         self.distillation = coerce(Distillation, distillation)
         self.performance = coerce(Performance, performance)
-        # save_hyperparameters reads the locals: the normalised class names and plain-dict options are saved, so
-        # checkpoints load with `weights_only=True`. The optimizer and scheduler factories are left out for the
-        # same reason; inference never needs them.
+        # save_hyperparameters reads the locals: normalised class names and plain-dict options (no factories, which
+        # inference never needs) keep checkpoints loadable with `weights_only=True`.
         regularization, imbalance = as_dict(self.regularization), as_dict(self.imbalance)
         distillation, performance = as_dict(self.distillation), as_dict(self.performance)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -148,8 +147,7 @@ class TransferClassifier(pl.LightningModule):
 
     def _load_teacher(self, path: str) -> TransferClassifier:
         """The distillation teacher from `path`, in eval mode with no trainable parameter, checked for our classes."""
-        path = check_checkpoint_file(path, "Teacher checkpoint")
-        teacher = type(self).load_from_checkpoint(path, map_location="cpu")
+        teacher = type(self).load_from_checkpoint(check_checkpoint_file(path, "Teacher checkpoint"), map_location="cpu")
         check_same_classes(teacher.class_names, self.class_names)
         return teacher.eval().requires_grad_(False)
 
@@ -187,8 +185,7 @@ class TransferClassifier(pl.LightningModule):
             self.backbone.compile(**dict(self.performance.compile_options))
 
     def setup(self, stage: str) -> None:
-        # ddp_spawn on a CPU shares the module between processes; Lightning un-shares parameters and buffers
-        # (#18238) but not torchmetrics states, so each sample would count world-size times. Give each its own.
+        # ddp_spawn on CPU shares torchmetrics states between processes (Lightning #18238 un-shares only weights).
         for metric in self.modules():
             if isinstance(metric, Metric):
                 metric.reset()
@@ -334,11 +331,14 @@ class TransferClassifier(pl.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, **kwargs: Any) -> TransferClassifier:  # type: ignore[override]
         """Rebuild from a checkpoint without fetching the initial weights again (the checkpoint has them)."""
-        if isinstance(checkpoint_path, (str, os.PathLike)):
-            read_checkpoint(checkpoint_path)  # a missing, damaged or foreign file gets its own sentence
         kwargs.setdefault("pretrained", False)
         kwargs.setdefault("distillation", None)  # a trained student needs no teacher
-        return super().load_from_checkpoint(checkpoint_path, **kwargs)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, **kwargs)
+        except Exception:  # read again only to name what is wrong: missing, damaged, foreign, not ours
+            if isinstance(checkpoint_path, (str, os.PathLike)):
+                read_checkpoint(checkpoint_path)
+            raise
 
 
 def _class_weight(weights: Sequence[float] | None, num_classes: int) -> torch.Tensor:
