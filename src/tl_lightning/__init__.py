@@ -22,6 +22,7 @@ from tl_lightning.finetuning import (
     FrozenFeatureCache,
     LayerFinetuning,
     PhaseAwareEarlyStopping,
+    ProbeFloor,
     ResumeRNG,
     TimmSyncBatchNorm,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "LayerFinetuning",
     "Performance",
     "PhaseAwareEarlyStopping",
+    "ProbeFloor",
     "Regularization",
     "ResumeRNG",
     "TimmSyncBatchNorm",

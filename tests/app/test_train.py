@@ -17,7 +17,7 @@ from tl_lightning.app.train import run
 def test_run_writes_the_run_folder_and_tests_the_best_checkpoint(flat_folder: Path, tmp_path: Path):
     out = tmp_path / "run"
     metrics = run(compose_train(folder_overrides(flat_folder, out)))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "probe.ckpt"]
     for name in ("config.yaml", "split.csv", "audit.json", "metrics.json", "report.md", "report/top_losses.png"):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "metrics.json").read_text())

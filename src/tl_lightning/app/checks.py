@@ -13,14 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
-from tl_lightning.models.backbones import check_backbone_name
+from tl_lightning.models.backbones import backbone_geometry, check_backbone_name
 from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
 from tl_lightning.utils import BadValue
 
 TASKS = ("train", "lr_find", "probe")
+AUTO = "auto"  # a config value the recipe fills from the data (`app.recipe`)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -28,13 +28,14 @@ def check_config(cfg: DictConfig) -> None:
     check_task(cfg.get("task"))
     model = cfg.model
     check_positive_number("model.lr", model.get("lr"))
-    check_positive_number("model.lr_mult", model.get("lr_mult"), minimum=1.0)
+    if model.get("lr_mult") != AUTO:
+        check_positive_number("model.lr_mult", model.get("lr_mult"), minimum=1.0)
     for i, factor in enumerate(model.get("lr_factors") or []):
         check_positive_number(f"model.lr_factors[{i}]", factor)
     check_positive_int("data.batch_size", cfg.data.get("batch_size"))
     check_epochs(cfg.trainer.get("max_epochs"), cfg.get("ckpt_path"))
     check_backbone_name(str(model.backbone))
-    if model.get("image_size") is not None:
+    if model.get("image_size") not in (None, AUTO):
         check_positive_int("model.image_size", model.image_size)
         check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})
     check_writable("paths.output_dir", Path(cfg.paths.output_dir))
@@ -89,14 +90,8 @@ def check_epochs(max_epochs: Any, ckpt_path: Any) -> None:
 def check_image_size(backbone: str, size: int, kwargs: dict[str, Any]) -> None:
     """Refuse an input smaller than the backbone's total stride: its last feature map would be empty or 1 pixel of
     padding. The model is built on the meta device (no memory, no weights) to read timm's `feature_info`."""
-    import timm
-
-    with torch.device("meta"):
-        model = timm.create_model(backbone, pretrained=False, num_classes=0, **{k: v for k, v in kwargs.items() if v})
-    info = getattr(model, "feature_info", None)
-    stride = int(info[-1]["reduction"]) if info else 1
+    native, stride, _ = backbone_geometry(backbone, kwargs)
     if size < stride:
-        native = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
         raise BadValue(
             f"model.image_size={size} is smaller than {backbone}'s total stride {stride}: its last feature map "
             f"would be empty. Use at least {stride} (its weights were trained at {native})."

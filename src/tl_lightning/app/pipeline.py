@@ -25,6 +25,7 @@ from tl_lightning.evaluation.calibration import (
     store_temperature,
 )
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
+from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.models.module import TransferClassifier
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def train_and_evaluate(
     metrics |= {f"hardware/{key}": value for key, value in used.items()}
     if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
+    metrics |= probe_floor_metrics(trainer)
     metrics["calibration/temperature"] = calibrate(model, datamodule, best, trainer.is_global_zero)
     if datamodule.has_test:
         if trainer.is_global_zero:
@@ -80,6 +82,15 @@ def train_and_evaluate(
         write_metrics(out / "metrics.json", metrics)
         log.info("Run folder: %s\n%s", out, summary_table(metrics))
     return metrics
+
+
+def probe_floor_metrics(trainer: pl.Trainer) -> dict[str, Any]:
+    """The linear probe's validation metrics, and which model the run kept, when `ProbeFloor` ran."""
+    floors = [c for c in trainer.callbacks if isinstance(c, ProbeFloor) and c.probe_metrics]
+    if not floors:
+        return {}
+    probe = {f"probe/{key.removeprefix('val/')}": value for key, value in floors[0].probe_metrics.items()}
+    return probe | {"selected": "linear probe" if floors[0].kept else "fine-tuned"}
 
 
 def calibrate(model: TransferClassifier, datamodule: ImageFolderDataModule, best: str, write: bool) -> float:

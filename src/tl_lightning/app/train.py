@@ -25,6 +25,7 @@ from tl_lightning.app import hardware
 from tl_lightning.app._common import user_errors
 from tl_lightning.app.checks import check_config, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
+from tl_lightning.app.recipe import model_placeholders, resolve_model_recipe, resolve_recipe
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.probe import linear_probe
 from tl_lightning.evaluation.report import write_metrics
@@ -49,12 +50,11 @@ class Job:
 
 
 def prepare(cfg: DictConfig) -> Job:
-    """Check the config, write it, seed, prepare the data, and build the model for it (the seam connected)."""
+    """Check the config, seed, prepare the data, fill the recipe's `auto` values from it, write the config, and
+    build the model for it (the seam connected)."""
     check_config(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:
-        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -64,13 +64,18 @@ def prepare(cfg: DictConfig) -> Job:
                        "two class folders. Add a folder of images for each other class.")  # fmt: skip
     if cfg.get("ckpt_path"):
         check_resume(cfg.ckpt_path, datamodule.class_names)
-    overrides: dict[str, Any] = {}
+    choices = resolve_recipe(cfg, datamodule)
+    overrides: dict[str, Any] = model_placeholders(cfg)
     if cfg.model.get("imbalance", {}).get("class_weights") == "balanced":
         weights = balanced_class_weights(datamodule.class_counts()).tolist()
         overrides["imbalance"] = OmegaConf.to_container(cfg.model.imbalance) | {"class_weights": weights}
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
                         _convert_="all", **overrides)  # fmt: skip
     model.connect_data(datamodule)
+    choices += resolve_model_recipe(cfg, model, datamodule)
+    if rank_zero_only.rank == 0:  # what ran: the recipe's choices are in the config, their reasons above it
+        reasons = "".join(f"# {choice.line()}\n" for choice in choices)
+        write_text(out / "config.yaml", reasons + OmegaConf.to_yaml(cfg, resolve=True))
     return Job(out, datamodule, model)
 
 

@@ -261,12 +261,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
         Stored in checkpoints, so prediction can warn about inputs unlike these (`drift.py`).
         """
+        return InputStatistics.of(self.eval_sample(max_images))
+
+    def eval_sample(self, max_images: int = 256) -> torch.Tensor:
+        """Up to `max_images` training images, evenly spaced, preprocessed as for evaluation, as one batch."""
         samples = self.samples("train")
         step = max(1, len(samples) // max_images)
         channels = int(self.data_config["input_size"][0])
         dataset = ImageDataset(samples[::step][:max_images], self.build_eval_transform(self.data_config), channels)
         with torch.random.fork_rng(devices=[]):  # the eval transform still draws a seed: leave training's RNG be
-            return InputStatistics.of(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+            return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
     def _loader(self, split: str, train: bool, distributed: bool = True) -> DataLoader:
         if split not in self.splits:

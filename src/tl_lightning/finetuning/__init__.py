@@ -1,6 +1,7 @@
 """How the model trains, as Lightning callbacks and plugins: `LayerFinetuning` (freeze, then unfreeze layer groups
 on a schedule, with the BatchNorm policy) and its presets, early stopping that waits for the last unfreeze, an EMA
-scored beside the raw weights, the frozen-phase feature cache, random states kept for an exact resume, timm-safe
+scored beside the raw weights, the frozen-phase feature cache, the linear-probe start and floor, the recipe's
+automatic choices from the data, random states kept for an exact resume, timm-safe
 SyncBatchNorm, and the LR range test.
 """
 
@@ -8,6 +9,7 @@ from tl_lightning.finetuning.early_stopping import PhaseAwareEarlyStopping
 from tl_lightning.finetuning.ema import EMAEvaluation
 from tl_lightning.finetuning.feature_cache import FrozenFeatureCache
 from tl_lightning.finetuning.lr_finder import RangeTest, lr_range_test
+from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import ResumeRNG
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
 from tl_lightning.finetuning.unfreezing import LayerFinetuning, gradual, lp_ft, top_k
@@ -17,6 +19,7 @@ __all__ = [
     "FrozenFeatureCache",
     "LayerFinetuning",
     "PhaseAwareEarlyStopping",
+    "ProbeFloor",
     "RangeTest",
     "ResumeRNG",
     "TimmSyncBatchNorm",

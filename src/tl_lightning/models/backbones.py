@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
 from tl_lightning.data.transforms import DataConfig
@@ -79,6 +80,18 @@ def create_backbone(
     # a head conv sits after pooling (MobileNetV3: 288 -> 1024).
     width = getattr(model, "head_hidden_size", None) or model.num_features
     return Backbone(model=model, num_features=width, data_config=data_config, weights=weights)
+
+
+def backbone_geometry(name: str, kwargs: Mapping[str, Any] | None = None) -> tuple[int, int, float]:
+    """The weights' native resolution, the total stride and the weights' eval crop fraction, read from timm's
+    config and `feature_info` of the model built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        options = {k: v for k, v in (kwargs or {}).items() if v}
+        model = timm.create_model(name, pretrained=False, num_classes=0, **options)
+    info = getattr(model, "feature_info", None)
+    stride = int(info[-1]["reduction"]) if info else 1
+    config = model.pretrained_cfg
+    return int(config.get("input_size", (3, 224, 224))[-1]), stride, float(config.get("crop_pct") or 1.0)
 
 
 def _with_channels(config: dict[str, Any], in_chans: int) -> dict[str, Any]:

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -130,3 +133,28 @@ def split_features(
     if cache is not None:
         log.info("Features cached in %s", cache.save(key, features))
     return features, False
+
+
+def fit_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    c: float = 1.0,
+    max_iter: int = 2000,
+    class_weight: Mapping[int, float] | None = None,
+) -> Pipeline:
+    """A linear probe: standardise, then multinomial logistic regression (scikit-learn) with L2 strength `1/c`."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight))
+    return probe.fit(features.numpy(), labels.numpy())
+
+
+def probe_as_linear(probe: Pipeline, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe as one linear layer's `(weight, bias)` on raw features: the standardisation folded into the
+    weights, and the logits of a two-class probe (scikit-learn keeps one row for it) split symmetrically."""
+    scaler, logistic = probe[0], probe[-1]
+    weight = torch.as_tensor(logistic.coef_, dtype=torch.float) / torch.as_tensor(scaler.scale_, dtype=torch.float)
+    bias = torch.as_tensor(logistic.intercept_, dtype=torch.float) - weight @ torch.as_tensor(scaler.mean_).float()
+    if len(logistic.classes_) != num_classes:
+        raise ValueError(f"The probe saw {len(logistic.classes_)} of {num_classes} classes in the training features.")
+    if num_classes == 2:  # p(1) = sigmoid(w.x + b) = softmax([-(w.x + b) / 2, (w.x + b) / 2])[1]
+        weight, bias = torch.cat([-weight / 2, weight / 2]), torch.cat([-bias / 2, bias / 2])
+    return weight, bias

@@ -1,0 +1,255 @@
+"""Ours with no flags vs the tools a user would pick instead, on the suite of small real datasets (`suite.py`).
+
+Every tool gets the same EfficientNet-Lite0 ImageNet weights (the offline package), the same train/val/test
+folders, the same epoch budget and the same input resolution (the one our default chooses for the folder), and
+its own defaults for everything else:
+
+- **ours**: `python train.py data=folder data.root=DIR seed=S`, nothing else (a subprocess per run);
+- **fastai**: `vision_learner(dls, "tf_efficientnet_lite0")` + `fine_tune(epochs - 1)` (1 frozen epoch), with
+  `Resize` and `aug_transforms()` defaults, batch 32; timm's loader is pointed at the offline weights file;
+- **lightning-docs**: the Lightning docs recipe: a LightningModule with backbone + linear head, `Adam` over
+  `filter(requires_grad)` at 1e-3, `BackboneFinetuning` (its defaults: unfreeze at epoch 10), the docs example's
+  transforms (resize, horizontal flip, ImageNet mean/std); the last epoch's model is scored;
+- **probe**: logistic regression (scikit-learn, standardised, C=1) on the frozen backbone's pooled features of
+  the whole image at that resolution;
+- **svm**: scikit-learn's `SVC()` (RBF) on the raw pixels, scaled to [0, 1].
+
+Each (dataset, tool, seed) is one row of `benchmarks/results/peers_runs.json`, saved as it finishes: a stopped
+run goes on where it was. `peers.json` and `peers.md` hold the table, mean ± std over seeds with the fit time.
+
+    pip install -e ".[peers]"
+    python benchmarks/peers.py [--datasets digits photos ...] [--tools ours fastai ...] [--seeds 1 2 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from _results import RESULTS, machine, save_json
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from suite import DEFAULT_ROOT, SUITE, counts, write
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH, WEIGHTS = "tf_efficientnet_lite0", "package:efficientnet_lite0"
+TOOLS = ("ours", "fastai", "lightning-docs", "probe", "svm")
+
+
+def files(folder: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
+    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+    paths = sorted((folder / split).rglob("*.png"))
+    return paths, [classes.index(p.parent.name) for p in paths], classes
+
+
+def run_ours(folder: Path, seed: int, epochs: int, work: Path, size: int | None) -> dict:
+    out = work / "ours"
+    command = [sys.executable, str(ROOT / "train.py"), "data=folder", f"data.root={folder}", f"seed={seed}",
+               f"trainer.max_epochs={epochs}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"train.py failed:\n{done.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    log = (out / "train.log").read_text()
+    recipe = [line.split("recipe: ", 1)[1] for line in log.splitlines() if "recipe: " in line]
+    return {"acc": metrics["test/acc"], "seconds": metrics["fit_seconds"], "size": config["model"]["image_size"],
+            "selected": metrics.get("selected"), "probe_val": metrics.get("probe/acc"), "recipe": recipe}  # fmt: skip
+
+
+def offline_weights(work: Path) -> Path:
+    """The packaged weights as a timm-named state dict, for tools that load through `timm.create_model`."""
+    from tl_lightning.models.backbones import create_backbone
+
+    path = work / "lite0_timm.pth"
+    if not path.exists():
+        torch.save(create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS).model.state_dict(), path)
+    return path
+
+
+def run_fastai(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+    import timm
+    from fastai.vision import all as fv
+
+    weights = offline_weights(work)
+    create = timm.create_model
+
+    def offline_create(name, pretrained=False, **kwargs):  # fastai calls timm.create_model(arch, pretrained=True)
+        return create(name, pretrained=pretrained, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
+
+    fv.set_seed(seed, reproducible=True)
+    dls = fv.ImageDataLoaders.from_folder(folder, train="train", valid="val", item_tfms=fv.Resize(size),
+                                          batch_tfms=fv.aug_transforms(), bs=32, num_workers=0, seed=seed)  # fmt: skip
+    timm.create_model = offline_create
+    try:
+        learn = fv.vision_learner(dls, ARCH, metrics=fv.accuracy)
+    finally:
+        timm.create_model = create
+    started = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(epochs - 1)
+    seconds = time.perf_counter() - started
+    paths, labels, _ = files(folder, "test")
+    preds, _ = learn.get_preds(dl=dls.test_dl(paths))
+    return {"acc": float((preds.argmax(1) == torch.tensor(labels)).float().mean()), "seconds": round(seconds, 1)}
+
+
+def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+    import lightning.pytorch as pl
+    import torch.nn.functional as F
+    from lightning.pytorch.callbacks import BackboneFinetuning
+    from torchvision import datasets, transforms
+
+    from tl_lightning.models.backbones import create_backbone
+
+    class DocsModel(pl.LightningModule):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            backbone = create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS)
+            self.backbone, self.head = backbone.model, torch.nn.Linear(backbone.num_features, num_classes)
+
+        def forward(self, x):
+            return self.head(self.backbone(x))
+
+        def training_step(self, batch, _):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(filter(lambda p: p.requires_grad, self.parameters()), lr=1e-3)
+
+    pl.seed_everything(seed, workers=True)
+    normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train_tf = transforms.Compose([transforms.Resize((size, size)), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])  # fmt: skip
+    eval_tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(), normalize])
+    train = datasets.ImageFolder(folder / "train", train_tf)
+    test = datasets.ImageFolder(folder / "test", eval_tf)
+    model = DocsModel(len(train.classes))
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[BackboneFinetuning()], logger=False, accelerator="cpu",
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    started = time.perf_counter()
+    trainer.fit(model, torch.utils.data.DataLoader(train, batch_size=32, shuffle=True))
+    seconds = time.perf_counter() - started
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in torch.utils.data.DataLoader(test, 64))
+    return {"acc": correct / len(test), "seconds": round(seconds, 1)}
+
+
+def run_probe(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+    from torchvision import transforms
+
+    from tl_lightning.models.backbones import create_backbone
+
+    backbone = create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS)
+    model, config = backbone.model.eval(), backbone.data_config
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                             transforms.Normalize(config["mean"], config["std"])])  # fmt: skip
+
+    def features(split: str) -> tuple[np.ndarray, list[int]]:
+        paths, labels, _ = files(folder, split)
+        with torch.no_grad():
+            batches = [torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i : i + 64]])
+                       for i in range(0, len(paths), 64)]  # fmt: skip
+            return torch.cat([model(b) for b in batches]).numpy(), labels
+
+    started = time.perf_counter()
+    x, y = features("train")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(x, y)
+    seconds = time.perf_counter() - started
+    return {"acc": float(probe.score(*features("test"))), "seconds": round(seconds, 1)}
+
+
+def run_svm(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+    def pixels(split: str) -> tuple[np.ndarray, list[int]]:
+        paths, labels, _ = files(folder, split)
+        return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32).ravel() / 255 for p in paths]), labels
+
+    started = time.perf_counter()
+    svm = SVC().fit(*pixels("train"))
+    seconds = time.perf_counter() - started
+    return {"acc": float(svm.score(*pixels("test"))), "seconds": round(seconds, 1)}
+
+
+RUNNERS: dict[str, Callable[..., dict]] = {
+    "ours": run_ours, "fastai": run_fastai, "lightning-docs": run_lightning_docs, "probe": run_probe, "svm": run_svm,
+}  # fmt: skip
+
+
+def summarise(runs: dict, datasets: list[str], tools: list[str]) -> tuple[dict, str]:
+    table: dict = {}
+    header = "| data | " + " | ".join(tools) + " |"
+    lines = [header, "|" + "---|" * (len(tools) + 1)]
+    for name in datasets:
+        row = table.setdefault(name, {})
+        for tool in tools:
+            done = [r for key, r in runs.items() if key.startswith(f"{name}/{tool}/")]
+            if done:
+                accs = [r["acc"] for r in done]
+                row[tool] = {"mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": len(accs),
+                             "seconds": statistics.mean(r["seconds"] for r in done)}  # fmt: skip
+        best = max((v["mean"] for v in row.values()), default=None)
+        cells = []
+        for tool in tools:
+            v = row.get(tool)
+            text = "-" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f} ({v['seconds']:.0f} s)"
+            cells.append(f"**{text}**" if v is not None and v["mean"] == best else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return table, "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(SUITE), choices=list(SUITE))
+    parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("TL_SUITE_ROOT", DEFAULT_ROOT)))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--fresh", action="store_true", help="forget finished rows and run them again")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    runs_file = args.out / "peers_runs.json"
+    runs = {} if args.fresh or not runs_file.exists() else json.loads(runs_file.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.datasets:
+            folder = write(name, args.data_root)
+            for seed in args.seeds:
+                for tool in args.tools:
+                    key = f"{name}/{tool}/{seed}"
+                    if key in runs:
+                        continue
+                    size = next((r["size"] for k, r in runs.items() if k.startswith(f"{name}/ours/")), None)
+                    if tool != "ours" and size is None:  # ours runs first and picks the resolution for everyone
+                        runs[f"{name}/ours/{seed}"] = run_ours(folder, seed, args.epochs, Path(tmp) / key, None)
+                        size = runs[f"{name}/ours/{seed}"]["size"]
+                    work = Path(tmp) / key
+                    work.mkdir(parents=True, exist_ok=True)
+                    runs[key] = RUNNERS[tool](folder, seed, args.epochs, work, size) | {"size": size}
+                    print(f"{key:<32} acc {runs[key]['acc']:.4f}  {runs[key]['seconds']:>6.1f} s", flush=True)
+                    save_json("peers_runs", runs, args.out)
+    table, markdown = summarise(runs, args.datasets, args.tools)
+    about = {name: SUITE[name][0] for name in args.datasets}
+    sizes = {name: counts(args.data_root / name) for name in args.datasets}
+    save_json("peers", {"machine": machine(), "epochs": args.epochs, "seeds": args.seeds, "datasets": about,
+                        "images": sizes, "table": table}, args.out)  # fmt: skip
+    (args.out / "peers.md").write_text(markdown + "\n")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

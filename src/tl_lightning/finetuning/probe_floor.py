@@ -1,0 +1,130 @@
+"""Start fine-tuning from a converged linear probe, and keep that probe when fine-tuning does not beat it.
+
+LP-FT as Kumar et al. define it (ICLR 2022, "Fine-Tuning can Distort Pretrained Features") fine-tunes from the
+*converged* linear probe: a random or half-trained head sends large, wrong gradients into the backbone at the
+unfreeze and distorts the features it is meant to reuse. A few epochs of SGD on the head do not converge a probe;
+a logistic regression on the frozen features does, in seconds. And on small data, fine-tuning can still end below
+that probe (on held-out faces our old default did, 0.89 vs 0.98), so the probe is also the floor: its model is
+saved as `probe.ckpt` and, if no fine-tuned epoch scores higher on validation, it becomes the best checkpoint.
+
+Written here because neither Lightning nor timm has a probe-initialised head; the probe itself is
+scikit-learn's `LogisticRegression` (`models.features.fit_probe`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+
+from tl_lightning.models.features import extract_features, fit_probe, probe_as_linear
+from tl_lightning.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+SCORE = "val/score"
+
+
+class ProbeFloor(Callback):
+    """Fit the head as a linear probe on frozen features before the first step; keep the probe if it stays best.
+
+    At the start of a fresh fit the backbone's pooled features of the training and validation images (eval
+    preprocessing, BatchNorm in eval mode) are extracted once, a logistic regression is fitted on the training
+    ones (L2 strength `1 / c`; the loss's class weights, if any, as sample weights per class), and its weights
+    are written into the head's linear layer. The probe's validation metrics are computed the way the
+    validation loop computes them, and the model as it stands is saved as `probe.ckpt` beside the monitored
+    checkpoint. When fitting ends, if the best checkpoint's `val/score` is lower than the probe's, `probe.ckpt`
+    replaces it (the ModelCheckpoint's `best_model_path` then holds the probe), and the run says so.
+
+    Args:
+        c: inverse L2 strength of the logistic regression (on standardised features).
+        keep_probe: make the probe the best checkpoint when fine-tuning does not beat it on validation.
+
+    A head with hidden layers is left as it is (a probe is one linear layer); a resumed fit does not probe again
+    (the checkpoint holds the head), but still compares against the probe it saved.
+    """
+
+    def __init__(self, c: float = 1.0, keep_probe: bool = True) -> None:
+        self.c = c
+        self.keep_probe = keep_probe
+        self.probe_metrics: dict[str, float] = {}
+        self.probe_path: str = ""
+        self.kept = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step > 0 or self.probe_metrics:
+            return  # resumed: the head is the checkpoint's, the probe's metrics come back through state_dict
+        linears = [m for m in pl_module.head.modules() if isinstance(m, nn.Linear)]
+        if len(linears) != 1:
+            log.info("ProbeFloor: the head has hidden layers, so it is not started from a linear probe.")
+            return
+        linear = linears[0]
+        started = time.perf_counter()
+        datamodule = trainer.datamodule
+        train = extract_features(pl_module.backbone, datamodule.eval_dataloader("train"))
+        val = extract_features(pl_module.backbone, datamodule.eval_dataloader("val"))
+        weights = pl_module.class_weight.cpu()
+        class_weight = None if torch.all(weights == 1) else dict(enumerate(weights.tolist()))
+        probe = fit_probe(*train, c=self.c, class_weight=class_weight)
+        weight, bias = probe_as_linear(probe, pl_module.hparams.num_classes)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+            logits = pl_module.head.eval()(val[0].to(linear.weight.device))
+        pl_module.head.train(pl_module.training)
+        metrics = pl_module.score(logits, val[1], "val")
+        self.probe_metrics = {"val/acc": metrics["val/acc"], "val/loss": metrics["val/loss"],
+                              SCORE: metrics["val/acc"] - metrics["val/loss"] / (10 * max(1, len(val[1])))}  # fmt: skip
+        log.info("recipe: the head starts from a converged linear probe (train acc %.3f, val acc %.3f, %.1f s) "
+                 "because fine-tuning from a half-trained head distorts the pretrained features (LP-FT)",
+                 probe.score(train[0].numpy(), train[1].numpy()), metrics["val/acc"],
+                 time.perf_counter() - started)  # fmt: skip
+        if self.keep_probe and (folder := _checkpoint_folder(trainer)) is not None:
+            self.probe_path = str(folder / "probe.ckpt")
+            trainer.save_checkpoint(self.probe_path)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        monitored = _monitored(trainer)
+        if not self.keep_probe or not self.probe_path or monitored is None or not Path(self.probe_path).is_file():
+            return
+        best = monitored.best_model_score
+        probe = self.probe_metrics[SCORE]
+        if best is not None and float(best) >= probe:
+            log.info("Fine-tuning beat the linear probe on validation (val/score %.4f vs %.4f).", float(best), probe)
+            return
+        self.kept = True
+        best_text = f"{float(best):.4f}" if best is not None else "none"
+        log.warning("recipe: kept the linear probe's model because no fine-tuned epoch beat it on validation "
+                    "(val/score %.4f vs the best epoch's %s)", probe, best_text)  # fmt: skip
+        if trainer.is_global_zero and monitored.best_model_path:
+            with atomic_path(Path(monitored.best_model_path)) as tmp:
+                shutil.copyfile(self.probe_path, tmp)
+        monitored.best_model_score = torch.tensor(probe)
+        monitored.best_model_path = monitored.best_model_path or self.probe_path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe_metrics": self.probe_metrics, "probe_path": self.probe_path}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.probe_metrics = dict(state_dict.get("probe_metrics", {}))
+        self.probe_path = state_dict.get("probe_path", "")
+
+
+def _monitored(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The ModelCheckpoint that selects on `val/score` (highest best), if any."""
+    found = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor == SCORE]
+    return found[0] if found else None
+
+
+def _checkpoint_folder(trainer: pl.Trainer) -> Path | None:
+    monitored = _monitored(trainer)
+    if monitored is None or monitored.dirpath is None:
+        return None
+    return Path(monitored.dirpath)

@@ -1,0 +1,67 @@
+"""The linear-probe start and floor: the head starts as the converged probe; a fine-tuning that never beats the probe
+on validation leaves the probe's model as the best checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_data, tiny_model, tiny_trainer, write_images
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from tl_lightning.finetuning.probe_floor import ProbeFloor
+from tl_lightning.finetuning.unfreezing import LayerFinetuning
+from tl_lightning.models.features import extract_features, fit_probe, probe_as_linear
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_probe_folds_into_one_linear_layer_with_the_same_probabilities(classes: int):
+    torch.manual_seed(0)
+    features = torch.randn(60, 8) * torch.linspace(0.1, 5, 8) + 3  # unstandardised on purpose
+    labels = torch.arange(60) % classes
+    features[:, 0] += labels * 2.0
+    probe = fit_probe(features, labels)
+    weight, bias = probe_as_linear(probe, classes)
+    ours = (features @ weight.T + bias).softmax(-1)
+    assert torch.allclose(ours, torch.as_tensor(probe.predict_proba(features.numpy())).float(), atol=1e-5)
+
+
+def _fit(folder: Path, out: Path, lr: float, epochs: int = 2):
+    torch.manual_seed(0)
+    model = tiny_model(lr=lr, lr_mult=1.0)
+    data = tiny_data(folder, model, batch_size=6)
+    best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/score", mode="max")
+    floor = ProbeFloor()
+    trainer = tiny_trainer(max_epochs=epochs, enable_checkpointing=True, num_sanity_val_steps=0,
+                           callbacks=[LayerFinetuning(milestones={1: "all"}), best, floor])  # fmt: skip
+    model.connect_data(data)
+    trainer.fit(model, data)
+    return model, data, best, floor
+
+
+def test_the_head_starts_as_the_probe_and_a_worse_fine_tuning_leaves_the_probe_as_best(split_folder: Path, tmp_path):
+    # An absurd LR wrecks every fine-tuned epoch, so no epoch can beat the probe on validation.
+    _, data, best, floor = _fit(split_folder, tmp_path / "ckpt", lr=50.0)
+    probe = torch.load(tmp_path / "ckpt" / "probe.ckpt", weights_only=True)["state_dict"]
+    kept = torch.load(best.best_model_path, weights_only=True)["state_dict"]
+    assert floor.kept and best.best_model_score == pytest.approx(floor.probe_metrics["val/score"])
+    assert all(torch.equal(probe[k], kept[k]) for k in probe)  # best.ckpt is now the probe's model, bit for bit
+
+    # The probe's head is the logistic regression of the frozen features; the model in probe.ckpt computes it.
+    fresh = tiny_model()
+    fresh.load_state_dict(probe)
+    features, labels = extract_features(fresh.backbone, data.eval_dataloader("train"))
+    expected = fit_probe(features, labels)
+    logits = fresh.head(features)
+    assert torch.equal(logits.argmax(-1), torch.as_tensor(expected.predict(features.numpy())))
+
+
+def test_the_run_never_ends_below_the_probe_on_validation(tmp_path: Path):
+    folder = tmp_path / "data"
+    write_images(folder / "train", per_class=12, seed=1)
+    write_images(folder / "val", per_class=6, seed=2)
+    _, _, best, floor = _fit(folder, tmp_path / "ckpt", lr=3e-3, epochs=6)
+    assert float(best.best_model_score) >= floor.probe_metrics["val/score"]
+    assert floor.kept == (float(best.best_model_score) == pytest.approx(floor.probe_metrics["val/score"]))
+    assert Path(best.best_model_path).name == "best.ckpt"

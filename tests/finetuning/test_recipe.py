@@ -1,0 +1,112 @@
+"""The recipe's automatic choices: what they choose, that they follow the data, and that a run logs and keeps them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_train, folder_overrides, write_images
+
+from tl_lightning.finetuning.recipe import (
+    automatic_choices,
+    choose_crops,
+    choose_lr_mult,
+    choose_resolution,
+    domain_shift,
+    short_sides,
+)
+
+CROPS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
+
+
+def test_resolution_upsamples_small_images_and_keeps_large_ones_native():
+    assert choose_resolution(8, native=224, stride=32).value == 64  # at least MIN_RESOLUTION
+    assert choose_resolution(48, native=224, stride=32).value == 96  # about 2x, a multiple of the stride
+    assert choose_resolution(150, native=224, stride=32).value == 224  # never above the weights' own
+    assert choose_resolution(500, native=380, stride=32).value == 380
+    assert "small" in choose_resolution(25, 224, 32).because
+
+
+def test_crops_are_mild_for_small_images_and_imagenet_strength_only_with_many_images():
+    small = {c.key: c.value for c in choose_crops(25, resolution=64, train_images=100, weights_crop_pct=0.875)}
+    assert small == {"model.crop_pct": 1.0, "data.train_transform.crop_scale": [0.75, 1.0]}
+    few = {c.key: c.value for c in choose_crops(500, resolution=224, train_images=800, weights_crop_pct=0.875)}
+    assert few == {"model.crop_pct": 0.875, "data.train_transform.crop_scale": [0.35, 1.0]}
+    many = {c.key: c.value for c in choose_crops(500, resolution=224, train_images=50_000, weights_crop_pct=0.9)}
+    assert many == {"model.crop_pct": 0.9, "data.train_transform.crop_scale": [0.08, 1.0]}
+
+
+def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Path):
+    small = write_images(tmp_path / "small", size=24)
+    large = write_images(tmp_path / "large", size=300)
+    files = {name: sorted(folder.rglob("*.png")) for name, folder in (("small", small), ("large", large))}
+    assert short_sides(files["small"]) == [24] * 18
+    chosen = {n: {c.key: c.value for c in automatic_choices(f, 224, 32, 0.875, CROPS)} for n, f in files.items()}
+    assert chosen["small"] == {"model.image_size": 64, "model.crop_pct": 1.0,
+                               "data.train_transform.crop_scale": [0.75, 1.0]}  # fmt: skip
+    assert chosen["large"] == {"model.image_size": 224, "model.crop_pct": 0.875,
+                               "data.train_transform.crop_scale": [0.35, 1.0]}  # fmt: skip
+    # A resolution the user gave is what the crops are judged against; only the keys left auto are filled.
+    only = automatic_choices(files["large"], 224, 32, 0.875, ["model.crop_pct"], image_size=512)
+    assert [(c.key, c.value) for c in only] == [("model.crop_pct", 1.0)]
+
+
+def test_domain_shift_grows_as_images_leave_the_batchnorm_statistics():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()
+    like_init = torch.randn(16, 3, 32, 32)  # random-init BN expects mean 0, variance 1 at the first layer
+    unlike = like_init * 0.05 + 2.0
+    near, far = domain_shift(model, like_init), domain_shift(model, unlike)
+    assert near is not None and far is not None and far > near + 0.5
+    assert not model.training and all(not m.training for m in model.modules())  # modes restored, no hook left
+    assert domain_shift(timm.create_model("test_vit", num_classes=0), torch.randn(2, 3, 160, 160)) is None
+
+
+def test_lr_mult_is_gentle_near_imagenet_and_bold_far_from_it():
+    assert choose_lr_mult(0.1, default=4.0).value == 100.0
+    assert choose_lr_mult(0.9, default=4.0).value == 4.0
+    middle = choose_lr_mult(0.5, default=4.0).value
+    assert 4.0 < middle < 100.0 and middle == pytest.approx(20.0, rel=0.01)  # log-linear: the geometric mean
+    assert choose_lr_mult(None, default=7.0).value == 7.0
+
+
+def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time(tmp_path: Path, caplog):
+    from omegaconf import OmegaConf
+
+    from tl_lightning.app.train import prepare
+
+    folder = write_images(tmp_path / "data", per_class=10, size=20)
+    configs = []
+    for attempt in range(2):
+        overrides = [o for o in folder_overrides(folder, tmp_path / f"out{attempt}") if "image_size" not in o]
+        cfg = compose_train(overrides)
+        assert cfg.model.image_size == "auto" and cfg.model.lr_mult == "auto"
+        with caplog.at_level(logging.INFO, logger="tl_lightning"):
+            job = prepare(cfg)
+        configs.append((tmp_path / f"out{attempt}" / "config.yaml").read_text())
+        written = OmegaConf.create(configs[-1])
+        assert written.model.image_size == 64 and written.model.crop_pct == 1.0
+        assert written.data.train_transform.crop_scale == [0.75, 1.0]
+        assert written.model.lr_mult == job.model.hparams.lr_mult != "auto"
+        assert job.model.data_config["input_size"][-1] == 64
+    assert configs[0].replace("out0", "out1") == configs[1]  # deterministic for a given folder
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe: ")]
+    for key in (*CROPS, "model.lr_mult"):
+        assert any(line.startswith(f"recipe: {key}=") and " because " in line for line in logged), key
+        assert f"# recipe: {key}=" in configs[0]
+
+
+def test_explicit_values_win_over_the_recipe(tmp_path: Path):
+    from tl_lightning.app.train import prepare
+
+    folder = write_images(tmp_path / "data", per_class=10, size=20)
+    overrides = [*folder_overrides(folder, tmp_path / "out"), "model.crop_pct=0.9", "model.lr_mult=7",
+                 "data.train_transform.crop_scale=[0.5,1.0]"]  # fmt: skip
+    job = prepare(compose_train(overrides))
+    assert job.model.data_config["input_size"][-1] == 32 and job.model.data_config["crop_pct"] == 0.9
+    assert job.model.hparams.lr_mult == 7
+    assert "# recipe:" not in (tmp_path / "out" / "config.yaml").read_text()
