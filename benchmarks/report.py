@@ -143,6 +143,33 @@ def audit(r: dict) -> list[str]:
     ]
 
 
+def peers(r: dict) -> list[str]:
+    tools = ["ours", "fastai", "lightning-docs", "probe", "svm"]
+    seeds = ", ".join(map(str, r["seeds"]))
+    lines = [
+        "## Ours with no flags vs the peers, on small real datasets",
+        "",
+        f"`python benchmarks/peers.py --seeds {seeds.replace(',', '')}` on {r['machine']}: each tool with its own "
+        f"defaults, the same offline EfficientNet-Lite0 weights, folders, {r['epochs']} epochs and input resolution "
+        "(the one our recipe picks); test accuracy, mean ± std over seeds "
+        f"({seeds}), and the mean fit time. Bold: the best mean. The datasets (`benchmarks/suite.py`, built from "
+        "what scikit-learn, scikit-image and matplotlib ship) and their train / val / test images:",
+        "",
+    ]
+    lines += [f"- **{name}**: {about} ({r['images'][name]['train']} / {r['images'][name]['val']} / "
+              f"{r['images'][name]['test']})" for name, about in r["datasets"].items()]  # fmt: skip
+    lines += ["", "| data | " + " | ".join(tools) + " |", "|" + "---|" * (len(tools) + 1)]
+    for name, row in r["table"].items():
+        best = max(v["mean"] for v in row.values())
+        cells = []
+        for tool in tools:
+            v = row.get(tool)
+            text = "-" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f} ({v['seconds']:.0f} s)"
+            cells.append(f"**{text}**" if v is not None and v["mean"] == best else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     sections = [
         "# Benchmarks",
@@ -151,7 +178,7 @@ def main() -> None:
         "that measured it and the machine it ran on are given with it. Ratios are measured side by side in one run. "
         "The finetuning strategies' accuracies are in `benchmarks/results/strategies.md`.",
     ]
-    for name, render in (("overhead", overhead), ("feature_cache", feature_cache),
+    for name, render in (("peers", peers), ("overhead", overhead), ("feature_cache", feature_cache),
                          ("time_to_accuracy", time_to_accuracy), ("dataloader", dataloader),
                          ("audit", audit)):  # fmt: skip
         if (result := load(name)) is not None:
