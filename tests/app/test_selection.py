@@ -40,3 +40,16 @@ def test_ties_on_a_tiny_validation_set_do_not_keep_a_frozen_phase_checkpoint(tmp
     chosen = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["epoch"]
     assert chosen >= 3, f"kept epoch {chosen} of a tie {accuracy}"
     assert "The validation split has 6 images" in caplog.text
+
+
+def test_a_run_whose_fine_tuning_never_beats_the_probe_keeps_the_probe_and_says_so(flat_folder: Path, tmp_path):
+    from conftest import folder_overrides
+
+    out = tmp_path / "run"
+    metrics = run(compose_train([*folder_overrides(flat_folder, out), "model.lr=50"]))  # every epoch wrecked
+    assert metrics["selected"] == "linear probe" and metrics["checkpoint"] == str(out / "checkpoints" / "best.ckpt")
+    probe = torch.load(out / "checkpoints" / "probe.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(probe[k], best[k]) for k in probe if k != "temperature")
+    assert metrics["test/acc"] >= 0.5  # the probe's model, not the wrecked one, was tested
+    assert "the linear probe's model" in (out / "report.md").read_text()

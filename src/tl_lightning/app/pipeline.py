@@ -73,7 +73,9 @@ def train_and_evaluate(
     metrics["calibration/temperature"] = calibrate(model, datamodule, best, trainer.is_global_zero)
     if datamodule.has_test:
         if trainer.is_global_zero:
-            metrics |= evaluate_test(model, datamodule, trainer, out, best)
+            kept = " (the linear probe's model: no fine-tuned epoch beat it on validation)"
+            described = best + (kept if metrics.get("selected") == "linear probe" else "")
+            metrics |= evaluate_test(model, datamodule, trainer, out, best, described)
     else:
         log.warning("No test split: metrics.json holds the best checkpoint's validation metrics instead.")
         metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0]
@@ -106,14 +108,20 @@ def calibrate(model: TransferClassifier, datamodule: ImageFolderDataModule, best
 
 
 def evaluate_test(
-    model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, out: Path, best: str
+    model: TransferClassifier,
+    datamodule: ImageFolderDataModule,
+    trainer: pl.Trainer,
+    out: Path,
+    best: str,
+    described: str = "",
 ) -> dict[str, Any]:
-    """One pass over the whole test split: the module's test metrics and the report, both from the same logits."""
+    """One pass over the whole test split: the module's test metrics and the report, both from the same logits.
+    `described` is the checkpoint as the report names it (default: its path)."""
     logits, targets = collect_logits(model, datamodule.eval_dataloader("test"))
     metrics = model.score(logits, targets, "test")
     files = [path for path, _ in datamodule.samples("test")]
     channels = int(model.data_config["input_size"][0])
     scalars = write_report(out, logits, targets, model.class_names, files, float(model.temperature), channels,
-                           checkpoint=best)  # fmt: skip
+                           checkpoint=described or best)  # fmt: skip
     log_report(trainer.loggers, metrics | scalars, out, trainer.global_step)
     return metrics | scalars
