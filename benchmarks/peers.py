@@ -15,7 +15,8 @@ its own defaults for everything else:
 - **svm**: scikit-learn's `SVC()` (RBF) on the raw pixels, scaled to [0, 1].
 
 Each (dataset, tool, seed) is one row of `benchmarks/results/peers_runs.json`, saved as it finishes: a stopped
-run goes on where it was. `peers.json` and `peers.md` hold the table, mean ± std over seeds with the fit time.
+run goes on where it was. `peers.json` holds the table, mean ± std over seeds with the fit time; `report.py` puts it
+in BENCHMARKS.md.
 
     pip install -e ".[peers]"
     python benchmarks/peers.py [--datasets digits photos ...] [--tools ours fastai ...] [--seeds 1 2 3]
@@ -39,6 +40,7 @@ import torch
 import yaml
 from _results import RESULTS, machine, save_json
 from PIL import Image
+from report import peers as render_peers
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -190,10 +192,9 @@ RUNNERS: dict[str, Callable[..., dict]] = {
 }  # fmt: skip
 
 
-def summarise(runs: dict, datasets: list[str], tools: list[str]) -> tuple[dict, str]:
+def summarise(runs: dict, datasets: list[str], tools: list[str]) -> dict:
+    """`{dataset: {tool: mean, std, seeds, seconds}}` over the finished seeds."""
     table: dict = {}
-    header = "| data | " + " | ".join(tools) + " |"
-    lines = [header, "|" + "---|" * (len(tools) + 1)]
     for name in datasets:
         row = table.setdefault(name, {})
         for tool in tools:
@@ -202,14 +203,7 @@ def summarise(runs: dict, datasets: list[str], tools: list[str]) -> tuple[dict, 
                 accs = [r["acc"] for r in done]
                 row[tool] = {"mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": len(accs),
                              "seconds": statistics.mean(r["seconds"] for r in done)}  # fmt: skip
-        best = max((v["mean"] for v in row.values()), default=None)
-        cells = []
-        for tool in tools:
-            v = row.get(tool)
-            text = "-" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f} ({v['seconds']:.0f} s)"
-            cells.append(f"**{text}**" if v is not None and v["mean"] == best else text)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return table, "\n".join(lines)
+    return table
 
 
 def main() -> None:
@@ -242,13 +236,12 @@ def main() -> None:
                     runs[key] = RUNNERS[tool](folder, seed, args.epochs, work, size) | {"size": size}
                     print(f"{key:<32} acc {runs[key]['acc']:.4f}  {runs[key]['seconds']:>6.1f} s", flush=True)
                     save_json("peers_runs", runs, args.out)
-    table, markdown = summarise(runs, args.datasets, args.tools)
     about = {name: SUITE[name][0] for name in args.datasets}
     sizes = {name: counts(args.data_root / name) for name in args.datasets}
-    save_json("peers", {"machine": machine(), "epochs": args.epochs, "seeds": args.seeds, "datasets": about,
-                        "images": sizes, "table": table}, args.out)  # fmt: skip
-    (args.out / "peers.md").write_text(markdown + "\n")
-    print(markdown)
+    result = {"machine": machine(), "epochs": args.epochs, "seeds": args.seeds, "datasets": about, "images": sizes,
+              "table": summarise(runs, args.datasets, args.tools)}  # fmt: skip
+    save_json("peers", result, args.out)
+    print("\n".join(render_peers(result)))  # the section report.py writes into BENCHMARKS.md
 
 
 if __name__ == "__main__":
