@@ -21,8 +21,6 @@ from tl_lightning.models.module import TransferClassifier
 log = logging.getLogger(__name__)
 
 AUTO_KEYS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
-# What the model is built with while an `auto` lr_mult waits for the model's backbone to measure the shift.
-PLACEHOLDERS = {"lr_mult": BOLD_LR_MULT}
 
 
 def resolve_recipe(cfg: DictConfig, datamodule: ImageFolderDataModule) -> list[Choice]:
@@ -43,8 +41,8 @@ def resolve_recipe(cfg: DictConfig, datamodule: ImageFolderDataModule) -> list[C
 
 
 def model_placeholders(cfg: DictConfig) -> dict[str, float]:
-    """Constructor values for the model options left `auto` that need the built model to be chosen."""
-    return {key: value for key, value in PLACEHOLDERS.items() if cfg.model.get(key) == AUTO}
+    """What the model is built with while an `auto` lr_mult waits for the built backbone to measure the shift."""
+    return {"lr_mult": BOLD_LR_MULT} if cfg.model.get("lr_mult") == AUTO else {}
 
 
 def resolve_model_recipe(cfg: DictConfig, model: TransferClassifier, datamodule: ImageFolderDataModule) -> list[Choice]:
