@@ -8,6 +8,9 @@ Examples:
     python train.py task=probe                              # linear probe of the frozen features
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -20,4 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    train.check_command_line(Path(__file__).parent / "conf", sys.argv[1:])  # --cfg job and sweeps fail fast too
     main()

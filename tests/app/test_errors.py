@@ -79,6 +79,12 @@ TRAIN_CASES = {
         lambda f, o: [*folder(f["data"], o), "paths.output_dir=/proc/tl_out"],
         "paths.output_dir='/proc/tl_out' is not writable",
     ),
+    # checked before Hydra starts a job: --cfg job runs none, and a sweep fails before its first job trains
+    "printed config": (lambda f, o: [*folder(f["data"], o), "model.lr=-1", "--cfg", "job"], "model.lr=-1 must be"),
+    "one bad job of a sweep": (
+        lambda f, o: [*folder(f["data"], o), f"hydra.sweep.dir={o}", "model.lr=1e-3,-1", "-m"],
+        "In the sweep's job model.lr=-1: model.lr=-1 must be a positive",
+    ),
 }
 TOOL_CASES = {
     "predict truncated": (lambda f, o: ["predict", str(f["truncated"]), str(f["data"])], "Checkpoint '"),

@@ -18,9 +18,9 @@ KILLS = {"in the frozen phase": (1, 0), "at the unfreeze": (2, 0), "mid-epoch af
 CACHED = ["callbacks=[default,feature_cache]", "augment=none"]
 
 
-def train(data: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "train.py", "data=folder", f"data.root={data}", "backbone=test_resnet",
-               "model.image_size=32", "data.batch_size=8", *FAST, "trainer.max_epochs=4",
+def train(data: Path, run: Path, *extra: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, "train.py", *(["-m"] if multirun else []), "data=folder", f"data.root={data}",
+               "backbone=test_resnet", "model.image_size=32", "data.batch_size=8", *FAST, "trainer.max_epochs=4",
                "callbacks.finetuning.unfreeze_epoch=2", f"hydra.run.dir={run}", *extra]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -78,13 +78,36 @@ def test_sigterm_saves_where_training_is_and_a_restart_in_the_same_folder_goes_o
     run = tmp_path / "run"
     stopped = train(data, run, "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.epoch=2",
                     "+callbacks.kill.batch=1", "+callbacks.kill.signal=SIGTERM")  # fmt: skip
-    assert not (run / "metrics.json").exists(), stopped.stderr[-3000:]
+    assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM: a stopped job, not a finished one
+    assert not (run / "metrics.json").exists()
+    assert "Stopped by SIGTERM after step 6" in stopped.stderr + stopped.stdout
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 2 steps per epoch: the epoch-end last.ckpt of epoch 1 is at step 4; Lightning acts on SIGTERM after the step
     # under way, so the save is at step 6, inside epoch 2, work an epoch-end checkpoint would have lost
     assert saved["epoch"] == 2 and saved["global_step"] == 6
     again = train(data, run)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "Resuming the interrupted run" in again.stderr + again.stdout
+    assert "(epoch 2, step 6)" in again.stderr + again.stdout
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["epoch"] == 3 and (run / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_submitit_requeue_signal_saves_after_the_step_then_requeues_and_the_job_finishes(straight, tmp_path: Path):
+    """`launcher=slurm`'s path, on submitit's local executor (the same handler, requeueing by restarting the job):
+    SIGUSR2 mid-epoch stops training after the step under way, last.ckpt is saved there, and only then does submitit
+    requeue; the requeued job resumes from that step in the same folder and finishes."""
+    data, _ = straight
+    sweep = tmp_path / "sweep"
+    done = train(data, tmp_path / "unused", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
+                 "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.epoch=2", "+callbacks.kill.batch=1",
+                 "+callbacks.kill.signal=SIGUSR2", f"+callbacks.kill.once={tmp_path / 'signalled'}",
+                 multirun=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (sweep / "0" / "train.log").read_text()
+    deferred, requeued = log.index("Received SIGUSR2: stopping after the step"), log.index("Requeued job")
+    resumed = log.index("Resuming the interrupted run")
+    assert deferred < requeued < resumed
+    assert "(epoch 2, step 6)" in log[resumed:]  # the step the signal interrupted, saved before the requeue
+    final = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["epoch"] == 3 and (sweep / "0" / "metrics.json").is_file()

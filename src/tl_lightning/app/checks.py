@@ -1,6 +1,9 @@
 """Checks on a run's config before any work starts (no weights loaded, no image decoded), each failing with one
 sentence that names the setting, says why and what to give instead.
 
+`check_jobs` runs them on every job a command line would start, before Hydra starts any: `--cfg job` (which runs no
+job) and a multirun then fail at once too, not after the first jobs of a sweep have trained.
+
 Written by hand rather than as a Hydra structured-config schema: a schema rejects `model.lr=abc` with a type error
 about a dataclass field, not with what to do; and ranges (a positive LR, an image no smaller than the backbone's
 stride) are beyond what OmegaConf's types express.
@@ -13,18 +16,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from tl_lightning.models.backbones import backbone_geometry, check_backbone_name
 from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
-from tl_lightning.utils import BadValue
+from tl_lightning.utils import BadValue, UserError
 
 TASKS = ("train", "lr_find", "probe")
 AUTO = "auto"  # a config value the recipe fills from the data (`app.recipe`)
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Every setting that can be judged from the config alone; see the module docstring."""
+def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
+    """Every setting that can be judged from the config alone; see the module docstring. `output_dir=False` where
+    Hydra has not made the job's folder yet (`check_jobs`)."""
     check_task(cfg.get("task"))
     model = cfg.model
     check_positive_number("model.lr", model.get("lr"))
@@ -38,7 +46,8 @@ def check_config(cfg: DictConfig) -> None:
     if model.get("image_size") not in (None, AUTO):
         check_positive_int("model.image_size", model.image_size)
         check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})
-    check_writable("paths.output_dir", Path(cfg.paths.output_dir))
+    if output_dir:
+        check_writable("paths.output_dir", Path(cfg.paths.output_dir))
     if str(cfg.get("optimized_metric") or "").startswith("test/"):
         raise BadValue(
             f"optimized_metric={cfg.optimized_metric} would tune on the test split, whose score must stay an unbiased "
@@ -46,6 +55,39 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.get("ckpt_path"):
         check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
+
+
+def check_jobs(config_dir: Path, argv: list[str]) -> None:
+    """`check_config` on each job of `argv` (Hydra's command line) when it prints configs (`--cfg`) or sweeps (`-m`),
+    composed as Hydra will compose them; a failure names the job's overrides. A run of one job checks itself.
+
+    Uses Hydra's own argument parser and basic sweeper's expansion (internal modules, stable across Hydra 1.x): with
+    another sweeper (Optuna) the values are drawn while sweeping, so only the fixed overrides are checked.
+    """
+    args, _ = get_args_parser().parse_known_args(argv)
+    if not (args.cfg in ("job", "all") or args.multirun) or args.help or args.hydra_help or args.info:
+        return
+    config_dir = Path(args.config_dir or args.config_path or config_dir).resolve()
+    name = args.config_name or "train"
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+            base = compose(name, overrides=fixed, return_hydra_config=True)
+            jobs = [fixed]
+            if args.multirun and base.hydra.sweeper._target_.endswith("BasicSweeper"):
+                jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+            for job in jobs:
+                try:
+                    check_config(compose(name, overrides=job, return_hydra_config=True), output_dir=False)
+                except UserError as err:
+                    values = " ".join(item for item in job if item.split("=", 1)[0] in swept)
+                    raise type(err)(f"In the sweep's job {values}: {err}" if len(jobs) > 1 else str(err)) from None
+    except UserError:
+        raise
+    except Exception:  # a malformed override or config: Hydra reports it in its own words when it runs
+        return
 
 
 def check_task(task: Any) -> None:
@@ -111,7 +153,9 @@ def check_writable(name: str, folder: Path) -> None:
         ) from None
 
 
-def check_resume(ckpt_path: str, class_names: list[str]) -> None:
-    """The checkpoint to resume exists, loads, is ours, and was trained on these classes."""
+def check_resume(ckpt_path: str, class_names: list[str]) -> str:
+    """The checkpoint to resume exists, loads, is ours, and was trained on these classes; returns where it is
+    ("epoch 2, step 6") for the log."""
     saved = read_checkpoint(ckpt_path, "ckpt_path")
     check_same_classes(saved["hyper_parameters"].get("class_names", class_names), class_names)
+    return f"epoch {saved.get('epoch', '?')}, step {saved.get('global_step', '?')}"

@@ -8,6 +8,7 @@ Under DDP every rank calls it (Lightning relaunches the script into the same run
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tl_lightning.app import hardware
 from tl_lightning.data.datamodule import ImageFolderDataModule
@@ -26,6 +28,7 @@ from tl_lightning.evaluation.calibration import (
 )
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
+from tl_lightning.finetuning.resume import Preemption
 from tl_lightning.models.module import TransferClassifier
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,10 @@ def train_and_evaluate(
     used = hardware.describe(trainer, datamodule)
     log.info(hardware.one_line(used))
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        stopped(trainer, out)
     fit_seconds = time.perf_counter() - started
 
     monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
@@ -84,6 +90,18 @@ def train_and_evaluate(
         write_metrics(out / "metrics.json", metrics)
         log.info("Run folder: %s\n%s", out, summary_table(metrics))
     return metrics
+
+
+def stopped(trainer: pl.Trainer, out: Path) -> None:
+    """After a SIGTERM (a scheduler's stop or preemption): `last.ckpt` is saved; hand over to the scheduler's requeue
+    if one waits, else exit 143 (128 + SIGTERM, what a killed job reports, never the 0 of a finished run)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, Preemption):
+            callback.hand_over()  # submitit: requeue this job and exit
+    last = out / "checkpoints" / "last.ckpt"
+    log.warning("Stopped by SIGTERM after step %d; %s holds that step. Run the same command again (same output "
+                "folder) to resume, or pass ckpt_path=%s.", trainer.global_step, last, last)  # fmt: skip
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def probe_floor_metrics(trainer: pl.Trainer) -> dict[str, Any]:

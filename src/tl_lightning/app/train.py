@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl_lightning.app import hardware
 from tl_lightning.app._common import user_errors
-from tl_lightning.app.checks import check_config, check_resume, check_task
+from tl_lightning.app.checks import check_config, check_jobs, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
 from tl_lightning.app.recipe import model_placeholders, resolve_model_recipe, resolve_recipe
 from tl_lightning.data.datamodule import ImageFolderDataModule
@@ -104,8 +104,8 @@ def resume_from(cfg: DictConfig, job: Job) -> str | None:
         return cfg.ckpt_path
     last = job.out / "checkpoints" / "last.ckpt"
     if last.is_file() and not (job.out / "metrics.json").exists():
-        check_resume(str(last), job.datamodule.class_names)
-        log.info("Resuming the interrupted run in %s from %s", job.out, last)
+        where = check_resume(str(last), job.datamodule.class_names)
+        log.info("Resuming the interrupted run in %s from %s (%s)", job.out, last, where)
         return str(last)
     return None
 
@@ -171,6 +171,12 @@ def _task(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
+def check_command_line(conf: Path, argv: list[str]) -> None:
+    """Every job the command line would start, checked before Hydra starts one (`checks.check_jobs`)."""
+    with user_errors():
+        check_jobs(conf, argv)
+
+
 def config_dir() -> Path:
     """The Hydra config folder: `$TL_LIGHTNING_CONF`, else `./conf`, else the `conf/` of the source checkout."""
     candidates = [Path(os.environ[CONF_ENV])] if os.environ.get(CONF_ENV) else []
@@ -187,6 +193,7 @@ def run_hydra(overrides: list[str]) -> None:
     # Lightning's DDP launcher starts the other ranks by re-running sys.argv[0] with Hydra's overrides: point it
     # at this file, which runs the same entry as a script.
     sys.argv = [__file__, *overrides]
+    check_command_line(config_dir(), overrides)
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(main)()
 
 

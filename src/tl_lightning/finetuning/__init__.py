@@ -10,7 +10,7 @@ from tl_lightning.finetuning.ema import EMAEvaluation
 from tl_lightning.finetuning.feature_cache import FrozenFeatureCache
 from tl_lightning.finetuning.lr_finder import RangeTest, lr_range_test
 from tl_lightning.finetuning.probe_floor import ProbeFloor
-from tl_lightning.finetuning.resume import ResumeRNG
+from tl_lightning.finetuning.resume import Preemption, ResumeRNG
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
 from tl_lightning.finetuning.unfreezing import LayerFinetuning, gradual, lp_ft, top_k
 
@@ -19,6 +19,7 @@ __all__ = [
     "FrozenFeatureCache",
     "LayerFinetuning",
     "PhaseAwareEarlyStopping",
+    "Preemption",
     "ProbeFloor",
     "RangeTest",
     "ResumeRNG",
