@@ -11,7 +11,7 @@ from conftest import ROOT, compose_train, folder_overrides, tiny_data, tiny_trai
 
 from tl_lightning.app import hardware
 from tl_lightning.app.train import run
-from tl_lightning.data.datamodule import MAX_AUTO_WORKERS, auto_num_workers
+from tl_lightning.data.distributed import MAX_AUTO_WORKERS, auto_num_workers
 
 
 def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch):

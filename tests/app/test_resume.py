@@ -43,6 +43,14 @@ def straight_cached(straight, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def assert_same_result(reference: Path, run: Path) -> None:
+    expected, got = (json.loads((r / "metrics.json").read_text()) for r in (reference, run))
+    for key in ("test/acc", "test/loss", "val/acc_best", "calibration/temperature"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    expected_weights, got_weights = final_weights(reference), final_weights(run)
+    assert [k for k in expected_weights if not torch.allclose(expected_weights[k], got_weights[k], atol=1e-6)] == []
+
+
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     """The weights after the last epoch: they depend on every epoch, the resumed ones included."""
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
@@ -63,11 +71,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, r
     assert not (run / "metrics.json").exists()
     resumed = train(data, run, *extra, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected, got = (json.loads((r / "metrics.json").read_text()) for r in (reference, run))
-    for key in ("test/acc", "test/loss", "val/acc_best", "calibration/temperature"):
-        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
-    expected_weights, got_weights = final_weights(reference), final_weights(run)
-    assert [k for k in expected_weights if not torch.allclose(expected_weights[k], got_weights[k], atol=1e-6)] == []
+    assert_same_result(reference, run)
 
 
 @pytest.mark.slow
@@ -90,6 +94,23 @@ def test_sigterm_saves_where_training_is_and_a_restart_in_the_same_folder_goes_o
     assert "(epoch 2, step 6)" in again.stderr + again.stdout
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["epoch"] == 3 and (run / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("epoch", [1, 2])  # in the frozen phase; in the first epoch after the unfreeze
+def test_a_run_stopped_mid_epoch_resumes_on_the_next_sample_to_the_uninterrupted_result(straight, epoch, tmp_path):
+    """SIGTERM after the first of an epoch's two steps: the checkpoint is mid-epoch, and the resumed run trains the
+    epoch's second batch (same images, same augmentations), not a fresh shuffle, and ends where the straight run did."""
+    data, reference = straight
+    run = tmp_path / "run"
+    stopped = train(data, run, "+callbacks.kill._target_=kill_at.KillAt", f"+callbacks.kill.epoch={epoch}",
+                    "+callbacks.kill.batch=0", "+callbacks.kill.signal=SIGTERM")  # fmt: skip
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2 * epoch + 1  # inside the epoch
+    resumed = train(data, run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_result(reference, run)
 
 
 @pytest.mark.slow

@@ -147,8 +147,12 @@ def test_balanced_sampling_draws_every_class_equally_often(tmp_path: Path):
     write_images(tmp_path / "train", classes=("rare",), per_class=4, seed=1)
     write_images(tmp_path / "val", classes=("common", "rare"), per_class=1, seed=2)
     dm = ImageFolderDataModule(tmp_path, balanced_sampling=True, num_workers=0, data_config=DATA_CONFIG)
-    torch.manual_seed(0)
-    labels = torch.cat([y for _ in range(10) for _, y in dm.train_dataloader()])
+    loader = dm.train_dataloader()
+    labels = []
+    for epoch in range(10):  # each epoch its own draws, as Lightning sets the sampler's epoch
+        loader.sampler.set_epoch(epoch)
+        labels += [y for _, y in loader]
+    labels = torch.cat(labels)
     share = labels.float().mean().item()  # fraction of "rare" (label 1) draws
     assert 0.45 < share < 0.55  # without the sampler it would be 4/44 = 0.09
     assert len(dm.train_dataloader().dataset) == 44

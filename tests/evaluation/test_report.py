@@ -27,6 +27,7 @@ from tl_lightning.evaluation.calibration import (
     store_temperature,
 )
 from tl_lightning.evaluation.report import log_report, write_report
+from tl_lightning.models.heads import scaled_softmax
 from tl_lightning.models.module import TransferClassifier
 
 
@@ -167,8 +168,14 @@ def test_digits_run_writes_a_report_from_the_calibrated_best_checkpoint(digits_r
     assert [float(table[c][1]) for c in model.class_names] == pytest.approx(recall.tolist(), abs=1e-4)
     ece = MulticlassCalibrationError(10, n_bins=15)
     assert metrics["test/ece"] == pytest.approx(float(ece(logits.softmax(-1), targets)), abs=1e-5)
-    assert metrics["test/ece_calibrated"] <= metrics["test/ece"] + 1e-6
+    calibrated = MulticlassCalibrationError(10, n_bins=15)(scaled_softmax(logits, temperature), targets)
+    assert metrics["test/ece_calibrated"] == pytest.approx(float(calibrated), abs=1e-5)
     assert np.isfinite(temperature) and temperature > 0
+    # what the fit guarantees (test ECE need not fall): the validation NLL at T is no worse than at T = 1
+    dm.setup("fit")
+    val_logits, val_targets = collect_logits(model, dm.eval_dataloader("val"))
+    nll = {t: float(torch.nn.functional.cross_entropy(val_logits / t, val_targets)) for t in (1.0, temperature)}
+    assert nll[temperature] <= nll[1.0] + 1e-6
 
 
 def test_a_degenerate_temperature_is_not_used(caplog: pytest.LogCaptureFixture):

@@ -27,9 +27,9 @@ def test_global_batch_is_split_per_device_or_refused(split_folder: Path):
     dm = tiny_data(split_folder, batch_size=6, data_config={"input_size": (3, 32, 32), "mean": (0.5,) * 3,
                                                              "std": (0.5,) * 3, "crop_pct": 1.0})  # fmt: skip
     cpu = SimpleNamespace(root_device=torch.device("cpu"))
-    dm.trainer = SimpleNamespace(world_size=2, global_rank=1, lightning_module=None, strategy=cpu)
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1, lightning_module=None, strategy=cpu, current_epoch=0)
     dm.setup("fit")
-    assert dm.train_dataloader().batch_size == 3
+    assert dm.train_dataloader().batch_size == 3 and dm.train_dataloader().sampler.num_replicas == 2
     assert len(dm.val_dataloader().sampler) == 4  # 9 validation images: rank 1 of 2 gets 4, rank 0 gets 5
     whole = dm.eval_dataloader("val")  # calibration and reports see every image on every rank
     assert len(whole.dataset) == 9 and isinstance(whole.sampler, torch.utils.data.SequentialSampler)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_data, tiny_model, tiny_trainer
 
-from tl_lightning.data.datamodule import auto_num_workers
+from tl_lightning.data.distributed import auto_num_workers
 from tl_lightning.data.transforms import eval_transform
 from tl_lightning.finetuning.feature_cache import FrozenFeatureCache
 from tl_lightning.finetuning.unfreezing import LayerFinetuning

@@ -5,10 +5,10 @@ Nothing here knows about models: the preprocessing a model wants arrives as a `D
 """
 
 from tl_lightning.data.audit import AuditReport, check_files
-from tl_lightning.data.datamodule import ImageDataset, ImageFolderDataModule
+from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.digits import DigitsDataModule
 from tl_lightning.data.drift import InputStatistics
-from tl_lightning.data.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image, load_rgb
+from tl_lightning.data.images import IMAGE_EXTENSIONS, ImageDataset, ImageDecodeError, load_image, load_rgb
 from tl_lightning.data.transforms import DataConfig, eval_transform, train_transform
 
 __all__ = [

@@ -9,19 +9,21 @@ the others (timm #957): it is an error instead.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from tl_lightning.data.audit import AuditReport, FileCheck, build_report, check_files
-from tl_lightning.data.distributed import eval_sampler, per_device_batch_size, world
+from tl_lightning.data.distributed import auto_num_workers, eval_sampler, per_device_batch_size, world
 from tl_lightning.data.download import Archive, fetch_archive
 from tl_lightning.data.drift import InputStatistics
-from tl_lightning.data.images import load_image
+from tl_lightning.data.images import ImageDataset
+from tl_lightning.data.sampling import EpochSampler
 from tl_lightning.data.splits import (
     check_no_empty_class,
     check_same_class_folders,
@@ -29,50 +31,12 @@ from tl_lightning.data.splits import (
     stratified_split,
 )
 from tl_lightning.data.transforms import DataConfig, eval_transform, train_transform
-from tl_lightning.utils import BadValue, NotFound, usable_cpus, write_csv
+from tl_lightning.utils import BadValue, NotFound, write_csv
 
 log = logging.getLogger(__name__)
 
 Samples = list[tuple[Path, int]]
 SPLITS = ("train", "val", "test")
-
-
-# Past this many loader processes per device, more only cost memory and start-up time for image folders.
-MAX_AUTO_WORKERS = 8
-
-
-def auto_num_workers(devices: int, cpus: int | None = None) -> int:
-    """Loader worker processes per device: the usable CPUs shared between `devices`, one left for the process that
-    trains, at most `MAX_AUTO_WORKERS`.
-
-    >>> auto_num_workers(devices=1, cpus=16), auto_num_workers(devices=4, cpus=16), auto_num_workers(1, cpus=1)
-    (8, 3, 0)
-    """
-    per_device = (cpus if cpus is not None else usable_cpus()) // max(1, devices)
-    return max(0, min(MAX_AUTO_WORKERS, per_device - 1))
-
-
-class ImageDataset(Dataset):
-    """(path, label) pairs decoded with `load_rgb` and passed through an albumentations transform.
-
-    Albumentations keeps its own random state, which `seed_everything` does not reach, so runs with the same
-    seed augmented differently. Each sample reseeds the transform from torch's RNG, which Lightning seeds in
-    the main process and PyTorch seeds per DataLoader worker, so the seed makes augmentation reproducible.
-    """
-
-    def __init__(self, samples: Samples, transform: Callable[..., dict[str, Any]], channels: int = 3) -> None:
-        self.samples = samples
-        self.transform = transform
-        self.channels = channels
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
-        return self.transform(image=load_image(path, self.channels))["image"], label
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -135,6 +99,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser() if root is not None else self.archive.target(cache_dir)
         self.batch_size = batch_size
         self.batch_size_per_device = batch_size
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples consumed) of a mid-epoch checkpoint
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
@@ -291,15 +256,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
         split without repeats (`distributed.eval_sampler`) unless `distributed=False` asks for the whole split.
         """
         if train:
-            sampler = self._balanced_sampler(_labels(dataset)) if self.balanced_sampling else None
+            sampler = self._train_sampler(dataset, distributed)
         else:
             sampler = eval_sampler(dataset, *world(self.trainer)) if distributed else None
         in_memory = not isinstance(dataset, ImageDataset)  # worker processes would only add start-up time
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,
-            shuffle=train and sampler is None,
             sampler=sampler,
+            generator=torch.Generator(),  # workers' base seed: not a draw from training's RNG (a resume restores it)
             drop_last=train and len(dataset) > self.batch_size_per_device,
             num_workers=0 if in_memory else self.loader_workers,
             pin_memory=self.pin_batches,
@@ -307,10 +272,30 @@ class ImageFolderDataModule(pl.LightningDataModule):
             collate_fn=collate_fn,
         )
 
-    def _balanced_sampler(self, labels: list[int]) -> WeightedRandomSampler:
+    def _train_sampler(self, dataset: Dataset, distributed: bool) -> EpochSampler:
+        """The training order: its seed from the run's (`seed_everything`, on every rank), its epoch the trainer's,
+        and once after a mid-epoch resume, where the stopped run was (`load_state_dict`)."""
+        size, rank = world(self.trainer) if distributed else (1, 0)
         counts = self.class_counts()
-        weights = [1.0 / counts[label] for label in labels]
-        return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True)
+        weights = [1.0 / counts[label] for label in _labels(dataset)] if self.balanced_sampling else None
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # what Lightning's own DistributedSampler uses
+        start_at, self._resume_at = self._resume_at, None
+        sampler = EpochSampler(dataset, seed, size, rank, weights, isinstance(dataset, ImageDataset), start_at)
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in its epoch (`(epoch, samples this rank consumed)`), so a checkpoint saved mid-epoch
+        resumes on the next sample; Lightning stores this in every checkpoint."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"position": [trainer.current_epoch, done * self.batch_size_per_device]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if position := state_dict.get("position"):
+            self._resume_at = (int(position[0]), int(position[1]))
 
     def train_dataloader(self) -> DataLoader:
         override = self._overridden("train")

@@ -1,11 +1,12 @@
-"""Data across devices: the global batch split per device, and evaluation that counts each sample once."""
+"""Data across devices: the global batch split per device, loader workers per device, and evaluation that counts each
+sample once."""
 
 from __future__ import annotations
 
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset
 
-from tl_lightning.utils import BadValue
+from tl_lightning.utils import BadValue, usable_cpus
 
 
 def per_device_batch_size(batch_size: int, world_size: int) -> int:
@@ -40,3 +41,18 @@ def world(trainer: object | None) -> tuple[int, int]:
     if trainer is None:
         return 1, 0
     return int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
+
+
+# Past this many loader processes per device, more only cost memory and start-up time for image folders.
+MAX_AUTO_WORKERS = 8
+
+
+def auto_num_workers(devices: int, cpus: int | None = None) -> int:
+    """Loader worker processes per device: the usable CPUs shared between `devices`, one left for the process that
+    trains, at most `MAX_AUTO_WORKERS`.
+
+    >>> auto_num_workers(devices=1, cpus=16), auto_num_workers(devices=4, cpus=16), auto_num_workers(1, cpus=1)
+    (8, 3, 0)
+    """
+    per_device = (cpus if cpus is not None else usable_cpus()) // max(1, devices)
+    return max(0, min(MAX_AUTO_WORKERS, per_device - 1))

@@ -1,4 +1,5 @@
-"""Decode any image file into the HxWx3 uint8 RGB array the transforms expect.
+"""Decode any image file into the HxWx3 uint8 RGB array the transforms expect; `ImageDataset` pairs that with a
+transform.
 
 Written by hand because PIL's `convert("RGB")` alone gets real folders wrong: it ignores EXIF rotation, and
 it clips 16-bit PNGs (mode `I;16`/`I`) to white instead of scaling them (torchvision #2218).
@@ -6,10 +7,14 @@ it clips 16-bit PNGs (mode `I;16`/`I`) to white instead of scaling them (torchvi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from tl_lightning.utils import BadValue
 
@@ -111,3 +116,30 @@ def _scale_high_depth(array: np.ndarray) -> np.ndarray:
         scaled = array.astype(np.float64) * (255.0 / 65535.0)
     gray = np.rint(scaled).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
+
+
+class ImageDataset(Dataset):
+    """(path, label) pairs decoded with `load_rgb` and passed through an albumentations transform.
+
+    Albumentations keeps its own random state, which `seed_everything` does not reach, so runs with the same
+    seed augmented differently. Each sample reseeds the transform: with the seed the training sampler gives it
+    (`sampling.EpochSampler`, an `(index, seed)` pair), else from torch's RNG, which Lightning seeds in the main
+    process and PyTorch per DataLoader worker. Either way the run's seed makes augmentation reproducible.
+    """
+
+    def __init__(
+        self, samples: list[tuple[Path, int]], transform: Callable[..., dict[str, Any]], channels: int = 3
+    ) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        path, label = self.samples[index]
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())) if seed is None else seed)
+        return self.transform(image=load_image(path, self.channels))["image"], label

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class ResumeRNG(pl.Callback):
     """Save the torch (CPU and CUDA), NumPy and Python random states in each checkpoint; restore them on resume.
 
-    With in-process data loading (or loader workers that are not persistent) a resumed run then trains exactly as
-    the uninterrupted one; persistent workers keep generators of their own, which no checkpoint can reach.
+    A resumed run then trains exactly as the uninterrupted one: the training order and each sample's augmentation
+    seed come from the datamodule's sampler (`data.sampling`), so loader workers hold no state a resume needs.
     """
 
     def state_dict(self) -> dict[str, Any]:

@@ -110,6 +110,12 @@ class LayerFinetuning(BaseFinetuning):
         for optimizer in trainer.optimizers:
             self.finetune_function(pl_module, trainer.current_epoch, optimizer)
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        # Lightning skips `on_train_epoch_start` when it resumes from a checkpoint saved mid-epoch (a SIGTERM), and
+        # `load_state_dict` cleared the applied state: apply this epoch's before its first step.
+        if self._applied is None:
+            self.on_train_epoch_start(trainer, pl_module)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.apply_bn_modes(pl_module)
 
