@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tl_lightning.app import hardware
+from tl_lightning.app.trackers import log_run_files
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.calibration import (
     MIN_CALIBRATION_IMAGES,
@@ -88,6 +89,7 @@ def train_and_evaluate(
     metrics["weights"] = model.weights_info.get("source")
     if trainer.is_global_zero:
         write_metrics(out / "metrics.json", metrics)
+        log_run_files(trainer.loggers, out, best)
         log.info("Run folder: %s\n%s", out, summary_table(metrics))
     return metrics
 

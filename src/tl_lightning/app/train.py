@@ -26,6 +26,7 @@ from tl_lightning.app._common import user_errors
 from tl_lightning.app.checks import check_config, check_jobs, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
 from tl_lightning.app.recipe import model_placeholders, resolve_model_recipe, resolve_recipe
+from tl_lightning.app.trackers import log_config
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.probe import linear_probe
 from tl_lightning.evaluation.report import write_metrics
@@ -93,7 +94,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """`task=train`: fit, calibrate, test and report (`pipeline.train_and_evaluate`); returns the metrics."""
     hardware.resolve(cfg)
     job = prepare(cfg)
-    return train_and_evaluate(job.model, job.datamodule, build_trainer(cfg), job.out, resume_from(cfg, job))
+    trainer = build_trainer(cfg)
+    log_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), job.datamodule.class_names)
+    return train_and_evaluate(job.model, job.datamodule, trainer, job.out, resume_from(cfg, job))
 
 
 def resume_from(cfg: DictConfig, job: Job) -> str | None:

@@ -1,0 +1,83 @@
+"""Experiment trackers (MLflow, Weights & Biases): what a run sends them besides Lightning's per-epoch metrics.
+
+Lightning's `MLFlowLogger` and `WandbLogger` log metrics and the module's hyperparameters; a tracker's user also
+wants the config as it ran (with the recipe's automatic choices), the class names to search by, and the run's files:
+the report, `metrics.json`, `config.yaml` and the best checkpoint. Lightning's `log_model` would upload checkpoints
+as they are written, including `last.ckpt` every epoch; here only the files a run ends with are sent, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("report.md", "metrics.json", "config.yaml", "audit.json")
+
+
+def mlflow_logger(save_dir: str, tracking_uri: str | None = None, **kwargs: Any) -> MLFlowLogger:
+    """Lightning's `MLFlowLogger`; without `tracking_uri`, a SQLite store and its artifacts in `save_dir` (MLflow 3
+    refuses its old file store, and would put artifacts under the working directory)."""
+    if tracking_uri is None:
+        folder = Path(save_dir).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
+        kwargs.setdefault("artifact_location", str(folder / "artifacts"))
+        log.info("MLflow: local store %s; browse it with: mlflow ui --backend-store-uri %s", folder, tracking_uri)
+    return MLFlowLogger(tracking_uri=tracking_uri, **kwargs)
+
+
+def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs: Any) -> WandbLogger:
+    """Lightning's `WandbLogger`, offline when no W&B login is present (`offline=None`), saying how to sync later."""
+    if offline is None:
+        offline = not _wandb_login()
+    logger = WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
+    if offline:
+        log.info("W&B: no login found (WANDB_API_KEY or `wandb login`); logging offline under %s/wandb. Upload later "
+                 "with: wandb sync %s/wandb/offline-run-*", save_dir, save_dir)  # fmt: skip
+    return logger
+
+
+def _wandb_login() -> bool:
+    """A W&B API key in the environment, or in ~/.netrc for the W&B host (where `wandb login` writes it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def log_config(loggers: list[Logger], config: dict[str, Any], class_names: list[str]) -> None:
+    """The resolved config (the recipe's choices filled in) as the trackers' parameters; the class names as a tag."""
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger | WandbLogger):
+            logger.log_hyperparams(config)
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.set_tag(logger.run_id, "class_names", ", ".join(class_names))
+        elif isinstance(logger, WandbLogger):
+            logger.experiment.tags = tuple(logger.experiment.tags or ()) + tuple(class_names)[:50]
+
+
+def log_run_files(loggers: list[Logger], out: Path, best: str) -> None:
+    """The run's files, its report figures and the best checkpoint, as artifacts of each tracker's run; then the W&B
+    run is finished (the next job of a multirun, in this process, would otherwise log into it)."""
+    files = [(out / name, "") for name in RUN_FILES if (out / name).is_file()]
+    files += [(png, "report") for png in sorted((out / "report").glob("*")) if png.is_file()]
+    files += [(Path(best), "checkpoints")] if best and Path(best).is_file() else []
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            for path, folder in files:
+                logger.experiment.log_artifact(logger.run_id, str(path), folder or None)
+        elif isinstance(logger, WandbLogger):  # linked, not copied, under files/<run folder name>/
+            for path, _ in files:
+                logger.experiment.save(str(path), base_path=str(out.parent), policy="now")
+            logger.experiment.finish()
