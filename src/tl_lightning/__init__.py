@@ -4,7 +4,7 @@ The subpackages follow the data's path, each importing only those below it (a te
 
     app/          the command line: Hydra configs in, the objects below out (the only layer that imports Hydra)
     evaluation/   calibration, the test report, the linear probe, Grad-CAM
-    inference/    prediction into a CSV, ONNX / TorchScript export
+    inference/    prediction into a CSV, the HTTP endpoint, ONNX / TorchScript / int8 / timm exports
     finetuning/   the unfreezing callback and the other training callbacks, the LR finder
     models/       backbones, weights, head, layer groups, losses, the LightningModule
     data/         decoding, splits, the audit, transforms, the DataModules
@@ -66,13 +66,13 @@ __all__ = [
 ]
 
 # The command-line tools live in `app/`; these names keep `python -m tl_lightning.<name>` running them.
-COMMANDS = ("predict", "export", "explain", "audit", "backbones", "groups")
+COMMANDS = ("predict", "serve", "export", "explain", "audit", "backbones", "groups")
 
 
 class _CommandFinder(importlib.abc.MetaPathFinder):
     """Finds `tl_lightning.<command>` as the source of `tl_lightning.app.<command>`.
 
-    Written as a finder rather than a re-exporting module per command, which would put six one-line files beside
+    Written as a finder rather than a re-exporting module per command, which would put a one-line file per command by
     the subpackages, and which `python -m` would find already imported (a runpy `RuntimeWarning`) whenever the
     package imported it.
     """

@@ -99,6 +99,8 @@ TOOL_CASES = {
         "None of the 1 files could be read",
     ),
     "audit missing": (lambda f, o: ["audit", str(f["base"] / "missing")], "data.root '"),
+    "serve truncated": (lambda f, o: ["serve", str(f["truncated"]), "--port", "0"], "Checkpoint '"),
+    "serve no batch": (lambda f, o: ["serve", str(f["ckpt"]), "--max-batch-size", "0"], "--max-batch-size=0: it must"),
 }
 
 

@@ -15,6 +15,7 @@ from tl_lightning.app._common import user_errors
 COMMANDS = {
     "train": "train, test and report; Hydra overrides as for `python train.py` (task=lr_find | probe too)",
     "predict": "predicted classes of image files or folders, into a CSV",
+    "serve": "an HTTP endpoint (LitServe): POST an image, get the top-k classes",
     "export": "ONNX and TorchScript files with their metadata, checked against PyTorch",
     "explain": "Grad-CAM overlays for images, or for a run's highest-loss test images",
     "audit": "check an image folder before training: bad files, ignored entries, imbalance, leaks",

@@ -1,6 +1,7 @@
-"""`python -m tl_lightning.export CKPT [--format onnx torchscript timm] [--out export/] [--push-to-hub REPO_ID]`:
-ONNX and TorchScript files with their metadata, checked against PyTorch (`inference.export`); timm's own format
-with a model card, for `timm.create_model("hf-hub:...")` (`inference.hub`)."""
+"""`python -m tl_lightning.export CKPT [--format onnx torchscript timm] [--out export/] [--int8] [--push-to-hub ID]`:
+ONNX and TorchScript files with their metadata, checked against PyTorch (`inference.export`); an int8 ONNX beside
+the fp32 one, with both files' size and test accuracy (`inference.quantize`); timm's own format with a model card,
+for `timm.create_model("hf-hub:...")` (`inference.hub`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tl_lightning.app._common import load_model, run_cli
+from tl_lightning.data.splits import read_split
 from tl_lightning.inference.export import FORMATS, export
 from tl_lightning.inference.hub import push_to_hub, save_timm
+from tl_lightning.inference.quantize import compare, quantize
+from tl_lightning.utils import BadValue, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,20 +28,49 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the timm export to this Hub repository")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    parser.add_argument("--int8", action="store_true", help="also model.int8.onnx, statically quantized")
+    parser.add_argument("--calibration-images", type=int, default=256, help="training images that calibrate int8")
     args = parser.parse_args(argv)
     if args.push_to_hub and "timm" not in args.format:
         parser.error("--push-to-hub uploads the timm format: add --format timm")
+    if args.int8 and "onnx" not in args.format:
+        parser.error("--int8 quantizes the ONNX export: add --format onnx")
+    if args.calibration_images < 1:
+        raise BadValue(f"--calibration-images={args.calibration_images}: it must be at least 1.")
     model = load_model(args.checkpoint)
+    split = read_split(args.checkpoint.resolve().parent.parent / "split.csv") if args.int8 else {}  # before the work
     graphs = tuple(f for f in args.format if f != "timm")
     for item in export(model, args.out, graphs, args.tolerance) if graphs else []:
         check = "not run (pip install onnxruntime)" if item.max_abs_diff is None else f"{item.max_abs_diff:.2e}"
         print(f"{item.format}: {item.path}  max |export - PyTorch| = {check}")
+    if args.int8:
+        export_int8(model, args.out, split, args.calibration_images)
     if "timm" in args.format:
         metrics, recipe = run_record(args.checkpoint)
         diff = save_timm(model, args.out, metrics, recipe, args.tolerance)
         print(f"timm: {args.out}/config.json, model.safetensors, README.md  max |timm - PyTorch| = {diff:.2e}")
         if args.push_to_hub:
             print(f"Uploaded to {push_to_hub(args.out, args.push_to_hub, args.private)}")
+
+
+def export_int8(model: Any, out: Path, split: dict, calibration_images: int) -> None:
+    """`out/model.int8.onnx`, calibrated on a random draw of the run's training images (seed 0: the same file each
+    time); both files' size and test accuracy printed and added to `model.json`."""
+    train = [file for file, _ in split.get("train", [])]
+    if not train:
+        raise BadValue(f"The run's split.csv lists no training images to calibrate int8 on ({out}).")
+    calibration = [train[i] for i in np.random.default_rng(0).permutation(len(train))[:calibration_images]]
+    index = {name: i for i, name in enumerate(model.class_names)}
+    test = [(file, index[name]) for file, name in split.get("test", []) if name in index]
+    int8 = quantize(model, out / "model.onnx", out / "model.int8.onnx", calibration)
+    sizes = compare(model, out / "model.onnx", int8, test or None)
+    for name, row in sizes.items():
+        score = "not measured (no test split)" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
+        print(f"{name}: {out / row['path']}  {row['size_bytes'] / 2**20:.2f} MiB  test accuracy {score}")
+    info = json.loads((out / "model.json").read_text())
+    write_json(
+        out / "model.json", info | {"int8": {"calibration_images": len(calibration), "test_images": len(test), **sizes}}
+    )
 
 
 def run_record(checkpoint: Path) -> tuple[dict[str, Any], list[str] | None]:

@@ -8,7 +8,14 @@ from tl_lightning.data.audit import AuditReport, check_files
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.digits import DigitsDataModule
 from tl_lightning.data.drift import InputStatistics
-from tl_lightning.data.images import IMAGE_EXTENSIONS, ImageDataset, ImageDecodeError, load_image, load_rgb
+from tl_lightning.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    ImageDecodeError,
+    decode_image,
+    load_image,
+    load_rgb,
+)
 from tl_lightning.data.transforms import DataConfig, eval_transform, train_transform
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "ImageFolderDataModule",
     "InputStatistics",
     "check_files",
+    "decode_image",
     "eval_transform",
     "load_image",
     "load_rgb",

@@ -7,9 +7,10 @@ it clips 16-bit PNGs (mode `I;16`/`I`) to white instead of scaling them (torchvi
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ IMAGE_EXTENSIONS = frozenset(
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
 class ImageDecodeError(BadValue):
     """An image file that cannot be decoded."""
 
@@ -42,52 +46,13 @@ def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
     Raises:
         ImageDecodeError: unreadable file, or a channel count other than `channels`; the message names the file.
     """
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        array = _load_array(path)
-    elif channels == 3:
-        return load_rgb(path)
-    elif channels == 1:
-        array = load_rgb(path)[..., :1] if _is_high_depth(path) else _load_pil(path, "L")[..., None]
-    else:
-        array = _load_pil(path, None)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.shape[-1] != channels:
-        raise ImageDecodeError(
-            f"'{path}' has {array.shape[-1]} channels but the model takes {channels} (backbone.kwargs.in_chans). "
-            "Store every image with the same bands, or change in_chans."
-        )
-    return array
+    return _decode(Path(path), str(path), channels)
 
 
-def _load_pil(path: Path, mode: str | None) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert(mode) if mode else image)
-    except DECODE_ERRORS as err:
-        raise ImageDecodeError(f"Cannot decode image '{path}': {err}. Remove or replace the file.") from err
-
-
-def _is_high_depth(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            return image.mode in ("I;16", "I;16B", "I;16L", "I", "F")
-    except DECODE_ERRORS as err:
-        raise ImageDecodeError(f"Cannot decode image '{path}': {err}. Remove or replace the file.") from err
-
-
-def _load_array(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ImageDecodeError(f"Cannot read array '{path}': {err}. Save it with numpy.save as HxW or HxWxC.") from err
-    if array.dtype == np.uint8:
-        return array
-    if np.issubdtype(array.dtype, np.floating):
-        return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.rint(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+def decode_image(data: bytes, name: str, channels: int = 3) -> np.ndarray:
+    """The bytes of an image file (an upload to the server) decoded exactly as `load_image` decodes the file;
+    `name` (the upload's file name) picks `.npy` decoding and names it in the error."""
+    return _decode(io.BytesIO(data), name, channels)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -96,15 +61,77 @@ def load_rgb(path: str | Path) -> np.ndarray:
     Raises:
         ImageDecodeError: the file is not a readable image; the message names it.
     """
+    return _load_rgb(Path(path), str(path))
+
+
+Source = Path | BinaryIO
+
+
+def _decode(source: Source, name: str, channels: int) -> np.ndarray:
+    if name.lower().endswith(".npy"):
+        array = _load_array(source, name)
+    elif channels == 3:
+        return _load_rgb(source, name)
+    elif channels == 1:
+        deep = _is_high_depth(source, name)
+        array = _load_rgb(source, name)[..., :1] if deep else _load_pil(source, name, "L")[..., None]
+    else:
+        array = _load_pil(source, name, None)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] != channels:
+        raise ImageDecodeError(
+            f"'{name}' has {array.shape[-1]} channels but the model takes {channels} (backbone.kwargs.in_chans). "
+            "Store every image with the same bands, or change in_chans."
+        )
+    return array
+
+
+def _open(source: Source) -> Image.Image:
+    if not isinstance(source, Path):
+        source.seek(0)  # read twice when the mode decides how (`_is_high_depth`)
+    return Image.open(source)
+
+
+def _load_pil(source: Source, name: str, mode: str | None) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with _open(source) as image:
             image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return np.asarray(image.convert(mode) if mode else image)
+    except DECODE_ERRORS as err:
+        raise ImageDecodeError(f"Cannot decode image '{name}': {err}. Remove or replace the file.") from err
+
+
+def _is_high_depth(source: Source, name: str) -> bool:
+    try:
+        with _open(source) as image:
+            return image.mode in HIGH_DEPTH_MODES
+    except DECODE_ERRORS as err:
+        raise ImageDecodeError(f"Cannot decode image '{name}': {err}. Remove or replace the file.") from err
+
+
+def _load_array(source: Source, name: str) -> np.ndarray:
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ImageDecodeError(f"Cannot read array '{name}': {err}. Save it with numpy.save as HxW or HxWxC.") from err
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.rint(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+
+
+def _load_rgb(source: Source, name: str) -> np.ndarray:
+    try:
+        with _open(source) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in HIGH_DEPTH_MODES:
                 return _scale_high_depth(np.asarray(image))
             return np.asarray(image.convert("RGB"))
     except DECODE_ERRORS as err:
         raise ImageDecodeError(
-            f"Cannot decode image '{path}': {err}. Remove or replace the file, then run again."
+            f"Cannot decode image '{name}': {err}. Remove or replace the file, then run again."
         ) from err
 
 

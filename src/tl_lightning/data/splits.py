@@ -6,6 +6,7 @@ others; every split must have the same class folders, each with at least one ima
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,16 @@ def stratified_split(
                 "Add images, lower data.val_fraction/data.test_fraction, or provide train/ and val/ folders."
             )
     return out
+
+
+def read_split(path: str | Path) -> dict[str, list[tuple[Path, str]]]:
+    """A run's `split.csv` (written by `ImageFolderDataModule.save_split`) as {split: [(file, class name), ...]}, so
+    later jobs (int8 calibration, LitData chunks) use exactly the run's images and split."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"'{path}' does not exist: it is written into the run's folder by `python train.py`.")
+    splits: dict[str, list[tuple[Path, str]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            splits.setdefault(row["split"], []).append((Path(row["path"]), row["class"]))
+    return splits

@@ -1,5 +1,7 @@
-"""Using a trained checkpoint: predictions for image files into a CSV, and self-describing ONNX / TorchScript
-exports checked against PyTorch.
+"""Using a trained checkpoint: predictions for image files into a CSV, an HTTP endpoint (`serve`, LitServe),
+self-describing ONNX / TorchScript exports checked against PyTorch, int8 ONNX (`quantize`), timm's format (`hub`).
+
+`serve`, `quantize` and `hub` need their extras and are imported from their modules, not here.
 """
 
 # `export.export` stays in its module: re-exported here it would shadow the submodule `inference.export`.

@@ -1,10 +1,8 @@
 """Predict classes for image files or folders with a trained checkpoint, into a CSV.
 
 Preprocessing (size, mean, std, channels), class names and the calibration temperature come from the
-checkpoint, so nothing is passed twice. An unreadable file or one with the wrong number of channels stops with
-a file that cannot be decoded is left out and named; a batch whose image statistics are far from the training
-images' is warned about. The command
-line is `python -m tl_lightning.predict`.
+checkpoint, so nothing is passed twice. A file that cannot be decoded is left out and named; a batch whose image
+statistics are far from the training images' is warned about. The command line is `python -m tl_lightning.predict`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+"""`python -m tl_lightning.serve CKPT [--port 8000] [--top-k 5] [--max-batch-size 1] [--batch-timeout 0]
+[--workers-per-device 1]`: an HTTP endpoint for a checkpoint (`inference.serve`, LitServe; the `[serve]` extra).
+
+POST /predict with an image (`curl -F image=@leaf.jpg`, or JSON `{"image": "<base64>"}`) answers the top-k
+classes and their calibrated probabilities; GET /health answers "ok" once every worker has loaded the model, and
+/info the model's classes and preprocessing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+
+from tl_lightning.app._common import load_model, run_cli, setup_logging
+from tl_lightning.utils import BadValue, UserError
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning.serve", description="Serve a checkpoint over HTTP.")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--host", default="0.0.0.0", help="0.0.0.0: every interface; 127.0.0.1: this machine only")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--top-k", type=int, default=5, help="classes per answer, unless the request says")
+    parser.add_argument("--max-batch-size", type=int, default=1, help="requests run through the model together")
+    parser.add_argument("--batch-timeout", type=float, default=0.0, help="seconds to wait for a batch to fill")
+    parser.add_argument("--workers-per-device", type=int, default=1)
+    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--devices", default="auto", help="how many GPUs, or auto")
+    parser.add_argument("--max-request-mb", type=float, default=20.0, help="larger requests are answered 413")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait before a 504")
+    args = parser.parse_args(argv)
+    for name in ("top_k", "max_batch_size", "workers_per_device"):
+        if getattr(args, name) < 1:
+            raise BadValue(f"--{name.replace('_', '-')}={getattr(args, name)}: it must be at least 1.")
+    for name in ("batch_timeout", "max_request_mb", "timeout"):
+        if not getattr(args, name) >= 0:
+            raise BadValue(f"--{name.replace('_', '-')}={getattr(args, name)}: it must be 0 or more.")
+    devices = args.devices if args.devices == "auto" else _count("--devices", args.devices)
+    _check_port(args.host, args.port)
+    try:
+        from tl_lightning.inference.serve import server
+    except ImportError as err:
+        raise UserError(f"Serving needs LitServe ({err.name} is missing): pip install 'tl_lightning[serve]'.") from None
+    setup_logging()
+    model = load_model(args.checkpoint)  # a bad checkpoint stops here with one sentence, not in every worker
+
+    metadata = {
+        "checkpoint": str(args.checkpoint),
+        "classes": model.class_names,
+        "input_size": list(model.data_config["input_size"]),
+        "temperature": float(model.temperature),
+    }
+    server(
+        args.checkpoint,
+        top_k=args.top_k,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        workers_per_device=args.workers_per_device,
+        accelerator=args.accelerator,
+        devices=devices,
+        max_request_mb=args.max_request_mb,
+        timeout=args.timeout,
+        model_metadata=metadata,
+    ).run(host=args.host, port=args.port, generate_client_file=False)
+
+
+def _count(flag: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise BadValue(f"{flag}={value}: give a number of devices (1 or more), or auto.")
+    return int(value)
+
+
+def _check_port(host: str, port: int) -> None:
+    """The port is free: found now, not after the workers have loaded the model."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise BadValue(f"Cannot listen on {host}:{port} ({err.strerror}); pass another --port.") from None
+
+
+if __name__ == "__main__":
+    run_cli(main)

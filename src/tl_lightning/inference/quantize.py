@@ -1,0 +1,160 @@
+"""int8 ONNX for phones and CPUs: onnxruntime's static quantization of the fp32 export, and what it costs.
+
+Static (not dynamic) quantization because a CNN's time is in its convolutions, which only static quantization
+turns into int8 kernels; it needs activation ranges, calibrated here on images of the run's own training split
+(through the checkpoint's eval preprocessing, as at inference). QDQ format with per-channel weights: the format
+mobile runtimes (NNAPI, XNNPACK, Core ML through onnxruntime) accelerate, and the weights' per-channel scales keep
+depthwise convolutions, whose channels differ by orders of magnitude, from losing most of their precision. The
+graph's input, outputs and embedded metadata are those of the fp32 file, so a consumer swaps one for the other.
+
+The classifier's last layer stays in float (a few kilobytes): its weights are the ones int8 per-channel scales
+serve worst. A head started from the linear probe carries the probe's feature standardization folded into its
+weights, and a near-constant feature gives a weight thousands of times the others; one such weight sets its row's
+scale and rounds the rest of the row to zero (measured: a short digits run fell from 0.86 to chance).
+
+The cost is measured, not assumed: both files' sizes, and their accuracy on the run's test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tl_lightning.data.images import ImageDecodeError, load_image
+from tl_lightning.data.transforms import eval_transform
+from tl_lightning.inference.export import METADATA_KEY
+from tl_lightning.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+# How much test accuracy int8 may lose before `export --int8` warns (onnxruntime's static int8 of a CNN usually
+# loses well under one point; more means a layer to keep in float, or more calibration images).
+MAX_ACCURACY_DROP = 0.01
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One exported file: its size and its test accuracy (None where the run's test split is not at hand)."""
+
+    path: str
+    size_bytes: int
+    test_accuracy: float | None
+
+
+def batches(model: Any, files: list[Path], batch_size: int = 16) -> Iterator[tuple[np.ndarray, list[Path]]]:
+    """Preprocessed float32 batches of `files`, as the graph's `image` input, with the files in each (undecodable
+    ones are left out, with a warning)."""
+    transform = eval_transform(model.data_config)
+    channels = int(model.data_config["input_size"][0])
+    for start in range(0, len(files), batch_size):
+        images, kept = [], []
+        for file in files[start : start + batch_size]:
+            try:
+                images.append(transform(image=load_image(file, channels))["image"].numpy())
+                kept.append(file)
+            except ImageDecodeError as err:
+                log.warning("Left out: %s", err)
+        if images:
+            yield np.stack(images).astype(np.float32), kept
+
+
+def quantize(model: Any, fp32: Path, out: Path, calibration: list[Path]) -> Path:
+    """`out`: `fp32` quantized to int8 (QDQ, per-channel weights), calibrated on `calibration` images."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.inputs = ({"image": x} for x, _ in batches(model, calibration))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.inputs, None)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))  # shape inference and fusions that quantization relies on
+        with atomic_path(out) as tmp:
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                Reader(),
+                nodes_to_exclude=[classifier_node(prepared)],
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+            _copy_metadata(fp32, tmp)
+    return out
+
+
+def classifier_node(path: Path) -> str:
+    """The name of the linear layer that computes the `logits` output: the first Gemm or MatMul up from it."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    pending = ["logits"]
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None:
+            continue
+        if node.op_type in ("Gemm", "MatMul"):
+            return node.name
+        pending += list(node.input)
+    raise ValueError(f"No linear layer computes the logits of {path}; export it again with this version.")
+
+
+def _copy_metadata(source: Path, target: Path) -> None:
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(source, load_external_data=False).metadata_props}
+    graph = onnx.load(target)
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, props[METADATA_KEY]
+    onnx.save(graph, target)
+
+
+def accuracy(model: Any, path: Path, test: list[tuple[Path, int]]) -> float:
+    """Top-1 accuracy of the ONNX file `path` on labelled `test` images, on onnxruntime's CPU provider."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels = dict(test)
+    right = total = 0
+    for x, files in batches(model, [file for file, _ in test]):
+        predicted = session.run(["logits"], {"image": x})[0].argmax(-1)
+        right += int((predicted == np.array([labels[file] for file in files])).sum())
+        total += len(files)
+    return right / total
+
+
+def compare(model: Any, fp32: Path, int8: Path, test: list[tuple[Path, int]] | None) -> dict[str, dict]:
+    """Size and test accuracy of both files, for `model.json`; warns when int8 loses more than one point."""
+    result = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        score = accuracy(model, path, test) if test else None
+        result[name] = asdict(Variant(path.name, path.stat().st_size, score))
+    fp, q = result["fp32"]["test_accuracy"], result["int8"]["test_accuracy"]
+    if fp is not None and fp - q > MAX_ACCURACY_DROP:
+        log.warning(
+            "int8 loses %.1f points of test accuracy (%.4f -> %.4f): calibrate on more images (--calibration-images) "
+            "or ship the fp32 file.",
+            100 * (fp - q),
+            fp,
+            q,
+        )
+    return result

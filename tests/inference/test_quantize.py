@@ -1,0 +1,85 @@
+"""`export --int8`: a statically quantized ONNX (QDQ, per-channel int8 weights) of the digits default, calibrated on
+the run's training images, smaller than fp32 and close to it on the test split; a lossy int8 file is warned about."""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from conftest import ROOT
+
+from tl_lightning.data.splits import read_split
+from tl_lightning.inference.export import export, read_metadata
+from tl_lightning.inference.quantize import batches, compare
+from tl_lightning.models.module import TransferClassifier
+
+SCRIPT = Path(sys.executable).with_name("tl-lightning")
+
+
+def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path: Path):
+    checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
+    out = tmp_path / "export"
+    command = [str(SCRIPT), "export", str(checkpoint), "--format", "onnx", "--int8", "--out", str(out),
+               "--calibration-images", "64"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
+    assert read_metadata(int8) == read_metadata(fp32)  # the same input contract and classes
+
+    graph = onnx.load(int8).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+    weights = {t.name: t for t in graph.initializer}
+    int8_weights = [
+        node for node in graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in weights
+        and weights[node.input[0]].data_type == onnx.TensorProto.INT8
+    ]  # fmt: skip
+    assert int8_weights, "no int8 weights in the graph"
+    assert all(len(weights[node.input[1]].dims) == 1 for node in int8_weights if len(weights[node.input[0]].dims) == 4)
+    classifier = [node for node in graph.node if node.op_type == "Gemm"]  # kept in float: see inference/quantize.py
+    assert len(classifier) == 1 and weights[classifier[0].input[1]].data_type == onnx.TensorProto.FLOAT
+
+    info = json.loads((out / "model.json").read_text())["int8"]
+    assert info["int8"]["size_bytes"] == int8.stat().st_size
+    assert info["fp32"]["size_bytes"] == fp32.stat().st_size
+    assert int8.stat().st_size < 0.4 * fp32.stat().st_size
+    model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    test = [(f, model.class_names.index(c)) for f, c in read_split(digits_run[0] / "split.csv")["test"]]
+    assert info["calibration_images"] == 64 and info["test_images"] == len(test)
+
+    # the recorded accuracies are what the two files give on the run's test images, and int8 stays close
+    sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
+    right, agree = np.zeros(2), 0
+    labels = dict(test)
+    for x, files in batches(model, [f for f, _ in test]):
+        a, b = (s.run(["logits"], {"image": x})[0].argmax(-1) for s in sessions)
+        truth = np.array([labels[f] for f in files])
+        right += [(a == truth).sum(), (b == truth).sum()]
+        agree += int((a == b).sum())
+    assert [info["fp32"]["test_accuracy"], info["int8"]["test_accuracy"]] == pytest.approx(list(right / len(test)))
+    assert agree / len(test) >= 0.9  # a short run: many test images lie near a decision boundary
+    assert abs(info["fp32"]["test_accuracy"] - info["int8"]["test_accuracy"]) <= 0.03
+    assert f"test accuracy {info['int8']['test_accuracy']:.4f}" in done.stdout
+
+
+def test_an_int8_file_that_loses_accuracy_is_warned_about(digits_run, tmp_path: Path, caplog):
+    checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
+    model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    export(model, tmp_path / "good", ("onnx",))
+    with torch.no_grad():
+        # the head's last linear layer now predicts the last class for every image
+        linear = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        linear.weight.zero_()
+        linear.bias.copy_(torch.arange(len(model.class_names), dtype=torch.float32))
+    export(model, tmp_path / "broken", ("onnx",))
+    test = [(f, model.class_names.index(c)) for f, c in read_split(digits_run[0] / "split.csv")["test"]][:100]
+    with caplog.at_level(logging.WARNING):
+        result = compare(model, tmp_path / "good" / "model.onnx", tmp_path / "broken" / "model.onnx", test)
+    assert result["int8"]["test_accuracy"] == pytest.approx(np.mean([label == 9 for _, label in test]))
+    assert "int8 loses" in caplog.text and "points of test accuracy" in caplog.text
