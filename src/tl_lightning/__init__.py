@@ -66,7 +66,9 @@ __all__ = [
 ]
 
 # The command-line tools live in `app/`; these names keep `python -m tl_lightning.<name>` running them.
-COMMANDS = ("predict", "serve", "export", "explain", "audit", "backbones", "groups")
+COMMANDS = ("predict", "serve", "export", "explain", "audit", "optimize", "backbones", "groups")
+# ... and the one the data layer names: `python -m tl_lightning.data.optimize`.
+_ALIASES = {f"{__name__}.{name}": name for name in COMMANDS} | {f"{__name__}.data.optimize": "optimize"}
 
 
 class _CommandFinder(importlib.abc.MetaPathFinder):
@@ -78,8 +80,8 @@ class _CommandFinder(importlib.abc.MetaPathFinder):
     """
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
-        package, _, name = fullname.rpartition(".")
-        if package != __name__ or name not in COMMANDS:
+        name = _ALIASES.get(fullname)
+        if name is None:
             return None
         source = importlib.util.find_spec(f"{__name__}.app.{name}")
         return importlib.util.spec_from_file_location(fullname, source.origin) if source and source.origin else None

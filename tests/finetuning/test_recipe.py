@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import compose_train, folder_overrides, write_images
 
+from tl_lightning.data.images import short_sides
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
     choose_crops,
     choose_lr_mult,
     choose_resolution,
     domain_shift,
-    short_sides,
 )
 
 CROPS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
@@ -43,13 +43,18 @@ def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Pa
     large = write_images(tmp_path / "large", size=300)
     files = {name: sorted(folder.rglob("*.png")) for name, folder in (("small", small), ("large", large))}
     assert short_sides(files["small"]) == [24] * 18
-    chosen = {n: {c.key: c.value for c in automatic_choices(f, 224, 32, 0.875, CROPS)} for n, f in files.items()}
+    chosen = {
+        n: {c.key: c.value for c in automatic_choices(short_sides(f), len(f), 224, 32, 0.875, CROPS)}
+        for n, f in files.items()
+    }
     assert chosen["small"] == {"model.image_size": 64, "model.crop_pct": 1.0,
                                "data.train_transform.crop_scale": [0.75, 1.0]}  # fmt: skip
     assert chosen["large"] == {"model.image_size": 224, "model.crop_pct": 0.875,
                                "data.train_transform.crop_scale": [0.35, 1.0]}  # fmt: skip
     # A resolution the user gave is what the crops are judged against; only the keys left auto are filled.
-    only = automatic_choices(files["large"], 224, 32, 0.875, ["model.crop_pct"], image_size=512)
+    only = automatic_choices(
+        short_sides(files["large"]), len(files["large"]), 224, 32, 0.875, ["model.crop_pct"], image_size=512
+    )
     assert [(c.key, c.value) for c in only] == [("model.crop_pct", 1.0)]
 
 

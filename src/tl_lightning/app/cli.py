@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": "an HTTP endpoint (LitServe): POST an image, get the top-k classes",
     "export": "ONNX and TorchScript files with their metadata, checked against PyTorch",
     "explain": "Grad-CAM overlays for images, or for a run's highest-loss test images",
+    "optimize": "an image folder, audited and split, into LitData chunks for data=streaming (also data.optimize)",
     "audit": "check an image folder before training: bad files, ignored entries, imbalance, leaks",
     "backbones": "list the backbone names timm knows",
     "groups": "print a backbone's layer groups, the unit of freezing and of learning rate",

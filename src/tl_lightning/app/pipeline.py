@@ -142,6 +142,6 @@ def evaluate_test(
     files = [path for path, _ in datamodule.samples("test")]
     channels = int(model.data_config["input_size"][0])
     scalars = write_report(out, logits, targets, model.class_names, files, float(model.temperature), channels,
-                           checkpoint=described or best)  # fmt: skip
+                           checkpoint=described or best, read_image=datamodule.read_image)  # fmt: skip
     log_report(trainer.loggers, metrics | scalars, out, trainer.global_step)
     return metrics | scalars

@@ -30,8 +30,10 @@ def resolve_recipe(cfg: DictConfig, datamodule: ImageFolderDataModule) -> list[C
         return []
     native, stride, crop_pct = backbone_geometry(str(cfg.model.backbone), cfg.model.get("backbone_kwargs"))
     size = cfg.model.get("image_size")
-    files = [path for path, _ in datamodule.samples("train")]
-    choices = automatic_choices(files, native, stride, crop_pct, wanted, None if size == AUTO else size)
+    count = len(datamodule.samples("train"))
+    choices = automatic_choices(
+        datamodule.short_sides(), count, native, stride, crop_pct, wanted, None if size == AUTO else size
+    )
     for choice in choices:
         OmegaConf.update(cfg, choice.key, choice.value, merge=False)
         log.info(choice.line())

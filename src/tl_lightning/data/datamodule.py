@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -22,7 +23,7 @@ from tl_lightning.data.audit import AuditReport, FileCheck, build_report, check_
 from tl_lightning.data.distributed import auto_num_workers, eval_sampler, per_device_batch_size, world
 from tl_lightning.data.download import Archive, fetch_archive
 from tl_lightning.data.drift import InputStatistics
-from tl_lightning.data.images import ImageDataset
+from tl_lightning.data.images import ImageDataset, load_image, short_sides
 from tl_lightning.data.sampling import EpochSampler
 from tl_lightning.data.splits import (
     check_no_empty_class,
@@ -195,6 +196,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         index = {name: i for i, name in enumerate(self.class_names)}
         return [(path, index[name]) for name, paths in sorted(self.splits[split].items()) for path in paths]
 
+    def short_sides(self, max_images: int = 256) -> list[int]:
+        """The shorter side of up to `max_images` training images, for the recipe's resolution and crops."""
+        return short_sides([path for path, _ in self.samples("train")], max_images)
+
+    def read_image(self, path: Path, channels: int) -> np.ndarray:
+        """A split's image as decoded for the model, for the report's top-loss grid."""
+        return load_image(path, channels)
+
     @property
     def has_test(self) -> bool:
         return "test" in self.splits and any(self.splits["test"].values())
@@ -230,20 +239,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def eval_sample(self, max_images: int = 256) -> torch.Tensor:
         """Up to `max_images` training images, evenly spaced, preprocessed as for evaluation, as one batch."""
-        samples = self.samples("train")
-        step = max(1, len(samples) // max_images)
-        channels = int(self.data_config["input_size"][0])
-        dataset = ImageDataset(samples[::step][:max_images], self.build_eval_transform(self.data_config), channels)
+        dataset = self.dataset("train", train=False)
+        step = max(1, len(dataset) // max_images)
         with torch.random.fork_rng(devices=[]):  # the eval transform still draws a seed: leave training's RNG be
-            return torch.stack([dataset[i][0] for i in range(len(dataset))])
+            return torch.stack([dataset[i][0] for i in range(0, len(dataset), step)[:max_images]])
+
+    def dataset(self, split: str, train: bool) -> ImageDataset:
+        """A split's images with the training or the evaluation transform."""
+        build = self.build_train_transform if train else self.build_eval_transform
+        return ImageDataset(self.samples(split), build(self.data_config), int(self.data_config["input_size"][0]))
 
     def _loader(self, split: str, train: bool, distributed: bool = True) -> DataLoader:
         if split not in self.splits:
             raise BadValue(f"'{self.root}' has no '{split}' split.")
-        build = self.build_train_transform if train else self.build_eval_transform
-        channels = int(self.data_config["input_size"][0])
-        dataset = ImageDataset(self.samples(split), build(self.data_config), channels)
-        return self.make_loader(dataset, train, distributed)
+        return self.make_loader(self.dataset(split, train), train, distributed)
 
     def make_loader(
         self, dataset: Dataset, train: bool, distributed: bool = True, collate_fn: Callable | None = None

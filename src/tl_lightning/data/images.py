@@ -135,6 +135,19 @@ def _load_rgb(source: Source, name: str) -> np.ndarray:
         ) from err
 
 
+def short_sides(paths: list[Path], max_images: int = 256) -> list[int]:
+    """The shorter side of up to `max_images` images, evenly spaced over `paths` (headers only, no decoding)."""
+    step = max(1, len(paths) // max_images)
+    sides = []
+    for path in list(paths)[::step][:max_images]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except OSError:  # an undecodable file is the audit's to report; it says nothing about size
+            continue
+    return sides
+
+
 def _scale_high_depth(array: np.ndarray) -> np.ndarray:
     """Map a single-channel 16-bit (or float) image onto 0..255 by its type's range, then to RGB."""
     if np.issubdtype(array.dtype, np.floating):
@@ -166,7 +179,10 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
-        path, label = self.samples[index]
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())) if seed is None else seed)
-        return self.transform(image=load_image(path, self.channels))["image"], label
+        return self.transform(image=self.read(index))["image"], self.samples[index][1]
+
+    def read(self, index: int) -> np.ndarray:
+        """The decoded image of sample `index` (from its file here; from a LitData chunk in `streaming`)."""
+        return load_image(self.samples[index][0], self.channels)

@@ -16,7 +16,6 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tl_lightning.data.images import load_image
 from tl_lightning.evaluation.calibration import ReliabilityBins
 from tl_lightning.utils import save_figure
 
@@ -71,20 +70,20 @@ def plot_reliability(bins: Mapping[str, ReliabilityBins], eces: Mapping[str, flo
 
 def plot_top_losses(
     files: Sequence[Path],
+    images: Sequence[np.ndarray],
     targets: torch.Tensor,
     probs: torch.Tensor,
     class_names: Sequence[str],
-    channels: int,
     path: Path,
 ) -> Path:
-    """A grid of images as read from disk, titled true / predicted (probability)."""
+    """A grid of the decoded `images`, titled with their file's name, true / predicted (probability)."""
     cols = min(4, max(1, len(files)))
     rows = max(1, math.ceil(len(files) / cols))
     fig, axes = new_figure(rows, cols, figsize=(3 * cols, 3.3 * rows))
     for ax in axes.flat:
         ax.axis("off")
-    for ax, file, target, p in zip(axes.flat, files, targets.tolist(), probs, strict=False):
-        show_image(ax, load_image(file, channels))
+    for ax, file, image, target, p in zip(axes.flat, files, images, targets.tolist(), probs, strict=False):
+        show_image(ax, image)
         predicted = int(p.argmax())
         ax.set_title(f"{Path(file).name}\ntrue {class_names[target]} / pred {class_names[predicted]} "
                      f"({float(p[predicted]):.2f})", fontsize=8)  # fmt: skip

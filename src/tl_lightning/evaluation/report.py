@@ -9,11 +9,12 @@ error before and after temperature scaling, all linked from `report.md`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import (
@@ -23,6 +24,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from tl_lightning.data.images import load_image
 from tl_lightning.evaluation.calibration import ECE_BINS, expected_calibration_error, reliability_bins
 from tl_lightning.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_top_losses
 from tl_lightning.models.heads import scaled_softmax
@@ -106,10 +108,12 @@ def write_report(
     channels: int = 3,
     top_losses: int = 16,
     checkpoint: str = "",
+    read_image: Callable[[Path, int], np.ndarray] = load_image,
 ) -> dict[str, float]:
     """Write `out/report.md` and its files under `out/report/`; return the metrics the test loop lacks.
 
-    `files` are the test images in the order of `logits`, shown in the top-loss grid as read from disk. The
+    `files` are the test images in the order of `logits`, shown in the top-loss grid as `read_image` decodes them
+    (from disk; from LitData chunks for a `StreamingDataModule`). The
     returned metrics are the calibration errors, the temperature and the support-weighted averages.
     """
     folder = out / "report"
@@ -135,7 +139,8 @@ def write_report(
     )
     losses = F.cross_entropy(logits, targets, reduction="none")
     worst = losses.argsort(descending=True)[:top_losses].tolist()
-    plot_top_losses([files[i] for i in worst], targets[worst], probs[worst], class_names, channels,
+    images = [read_image(files[i], channels) for i in worst]
+    plot_top_losses([files[i] for i in worst], images, targets[worst], probs[worst], class_names,
                     folder / "top_losses.png")  # fmt: skip
     scalars = {"test/ece": ece, "test/ece_calibrated": ece_calibrated, "calibration/temperature": float(temperature)}
     scalars |= {f"test/{m}_weighted": v for m, v in report.averages()["weighted avg"].items()}

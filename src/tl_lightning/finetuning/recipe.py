@@ -14,11 +14,9 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
 # Images at least this many pixels on their short side count as large enough for the weights' own resolution.
@@ -37,19 +35,6 @@ class Choice:
 
     def line(self) -> str:
         return f"recipe: {self.key}={self.value} because {self.because}"
-
-
-def short_sides(paths: Sequence[Path], max_images: int = 256) -> list[int]:
-    """The shorter side of up to `max_images` images, evenly spaced over `paths` (headers only, no decoding)."""
-    step = max(1, len(paths) // max_images)
-    sides = []
-    for path in list(paths)[::step][:max_images]:
-        try:
-            with Image.open(path) as image:
-                sides.append(min(image.size))
-        except OSError:  # an undecodable file is the audit's to report; it says nothing about size
-            continue
-    return sides
 
 
 def choose_resolution(median_side: float, native: int, stride: int) -> Choice:
@@ -86,7 +71,8 @@ def choose_crops(median_side: float, resolution: int, train_images: int, weights
 
 
 def automatic_choices(
-    train_files: Sequence[Path],
+    train_sides: Sequence[int],
+    train_count: int,
     native: int,
     stride: int,
     weights_crop_pct: float,
@@ -95,14 +81,16 @@ def automatic_choices(
 ) -> list[Choice]:
     """The choices for the config keys in `wanted` (those left `auto`), deterministic for a given folder.
 
-    Crops are judged against the resolution the run uses: `image_size` when given, else the chosen one.
+    `train_sides` are the shorter sides of (a sample of) the `train_count` training images
+    (`ImageFolderDataModule.short_sides`). Crops are judged against the resolution the run uses: `image_size` when
+    given, else the chosen one.
     """
     if not wanted:
         return []
-    median = statistics.median(short_sides(train_files) or [native])
+    median = statistics.median(train_sides or [native])
     resolution = choose_resolution(median, native, stride)
     used = image_size or resolution.value
-    choices = [resolution, *choose_crops(median, used, len(train_files), weights_crop_pct)]
+    choices = [resolution, *choose_crops(median, used, train_count, weights_crop_pct)]
     return [choice for choice in choices if choice.key in wanted]
 
 
