@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from tl_lightning.inference.serve import server
     except ImportError as err:
-        raise UserError(f"Serving needs LitServe ({err.name} is missing): pip install 'tl_lightning[serve]'.") from None
+        raise UserError(
+            f"Serving needs LitServe and python-multipart ({err.name} is missing): pip install 'tl_lightning[serve]'."
+        ) from None
     setup_logging()
     model = load_model(args.checkpoint)  # a bad checkpoint stops here with one sentence, not in every worker
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
+import python_multipart  # noqa: F401  FastAPI parses uploads with it; a missing one fails at start, not as a 500 per upload
 import torch
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
