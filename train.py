@@ -14,14 +14,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from tl_lightning.app import train
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from tl_lightning.app import train  # after the checks: a mistake is answered before Lightning loads
+
     return train.main(cfg)
 
 
 if __name__ == "__main__":
-    train.check_command_line(Path(__file__).parent / "conf", sys.argv[1:])  # --cfg job and sweeps fail fast too
+    from tl_lightning.app.checks import check_command_line
+
+    check_command_line(Path(__file__).parent / "conf", sys.argv[1:])  # --cfg job and sweeps fail fast too
     main()

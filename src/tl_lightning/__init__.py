@@ -16,54 +16,35 @@ import importlib.util
 import sys
 from importlib.machinery import ModuleSpec
 
-from tl_lightning.data import DigitsDataModule, ImageFolderDataModule
-from tl_lightning.finetuning import (
-    EMAEvaluation,
-    FrozenFeatureCache,
-    LayerFinetuning,
-    PhaseAwareEarlyStopping,
-    Preemption,
-    ProbeFloor,
-    ResumeRNG,
-    TimmSyncBatchNorm,
-)
-from tl_lightning.models import (
-    Distillation,
-    Imbalance,
-    Performance,
-    Regularization,
-    TransferClassifier,
-    build_param_groups,
-    create_backbone,
-    create_head,
-    discriminative_lrs,
-    layer_groups,
-    warmup_cosine,
-)
+from tl_lightning.utils import lazy_exports
 
-__all__ = [
-    "DigitsDataModule",
-    "Distillation",
-    "EMAEvaluation",
-    "FrozenFeatureCache",
-    "ImageFolderDataModule",
-    "Imbalance",
-    "LayerFinetuning",
-    "Performance",
-    "PhaseAwareEarlyStopping",
-    "Preemption",
-    "ProbeFloor",
-    "Regularization",
-    "ResumeRNG",
-    "TimmSyncBatchNorm",
-    "TransferClassifier",
-    "build_param_groups",
-    "create_backbone",
-    "create_head",
-    "discriminative_lrs",
-    "layer_groups",
-    "warmup_cosine",
-]
+# Names -> the module that defines them, imported on first use (`utils.lazy_exports` says why).
+_EXPORTS = {
+    "DigitsDataModule": "tl_lightning.data",
+    "Distillation": "tl_lightning.models",
+    "EMAEvaluation": "tl_lightning.finetuning",
+    "FrozenFeatureCache": "tl_lightning.finetuning",
+    "ImageFolderDataModule": "tl_lightning.data",
+    "Imbalance": "tl_lightning.models",
+    "LayerFinetuning": "tl_lightning.finetuning",
+    "Performance": "tl_lightning.models",
+    "PhaseAwareEarlyStopping": "tl_lightning.finetuning",
+    "Preemption": "tl_lightning.finetuning",
+    "ProbeFloor": "tl_lightning.finetuning",
+    "Regularization": "tl_lightning.models",
+    "ResumeRNG": "tl_lightning.finetuning",
+    "TimmSyncBatchNorm": "tl_lightning.finetuning",
+    "TransferClassifier": "tl_lightning.models",
+    "build_param_groups": "tl_lightning.models",
+    "create_backbone": "tl_lightning.models",
+    "create_head": "tl_lightning.models",
+    "discriminative_lrs": "tl_lightning.models",
+    "layer_groups": "tl_lightning.models",
+    "warmup_cosine": "tl_lightning.models",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+
 
 # The command-line tools live in `app/`; these names keep `python -m tl_lightning.<name>` running them.
 COMMANDS = ("predict", "serve", "export", "explain", "audit", "optimize", "backbones", "groups")

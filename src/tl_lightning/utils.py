@@ -10,6 +10,7 @@ trusts. Each writer goes to a temporary name in the same folder (so the rename s
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import tempfile
@@ -23,6 +24,7 @@ __all__ = [
     "NotFound",
     "UserError",
     "atomic_path",
+    "lazy_exports",
     "save_figure",
     "usable_cpus",
     "write_csv",
@@ -43,6 +45,22 @@ class BadValue(UserError, ValueError):
 
 class NotFound(UserError, FileNotFoundError):
     """A file or folder the user named that is not there; still a `FileNotFoundError`."""
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` (PEP 562) that imports each exported name from its module on first use.
+
+    Importing `tl_lightning.models.backbones` runs `tl_lightning/__init__` and `models/__init__` first; with eager
+    re-exports that loaded Lightning (5 of the 8 s an import took), so a command line that fails on its config
+    waited 10 s for its one sentence. Lazy, the config checks answer before Lightning loads.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return __getattr__
 
 
 @contextmanager

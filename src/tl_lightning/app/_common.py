@@ -8,13 +8,18 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tl_lightning.models.module import TransferClassifier
 from tl_lightning.utils import UserError
+
+if TYPE_CHECKING:  # imported when a model is loaded: failing on a bad argument should not wait for Lightning
+    from tl_lightning.models.module import TransferClassifier
 
 
 def load_model(path: Path) -> TransferClassifier:
     """A `TransferClassifier` on the CPU from `path`."""
+    from tl_lightning.models.module import TransferClassifier
+
     return TransferClassifier.load_from_checkpoint(path, map_location="cpu")  # checked: a UserError names what is wrong
 
 

@@ -22,8 +22,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from tl_lightning.models.backbones import backbone_geometry, check_backbone_name
-from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
+from tl_lightning.app._common import user_errors
 from tl_lightning.utils import BadValue, UserError
 
 TASKS = ("train", "lr_find", "probe")
@@ -32,7 +31,9 @@ AUTO = "auto"  # a config value the recipe fills from the data (`app.recipe`)
 
 def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
     """Every setting that can be judged from the config alone; see the module docstring. `output_dir=False` where
-    Hydra has not made the job's folder yet (`check_jobs`)."""
+    Hydra has not made the job's folder yet (`check_jobs`). The checks that need no model come first, and the
+    model's modules are imported only after them: torch and timm take seconds to import, and a mistyped number
+    should be answered at once."""
     check_task(cfg.get("task"))
     model = cfg.model
     check_positive_number("model.lr", model.get("lr"))
@@ -42,10 +43,8 @@ def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
         check_positive_number(f"model.lr_factors[{i}]", factor)
     check_positive_int("data.batch_size", cfg.data.get("batch_size"))
     check_epochs(cfg.trainer.get("max_epochs"), cfg.get("ckpt_path"))
-    check_backbone_name(str(model.backbone))
     if model.get("image_size") not in (None, AUTO):
         check_positive_int("model.image_size", model.image_size)
-        check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})
     if output_dir:
         check_writable("paths.output_dir", Path(cfg.paths.output_dir))
     if str(cfg.get("optimized_metric") or "").startswith("test/"):
@@ -53,19 +52,27 @@ def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
             f"optimized_metric={cfg.optimized_metric} would tune on the test split, whose score must stay an unbiased "
             "estimate: optimise a validation metric such as optimized_metric=val/acc_best."
         )
+
+    from tl_lightning.models.backbones import check_backbone_name
+    from tl_lightning.models.checkpoint import check_checkpoint_file
+
+    check_backbone_name(str(model.backbone))
+    if model.get("image_size") not in (None, AUTO):
+        check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})
     if cfg.get("ckpt_path"):
         check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
 
 
 def check_jobs(config_dir: Path, argv: list[str]) -> None:
-    """`check_config` on each job of `argv` (Hydra's command line) when it prints configs (`--cfg`) or sweeps (`-m`),
-    composed as Hydra will compose them; a failure names the job's overrides. A run of one job checks itself.
+    """`check_config` on each job of `argv` (Hydra's command line: one run, a sweep (`-m`) or a printed config
+    (`--cfg`)), composed as Hydra will compose them, before Hydra starts any and before Lightning is imported; a
+    failure in a sweep names the job's overrides.
 
     Uses Hydra's own argument parser and basic sweeper's expansion (internal modules, stable across Hydra 1.x): with
     another sweeper (Optuna) the values are drawn while sweeping, so only the fixed overrides are checked.
     """
     args, _ = get_args_parser().parse_known_args(argv)
-    if not (args.cfg in ("job", "all") or args.multirun) or args.help or args.hydra_help or args.info:
+    if args.help or args.hydra_help or args.info:
         return
     config_dir = Path(args.config_dir or args.config_path or config_dir).resolve()
     name = args.config_name or "train"
@@ -132,6 +139,8 @@ def check_epochs(max_epochs: Any, ckpt_path: Any) -> None:
 def check_image_size(backbone: str, size: int, kwargs: dict[str, Any]) -> None:
     """Refuse an input smaller than the backbone's total stride: its last feature map would be empty or 1 pixel of
     padding. The model is built on the meta device (no memory, no weights) to read timm's `feature_info`."""
+    from tl_lightning.models.backbones import backbone_geometry
+
     native, stride, _ = backbone_geometry(backbone, kwargs)
     if size < stride:
         raise BadValue(
@@ -156,6 +165,15 @@ def check_writable(name: str, folder: Path) -> None:
 def check_resume(ckpt_path: str, class_names: list[str]) -> str:
     """The checkpoint to resume exists, loads, is ours, and was trained on these classes; returns where it is
     ("epoch 2, step 6") for the log."""
+    from tl_lightning.models.checkpoint import check_same_classes, read_checkpoint
+
     saved = read_checkpoint(ckpt_path, "ckpt_path")
     check_same_classes(saved["hyper_parameters"].get("class_names", class_names), class_names)
     return f"epoch {saved.get('epoch', '?')}, step {saved.get('global_step', '?')}"
+
+
+def check_command_line(conf: Path, argv: list[str]) -> None:
+    """Every job the command line would start, checked before Hydra starts one (`check_jobs`), its mistakes
+    printed as one sentence."""
+    with user_errors():
+        check_jobs(conf, argv)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl_lightning.app import hardware
 from tl_lightning.app._common import user_errors
-from tl_lightning.app.checks import check_config, check_jobs, check_resume, check_task
+from tl_lightning.app.checks import check_command_line, check_config, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
 from tl_lightning.app.recipe import model_placeholders, resolve_model_recipe, resolve_recipe
 from tl_lightning.app.trackers import log_config
@@ -172,12 +172,6 @@ def _task(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
     value = metrics.get(cfg.get("optimized_metric"))
     return float(value) if value is not None else None
-
-
-def check_command_line(conf: Path, argv: list[str]) -> None:
-    """Every job the command line would start, checked before Hydra starts one (`checks.check_jobs`)."""
-    with user_errors():
-        check_jobs(conf, argv)
 
 
 def config_dir() -> Path:

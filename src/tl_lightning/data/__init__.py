@@ -4,33 +4,24 @@ presets, the DataModules (any ImageFolder, the embedded digits), DDP sampling, a
 Nothing here knows about models: the preprocessing a model wants arrives as a `DataConfig` dict.
 """
 
-from tl_lightning.data.audit import AuditReport, check_files
-from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.data.digits import DigitsDataModule
-from tl_lightning.data.drift import InputStatistics
-from tl_lightning.data.images import (
-    IMAGE_EXTENSIONS,
-    ImageDataset,
-    ImageDecodeError,
-    decode_image,
-    load_image,
-    load_rgb,
-)
-from tl_lightning.data.transforms import DataConfig, eval_transform, train_transform
+from tl_lightning.utils import lazy_exports
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "AuditReport",
-    "DataConfig",
-    "DigitsDataModule",
-    "ImageDataset",
-    "ImageDecodeError",
-    "ImageFolderDataModule",
-    "InputStatistics",
-    "check_files",
-    "decode_image",
-    "eval_transform",
-    "load_image",
-    "load_rgb",
-    "train_transform",
-]
+# Names -> the module that defines them, imported on first use (`utils.lazy_exports` says why).
+_EXPORTS = {
+    "AuditReport": "tl_lightning.data.audit",
+    "DataConfig": "tl_lightning.data.transforms",
+    "DigitsDataModule": "tl_lightning.data.digits",
+    "IMAGE_EXTENSIONS": "tl_lightning.data.images",
+    "ImageDataset": "tl_lightning.data.images",
+    "ImageDecodeError": "tl_lightning.data.images",
+    "ImageFolderDataModule": "tl_lightning.data.datamodule",
+    "InputStatistics": "tl_lightning.data.drift",
+    "check_files": "tl_lightning.data.audit",
+    "decode_image": "tl_lightning.data.images",
+    "eval_transform": "tl_lightning.data.transforms",
+    "load_image": "tl_lightning.data.images",
+    "load_rgb": "tl_lightning.data.images",
+    "train_transform": "tl_lightning.data.transforms",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -3,36 +3,31 @@ groups with discriminative learning rates, losses, LR schedules, frozen-feature 
 `TransferClassifier`, the LightningModule that carries them.
 """
 
-from tl_lightning.models.backbones import Backbone, check_backbone_name, create_backbone
-from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes
-from tl_lightning.models.features import Features, extract_features
-from tl_lightning.models.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
-from tl_lightning.models.heads import create_head, scaled_softmax
-from tl_lightning.models.losses import balanced_class_weights, focal_loss
-from tl_lightning.models.lr_schedules import warmup_cosine
-from tl_lightning.models.module import TransferClassifier
-from tl_lightning.models.options import Distillation, Imbalance, Performance, Regularization
+from tl_lightning.utils import lazy_exports
 
-__all__ = [
-    "Backbone",
-    "Distillation",
-    "Features",
-    "Imbalance",
-    "LayerGroup",
-    "Performance",
-    "Regularization",
-    "TransferClassifier",
-    "balanced_class_weights",
-    "build_param_groups",
-    "check_backbone_name",
-    "check_checkpoint_file",
-    "check_same_classes",
-    "create_backbone",
-    "create_head",
-    "discriminative_lrs",
-    "extract_features",
-    "focal_loss",
-    "layer_groups",
-    "scaled_softmax",
-    "warmup_cosine",
-]
+# Names -> the module that defines them, imported on first use (`utils.lazy_exports` says why).
+_EXPORTS = {
+    "Backbone": "tl_lightning.models.backbones",
+    "Distillation": "tl_lightning.models.options",
+    "Features": "tl_lightning.models.features",
+    "Imbalance": "tl_lightning.models.options",
+    "LayerGroup": "tl_lightning.models.groups",
+    "Performance": "tl_lightning.models.options",
+    "Regularization": "tl_lightning.models.options",
+    "TransferClassifier": "tl_lightning.models.module",
+    "balanced_class_weights": "tl_lightning.models.losses",
+    "build_param_groups": "tl_lightning.models.groups",
+    "check_backbone_name": "tl_lightning.models.backbones",
+    "check_checkpoint_file": "tl_lightning.models.checkpoint",
+    "check_same_classes": "tl_lightning.models.checkpoint",
+    "create_backbone": "tl_lightning.models.backbones",
+    "create_head": "tl_lightning.models.heads",
+    "discriminative_lrs": "tl_lightning.models.groups",
+    "extract_features": "tl_lightning.models.features",
+    "focal_loss": "tl_lightning.models.losses",
+    "layer_groups": "tl_lightning.models.groups",
+    "scaled_softmax": "tl_lightning.models.heads",
+    "warmup_cosine": "tl_lightning.models.lr_schedules",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
