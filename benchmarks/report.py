@@ -170,6 +170,51 @@ def peers(r: dict) -> list[str]:
     return lines
 
 
+def serve(r: dict) -> list[str]:
+    command = "python benchmarks/serve.py" + (" --device cuda" if r["device"] == "cuda" else "")
+    rows = [
+        f"| {name} | {v['requests_per_s']:.1f} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} |"
+        for name, v in r["rows"].items()
+    ]
+    return [
+        "## Serving: requests/s and latency",
+        "",
+        f"`{command}` on {r['machine']}: {r['model']} (the digits default), {r['requests']} multipart uploads of "
+        "real test images per setting, the clients on the same machine as the server (on 2 cores they take CPU from "
+        "it). The first row is the model alone in one process (decode, preprocess, forward), the floor HTTP adds to.",
+        "",
+        "| setting | requests/s | p50 ms | p95 ms |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
+def int8(r: dict) -> list[str]:
+    rows = []
+    for name, v in r["rows"].items():
+        f, q = v["fp32"], v["int8"]
+        rows.append(f"| {name}: {v['model']} | {f['size_mib']:.1f} / {q['size_mib']:.1f} ({v['size_ratio']:.2f}x) | "
+                    f"{f['batch1_ms']:.2f} / {q['batch1_ms']:.2f} ({v['batch1_speedup']:.2f}x) | "
+                    f"{f['batch32_ms']:.1f} / {q['batch32_ms']:.1f} ({v['batch32_speedup']:.2f}x) | "
+                    f"{f['test_accuracy']:.4f} / {q['test_accuracy']:.4f}"
+                    f"{' (warned)' if f['test_accuracy'] - q['test_accuracy'] > 0.01 else ''} |")  # fmt: skip
+    return [
+        "## int8 ONNX vs fp32",
+        "",
+        f"`python benchmarks/int8.py --checkpoint NAME=CKPT ...` on {r['machine']}, onnxruntime {r['onnxruntime']}: "
+        "`export --int8` (static QDQ, per-channel int8 weights, calibrated on 256 training images, the classifier "
+        "kept in float); latency is the median of onnxruntime runs on the CPU provider; accuracy on the run's "
+        "test split. fp32 / int8 (int8's size as a share of fp32's; its speed-up). Measured on the digits default "
+        "(`python train.py`) and a ResNet-50 trained on it from random weights (`backbone=resnet50 "
+        'backbone.pretrained=false`: no ImageNet ResNet-50 weights are reachable offline). "warned": int8 '
+        "lost more than one point, which `export --int8` warns about.",
+        "",
+        "| checkpoint | size MiB | batch 1 ms | batch 32 ms | test accuracy |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def main() -> None:
     sections = [
         "# Benchmarks",
@@ -180,7 +225,7 @@ def main() -> None:
     ]
     for name, render in (("peers", peers), ("overhead", overhead), ("feature_cache", feature_cache),
                          ("time_to_accuracy", time_to_accuracy), ("dataloader", dataloader),
-                         ("audit", audit)):  # fmt: skip
+                         ("audit", audit), ("serve", serve), ("serve_gpu", serve), ("int8", int8)):  # fmt: skip
         if (result := load(name)) is not None:
             sections += ["", *render(result)]
     for name, title in (("throughput", "Throughput on the CPU"), ("throughput_gpu", "Throughput on a GPU")):
