@@ -31,6 +31,7 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     other = base / "other_classes"
     write_images(other, classes=("owl", "yak"), per_class=6)
     shutil.copytree(undecodable / "cat", base / "bad_images")
+    (base / "notes.ckpt").write_text("not a checkpoint")
     return {
         "base": base,
         "data": data,
@@ -41,6 +42,7 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "truncated": truncated,
         "other": other,
         "bad_images": base / "bad_images",
+        "text": base / "notes.ckpt",
     }
 
 
@@ -62,6 +64,13 @@ TRAIN_CASES = {
     "no epochs": (lambda f, o: [*folder(f["data"], o), "trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
     "tiny images": (lambda f, o: [*folder(f["data"], o), "model.image_size=4"], "model.image_size=4 is smaller than"),
     "zero batch": (lambda f, o: [*folder(f["data"], o), "data.batch_size=0"], "data.batch_size=0 must be"),
+    "negative workers": (lambda f, o: [*folder(f["data"], o), "data.num_workers=-3"], "data.num_workers=-3 must be"),
+    "seed not a number": (lambda f, o: [*folder(f["data"], o), "seed=abc"], "seed='abc' must be a whole number"),
+    "until stopped": (lambda f, o: [*folder(f["data"], o), "trainer.max_epochs=-1"], "trainer.max_epochs=-1 (train"),
+    "trainer refused": (
+        lambda f, o: [*folder(f["data"], o), "trainer.precision=64x"],
+        "Lightning refused the trainer settings (trainer.accelerator=auto",
+    ),
     "task typo": (lambda f, o: [*folder(f["data"], o), "task=lr-find"], "Unknown task 'lr-find'. Did you mean"),
     "missing root": (lambda f, o: folder(f["base"] / "missing", o), "data.root '"),
     "empty root": (lambda f, o: folder(f["empty"], o), "'{empty}' has no class folders"),
@@ -74,6 +83,10 @@ TRAIN_CASES = {
     "missing weights": (
         lambda f, o: [*folder(f["data"], o), "backbone.pretrained=true", f"backbone.weights_file={f['base']}/w.pth"],
         "Weights file '",
+    ),
+    "weights not a torch file": (
+        lambda f, o: [*folder(f["data"], o), "backbone.pretrained=true", f"backbone.weights_file={f['text']}"],
+        "Weights file '{text}' is not a PyTorch file",
     ),
     "unwritable output": (
         lambda f, o: [*folder(f["data"], o), "paths.output_dir=/proc/tl_out"],
@@ -88,6 +101,7 @@ TRAIN_CASES = {
 }
 TOOL_CASES = {
     "predict truncated": (lambda f, o: ["predict", str(f["truncated"]), str(f["data"])], "Checkpoint '"),
+    "predict a text file": (lambda f, o: ["predict", str(f["text"]), str(f["data"])], "Checkpoint '{text}' is not a"),
     "export truncated": (lambda f, o: ["export", str(f["truncated"]), "--out", str(o)], "Checkpoint '"),
     "explain missing": (lambda f, o: ["explain", str(f["base"] / "nope.ckpt"), str(f["data"])], "Checkpoint '"),
     "predict unwritable": (
@@ -99,6 +113,12 @@ TOOL_CASES = {
         "None of the 1 files could be read",
     ),
     "audit missing": (lambda f, o: ["audit", str(f["base"] / "missing")], "data.root '"),
+    "audit a file": (lambda f, o: ["audit", str(f["truncated"])], "data.root '{truncated}' is a file"),
+    "export unwritable": (
+        lambda f, o: ["export", str(f["ckpt"]), "--out", "/proc/x/export"],
+        "--out='/proc/x/export' is not writable",
+    ),
+    "serve bad port": (lambda f, o: ["serve", str(f["ckpt"]), "--port", "99999"], "--port=99999: a port is"),
     "serve truncated": (lambda f, o: ["serve", str(f["truncated"]), "--port", "0"], "Checkpoint '"),
     "serve no batch": (lambda f, o: ["serve", str(f["ckpt"]), "--max-batch-size", "0"], "--max-batch-size=0: it must"),
 }

@@ -42,6 +42,10 @@ def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
     for i, factor in enumerate(model.get("lr_factors") or []):
         check_positive_number(f"model.lr_factors[{i}]", factor)
     check_positive_int("data.batch_size", cfg.data.get("batch_size"))
+    if cfg.data.get("num_workers") is not None:
+        check_whole_number("data.num_workers", cfg.data.num_workers, "null (one per CPU, at most 8) or 0 (no workers)")
+    if cfg.get("seed") is not None:
+        check_whole_number("seed", cfg.seed, "another whole number, or null for no fixed seed")
     check_epochs(cfg.trainer.get("max_epochs"), cfg.get("ckpt_path"))
     if model.get("image_size") not in (None, AUTO):
         check_positive_int("model.image_size", model.image_size)
@@ -126,11 +130,21 @@ def check_positive_int(name: str, value: Any) -> None:
         raise BadValue(f"{name}={value!r} must be a whole number of at least 1.")
 
 
+def check_whole_number(name: str, value: Any, instead: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadValue(f"{name}={value!r} must be a whole number of at least 0; give {instead}.")
+
+
 def check_epochs(max_epochs: Any, ckpt_path: Any) -> None:
-    if max_epochs == -1:  # Lightning's "until stopped"
-        return
+    if max_epochs == -1:  # Lightning's "until stopped": the warmup + cosine schedule needs an end
+        raise BadValue(
+            "trainer.max_epochs=-1 (train until stopped) leaves the learning-rate schedule without an end: give a "
+            "number of epochs, e.g. trainer.max_epochs=30; early stopping can still end it sooner."
+        )
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
-        raise BadValue(f"trainer.max_epochs={max_epochs!r} must be a whole number of epochs (or -1: until stopped).")
+        raise BadValue(
+            f"trainer.max_epochs={max_epochs!r} must be a whole number of epochs, e.g. trainer.max_epochs=30."
+        )
     if max_epochs == 0 and not ckpt_path:
         raise BadValue("trainer.max_epochs=0 trains nothing, and there is no checkpoint to evaluate: give at least "
                        "one epoch, or ckpt_path=<run>/checkpoints/best.ckpt to test a trained model.")  # fmt: skip

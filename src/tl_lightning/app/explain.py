@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from tl_lightning.app._common import load_model, run_cli
+from tl_lightning.app.checks import check_writable
 from tl_lightning.evaluation.explain import explain_files, top_loss_files
 from tl_lightning.inference.predict import find_images
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.paths and args.top_losses is None:
         raise SystemExit("Give image files or folders, or --top-losses RUN.")
+    check_writable("--out", args.out)
     model = load_model(args.checkpoint)
     files, labels = top_loss_files(args.top_losses) if args.top_losses else (find_images(args.paths), None)
     written = explain_files(model, files, args.out, args.class_name, args.layer, labels)

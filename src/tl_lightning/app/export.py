@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tl_lightning.app._common import load_model, run_cli
+from tl_lightning.app.checks import check_writable
 from tl_lightning.data.splits import read_split
 from tl_lightning.inference.export import FORMATS, export
 from tl_lightning.inference.hub import push_to_hub, save_timm
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--int8 quantizes the ONNX export: add --format onnx")
     if args.calibration_images < 1:
         raise BadValue(f"--calibration-images={args.calibration_images}: it must be at least 1.")
+    check_writable("--out", args.out)  # before the model loads, not after the export ran
     model = load_model(args.checkpoint)
     split = read_split(args.checkpoint.resolve().parent.parent / "split.csv") if args.int8 else {}  # before the work
     graphs = tuple(f for f in args.format if f != "timm")

@@ -5,10 +5,12 @@ for `data=streaming data.input_dir=OUT` (`data.streaming`; the `[stream]` extra)
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tl_lightning.app._common import run_cli, setup_logging
+from tl_lightning.app.checks import check_writable
 from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.utils import UserError
+from tl_lightning.utils import BadValue, UserError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-bytes", default="64MB", help="size of each chunk file")
     parser.add_argument("--workers", type=int, default=1, help="processes that write chunks")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        raise BadValue(f"--workers={args.workers}: it must be at least 1.")
+    if "://" not in args.out:  # a bucket's permissions are LitData's to report
+        check_writable("out", Path(args.out))
     try:
         import litdata  # noqa: F401
 

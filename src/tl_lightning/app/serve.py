@@ -75,6 +75,8 @@ def _count(flag: str, value: str) -> int:
 
 def _check_port(host: str, port: int) -> None:
     """The port is free: found now, not after the workers have loaded the model."""
+    if not 0 <= port <= 65535:
+        raise BadValue(f"--port={port}: a port is a number from 0 to 65535 (e.g. 8000).")
     with socket.socket() as probe:
         try:
             probe.bind((host, port))

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from tl_lightning.app import hardware
@@ -51,9 +54,8 @@ class Job:
 
 
 def prepare(cfg: DictConfig) -> Job:
-    """Check the config, seed, prepare the data, fill the recipe's `auto` values from it, write the config, and
-    build the model for it (the seam connected)."""
-    check_config(cfg)
+    """Seed, prepare the data, fill the recipe's `auto` values from it, write the config, and build the model for
+    it (the seam connected). The caller has checked the config (`check_config`)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
@@ -81,20 +83,46 @@ def prepare(cfg: DictConfig) -> Job:
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    """The trainer with the config's callbacks and loggers; `trainer.sync_batchnorm` through timm's converter."""
+    """The trainer with the config's callbacks and loggers; `trainer.sync_batchnorm` through timm's converter.
+
+    Settings that Lightning refuses (an accelerator that is not there, a precision or strategy it does not know)
+    end in one sentence with Lightning's reason: they are the user's to change, not our bug."""
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     layer_sync = {}
     if cfg.trainer.get("sync_batchnorm"):  # Lightning's own converter would drop timm's fused activations
         layer_sync = {"sync_batchnorm": False, "plugins": [TimmSyncBatchNorm()]}
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **layer_sync)
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **layer_sync)
+    except InstantiationException as err:
+        cause = err.__cause__
+        refused = isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException))
+        if not (refused and _raised_in_lightning(cause)):
+            raise
+        chosen = ", ".join(f"trainer.{key}={cfg.trainer.get(key)}" for key in TRAINER_CHOICES if key in cfg.trainer)
+        reason = str(cause).strip().rstrip(".")
+        raise BadValue(
+            f"Lightning refused the trainer settings ({chosen}): {reason}. "
+            "Change them on the command line (python train.py --cfg job shows them all)."
+        ) from None
+
+
+TRAINER_CHOICES = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def _raised_in_lightning(error: BaseException) -> bool:
+    """Whether Lightning's own argument checks raised `error` (its last frame is in the lightning package)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"{os.sep}lightning{os.sep}" in frames[-1].filename
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """`task=train`: fit, calibrate, test and report (`pipeline.train_and_evaluate`); returns the metrics."""
+    """`task=train`: fit, calibrate, test and report (`pipeline.train_and_evaluate`); returns the metrics. The
+    trainer is built first, so that settings Lightning refuses are answered before the data and weights load."""
     hardware.resolve(cfg)
-    job = prepare(cfg)
+    check_config(cfg)
     trainer = build_trainer(cfg)
+    job = prepare(cfg)
     log_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), job.datamodule.class_names)
     return train_and_evaluate(job.model, job.datamodule, trainer, job.out, resume_from(cfg, job))
 
@@ -118,6 +146,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
     Features are cached under `paths.cache_dir/features`, so probing again (another `probe.c`) costs seconds.
     """
+    check_config(cfg)
     job = prepare(cfg)
     job.datamodule.setup("fit")
     cache = Path(cfg.paths.cache_dir) / "features"
@@ -134,6 +163,7 @@ def find_lr(cfg: DictConfig) -> dict[str, Any]:
 
     Writes `lr_find.png` and `lr_find.json` (suggestions and the `model.lr=...` override for the next run).
     """
+    check_config(cfg)
     job = prepare(cfg)
     job.datamodule.setup("fit")
     finetuning = instantiate(cfg.callbacks.finetuning)

@@ -16,7 +16,7 @@ import torch
 
 from tl_lightning.utils import BadValue, NotFound
 
-__all__ = ["check_checkpoint_file", "check_same_classes", "read_checkpoint"]
+__all__ = ["check_checkpoint_file", "check_same_classes", "load_tensors", "read_checkpoint"]
 
 
 def check_checkpoint_file(path: str | Path, role: str = "Checkpoint") -> Path:
@@ -34,6 +34,9 @@ def check_checkpoint_file(path: str | Path, role: str = "Checkpoint") -> Path:
     return path
 
 
+USE_A_RUN = "Use a best.ckpt or last.ckpt of a tl_lightning run."
+
+
 def read_checkpoint(path: str | Path, role: str = "Checkpoint") -> dict[str, Any]:
     """The checkpoint dict at `path`, on the CPU, loaded with `weights_only=True`.
 
@@ -44,29 +47,40 @@ def read_checkpoint(path: str | Path, role: str = "Checkpoint") -> dict[str, Any
             which.
     """
     path = check_checkpoint_file(path, role)
-    size = path.stat().st_size
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            raise BadValue(f"{role} '{path}' holds Python objects, not only tensors: it was not written by "
-                           "tl_lightning (another library, or a full pickled model). Use a best.ckpt or last.ckpt of a "
-                           "tl_lightning run.") from None  # fmt: skip
-        raise _damaged(role, path, size, err) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise _damaged(role, path, size, err) from None
+    checkpoint = load_tensors(path, role, USE_A_RUN)
     keys = sorted(checkpoint) if isinstance(checkpoint, dict) else []
     if not {"state_dict", "hyper_parameters", "tl_lightning"} <= set(keys):
         raise BadValue(f"{role} '{path}' is a PyTorch file but not a tl_lightning checkpoint (its top-level keys: "
-                       f"{keys[:8] or type(checkpoint).__name__}). Use a best.ckpt or last.ckpt of a tl_lightning run; "
-                       "for plain backbone weights use backbone.weights_file.")  # fmt: skip
+                       f"{keys[:8] or type(checkpoint).__name__}). {USE_A_RUN[:-1]}; for plain backbone weights use "
+                       "backbone.weights_file.")  # fmt: skip
     return checkpoint
 
 
+def load_tensors(path: Path, role: str, advice: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, every way a file can fail to load named in one sentence
+    that starts with `role` and ends with `advice`: not a PyTorch file, Python objects beyond tensors (another
+    library's pickle), or truncated."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(8)
+    if head and not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip; before 1.6, a pickle
+        raise BadValue(f"{role} '{path}' is not a PyTorch file (it starts with {head!r}; torch.save writes a zip "
+                       f"archive). {advice}")  # fmt: skip
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise BadValue(f"{role} '{path}' holds Python objects, not only tensors: it was not written by "
+                           f"tl_lightning (another library, or a full pickled model). {advice}") from None  # fmt: skip
+        raise _damaged(role, path, size, err) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
+        raise _damaged(role, path, size, err) from None
+
+
 def _damaged(role: str, path: Path, size: int, err: BaseException) -> BadValue:
-    return BadValue(f"{role} '{path}' cannot be read: it is truncated or damaged ({size:,} bytes; {err}). An "
-                    "interrupted copy or a full disk does this; use the run's other checkpoint (last.ckpt or "
-                    "best.ckpt) or copy it again.")  # fmt: skip
+    return BadValue(f"{role} '{path}' cannot be read: it is truncated or damaged ({size:,} bytes; "
+                    f"{str(err) or type(err).__name__}). An interrupted copy or a full disk does this; use another "
+                    "copy (a run's last.ckpt or best.ckpt) or copy it again.")  # fmt: skip
 
 
 def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:

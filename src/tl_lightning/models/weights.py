@@ -19,6 +19,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from tl_lightning.models.checkpoint import load_tensors
 from tl_lightning.utils import BadValue, NotFound
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,15 @@ def sha256_of(path: Path) -> str:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read tensors from a `.safetensors` or torch file, unwrapping the usual `state_dict`/`model` nesting."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise BadValue(f"Weights file '{path}' is not a readable safetensors file ({err}). Copy it again, or "
+                           "point backbone.weights_file at another file.") from None  # fmt: skip
+    obj = load_tensors(path, "Weights file", "Point backbone.weights_file at a .pth/.pt/.safetensors state dict.")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
