@@ -1,5 +1,6 @@
-"""Faults lose no work: a `python train.py` killed with SIGKILL in the frozen phase, at the unfreeze or in the
-middle of an epoch resumes from its last.ckpt to the result of the run that was never interrupted."""
+"""Faults lose no work: a `python train.py` killed with SIGKILL in the frozen phase, at the unfreeze or while the
+feature cache is built, or stopped with SIGTERM in the middle of an epoch, resumes from its last.ckpt to the result
+of the run that was never interrupted."""
 
 import json
 import os
@@ -70,6 +71,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, r
                    f"+callbacks.kill.batch={batch}")  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (run / "metrics.json").exists()
+    if extra:  # killed again while the resumed run rebuilds its feature cache, in the middle of the extraction
+        again = train(data, run, *extra, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                      "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.inside=feature_cache.py")  # fmt: skip
+        assert again.returncode == -signal.SIGKILL, again.stderr[-3000:]
+        assert "FrozenFeatureCache:" not in again.stderr + again.stdout  # it died before the cache was complete
     resumed = train(data, run, *extra, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_result(reference, run)
