@@ -3,6 +3,7 @@ files, a finished job that names what it skipped. Each row runs the CLI in a sub
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,14 @@ TRAIN_CASES = {
         lambda f, o: [*folder(f["data"], o), "backbone.pretrained=true", f"backbone.weights_file={f['text']}"],
         "Weights file '{text}' is not a PyTorch file",
     ),
+    "tracking server down": (
+        lambda f, o: [
+            *folder(f["data"], o),
+            "logger=mlflow",
+            f"logger.mlflow.tracking_uri=http://127.0.0.1:{free_port()}",
+        ],
+        "The MLflow tracking server at logger.mlflow.tracking_uri=http://127.0.0.1:",
+    ),
     "unwritable output": (
         lambda f, o: [*folder(f["data"], o), "paths.output_dir=/proc/tl_out"],
         "paths.output_dir='/proc/tl_out' is not writable",
@@ -122,6 +131,13 @@ TOOL_CASES = {
     "serve truncated": (lambda f, o: ["serve", str(f["truncated"]), "--port", "0"], "Checkpoint '"),
     "serve no batch": (lambda f, o: ["serve", str(f["ckpt"]), "--max-batch-size", "0"], "--max-batch-size=0: it must"),
 }
+
+
+def free_port() -> int:
+    """A port nothing listens on: bound, read and released."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_case(command: list[str]) -> subprocess.CompletedProcess:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
+
+from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,24 @@ def mlflow_logger(save_dir: str, tracking_uri: str | None = None, **kwargs: Any)
         tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
         kwargs.setdefault("artifact_location", str(folder / "artifacts"))
         log.info("MLflow: local store %s; browse it with: mlflow ui --backend-store-uri %s", folder, tracking_uri)
+    elif urlparse(tracking_uri).scheme in ("http", "https"):
+        _check_reachable(tracking_uri)
     return MLFlowLogger(tracking_uri=tracking_uri, **kwargs)
+
+
+def _check_reachable(tracking_uri: str) -> None:
+    """A tracking server that does not answer is found now, in a second, not after MLflow's client has retried
+    for minutes at the first metric. Any HTTP answer counts (an auth proxy's 401 too); only no answer fails."""
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise BadValue(
+            f"The MLflow tracking server at logger.mlflow.tracking_uri={tracking_uri} does not answer ({reason}). "
+            "Start it, correct the address, or leave tracking_uri unset for a local store in the run folder."
+        ) from None
 
 
 def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs: Any) -> WandbLogger:
