@@ -22,7 +22,7 @@ import sys
 sys.modules["tl_lightning"] = None  # any import of it now fails
 import numpy as np, timm, torch
 folder, inputs, outputs = sys.argv[1:]
-model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # the exported folder; no hub
 config = timm.data.resolve_data_config({}, model=model)
 with torch.no_grad():
     logits = model(torch.from_numpy(np.load(inputs)))

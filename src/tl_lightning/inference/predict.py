@@ -71,26 +71,15 @@ def predict_files(model: TransferClassifier, files: list[Path], batch_size: int 
     and last file.
     """
     model.eval()
-    transform = eval_transform(model.data_config)
-    channels = int(model.data_config["input_size"][0])
     kept, rows, skipped = [], [], {}
-    for batch in _batches(files, batch_size):
-        images = {}
-        for file in batch:
-            try:
-                images[file] = transform(image=load_image(file, channels))["image"]
-            except ImageDecodeError as err:
-                skipped[file] = str(err)
-                log.warning("Skipping %s", err)
-        if not images:
-            continue
-        x = torch.stack(list(images.values())).to(model.device)
+    for x, files_in in image_batches(model, files, batch_size, skipped):
+        x = x.to(model.device)
         if model.input_statistics is not None and (problem := model.input_statistics.check(x)):
-            log.warning("Images %s .. %s: %s", batch[0], batch[-1], problem)
+            log.warning("Images %s .. %s: %s", files_in[0], files_in[-1], problem)
         probs = model.probabilities(x)
         if tta:
             probs = (probs + model.probabilities(x.flip(-1))) / 2
-        kept += list(images)
+        kept += files_in
         rows.append(probs.cpu())
     empty = torch.empty(0, len(model.class_names))
     return Predictions(kept, torch.cat(rows) if rows else empty, skipped)
@@ -101,9 +90,24 @@ def write_skipped(path: Path, skipped: dict[Path, str]) -> Path:
     return write_csv(path, [["path", "reason"], *([str(f), reason] for f, reason in skipped.items())])
 
 
-def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def image_batches(
+    model: TransferClassifier, files: list[Path], batch_size: int, skipped: dict[Path, str] | None = None
+) -> Iterator[tuple[torch.Tensor, list[Path]]]:
+    """`files` decoded and through the checkpoint's eval transform, in batches, with the files each batch holds. A
+    file that cannot be decoded is left out with a warning, and its reason goes into `skipped` when given."""
+    transform = eval_transform(model.data_config)
+    channels = int(model.data_config["input_size"][0])
+    for start in range(0, len(files), batch_size):
+        images = {}
+        for file in files[start : start + batch_size]:
+            try:
+                images[file] = transform(image=load_image(file, channels))["image"]
+            except ImageDecodeError as err:
+                if skipped is not None:
+                    skipped[file] = str(err)
+                log.warning("Skipping %s", err)
+        if images:
+            yield torch.stack(list(images.values())), list(images)
 
 
 def write_predictions(path: Path, files: list[Path], probs: torch.Tensor, class_names: list[str]) -> Path:

@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tl_lightning.data.images import ImageDecodeError, load_image
-from tl_lightning.data.transforms import eval_transform
 from tl_lightning.inference.export import METADATA_KEY
+from tl_lightning.inference.predict import image_batches
 from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -48,20 +47,9 @@ class Variant:
 
 
 def batches(model: Any, files: list[Path], batch_size: int = 16) -> Iterator[tuple[np.ndarray, list[Path]]]:
-    """Preprocessed float32 batches of `files`, as the graph's `image` input, with the files in each (undecodable
-    ones are left out, with a warning)."""
-    transform = eval_transform(model.data_config)
-    channels = int(model.data_config["input_size"][0])
-    for start in range(0, len(files), batch_size):
-        images, kept = [], []
-        for file in files[start : start + batch_size]:
-            try:
-                images.append(transform(image=load_image(file, channels))["image"].numpy())
-                kept.append(file)
-            except ImageDecodeError as err:
-                log.warning("Left out: %s", err)
-        if images:
-            yield np.stack(images).astype(np.float32), kept
+    """`predict.image_batches` as the graph's float32 `image` input."""
+    for x, kept in image_batches(model, files, batch_size):
+        yield x.numpy().astype(np.float32), kept
 
 
 # Normalisation layers stay in float: per-channel int8 of a LayerNorm's 1-D scale and shift (onnxruntime warns
