@@ -1,25 +1,27 @@
-"""Ours with no flags vs the tools a user would pick instead, on the suite of small real datasets (`suite.py`).
+"""Ours with no flags vs the tools a user would pick instead, each at its own documented defaults, on the suite of
+small real datasets (`suite.py`).
 
 Every tool gets the same EfficientNet-Lite0 ImageNet weights (the offline package), the same train/val/test
-folders, the same epoch budget and the same input resolution (the one our default chooses for the folder), and
-its own defaults for everything else:
+folders and the same epoch budget; everything else is the tool's own:
 
 - **ours**: `python train.py data=folder data.root=DIR seed=S`, nothing else (a subprocess per run);
-- **fastai**: `vision_learner(dls, "tf_efficientnet_lite0")` + `fine_tune(epochs - 1)` (1 frozen epoch), with
-  `Resize` and `aug_transforms()` defaults, batch 32; timm's loader is pointed at the offline weights file;
-- **lightning-docs**: the Lightning docs recipe: a LightningModule with backbone + linear head, `Adam` over
-  `filter(requires_grad)` at 1e-3, `BackboneFinetuning` (its defaults: unfreeze at epoch 10), the docs example's
-  transforms (resize, horizontal flip, ImageNet mean/std); the last epoch's model is scored;
-- **probe**: logistic regression (scikit-learn, standardised, C=1) on the frozen backbone's pooled features of
-  the whole image at that resolution;
-- **svm**: scikit-learn's `SVC()` (RBF) on the raw pixels, scaled to [0, 1].
+- **fastai**: its docs' recipe: `ImageDataLoaders.from_folder(..., item_tfms=Resize(224),
+  batch_tfms=aug_transforms())` (batch 64), `vision_learner(dls, "tf_efficientnet_lite0")`,
+  `fine_tune(epochs - 1)` (1 frozen epoch, then the rest); timm's loader is pointed at the offline weights file;
+- **lightning-docs**: the Lightning docs recipe at 224 px: a LightningModule with backbone + linear head, `Adam`
+  over `filter(requires_grad)` at 1e-3, `BackboneFinetuning` (its defaults: unfreeze at epoch 10), the docs
+  example's transforms (resize, horizontal flip, ImageNet mean/std); the last epoch's model is scored;
+- **probe**: logistic regression (scikit-learn, standardised) on the frozen backbone's pooled features of the
+  whole image at 224 px, C chosen by 5-fold cross-validation on the training images (`LogisticRegressionCV`);
+- **svm**: scikit-learn's `SVC()` (RBF) on the raw pixels, scaled to [0, 1], at the images' own size (64 px when
+  the sizes differ).
 
 Each (dataset, tool, seed) is one row of `benchmarks/results/peers_runs.json`, saved as it finishes: a stopped
-run goes on where it was. `peers.json` holds the table, mean ± std over seeds with the fit time; `report.py` puts it
-in BENCHMARKS.md.
+run goes on where it was, and rows from earlier sessions are kept. `peers.json` holds the table, mean ± std over
+the seeds that finished, with the fit time; `report.py` puts it in BENCHMARKS.md.
 
     pip install -e ".[peers]"
-    python benchmarks/peers.py [--datasets digits photos ...] [--tools ours fastai ...] [--seeds 1 2 3]
+    python benchmarks/peers.py [--datasets galaxies clipart ...] [--tools ours fastai ...] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import yaml
 from _results import RESULTS, machine, save_json
 from PIL import Image
 from report import peers as render_peers
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -50,6 +52,9 @@ from suite import DEFAULT_ROOT, SUITE, counts, write
 ROOT = Path(__file__).resolve().parents[1]
 ARCH, WEIGHTS = "tf_efficientnet_lite0", "package:efficientnet_lite0"
 TOOLS = ("ours", "fastai", "lightning-docs", "probe", "svm")
+# The resolution fastai's and Lightning's docs train at, and the probe's.
+PEER_SIZE = 224
+SVM_SIZE = 64
 
 
 def files(folder: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
@@ -58,11 +63,12 @@ def files(folder: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
     return paths, [classes.index(p.parent.name) for p in paths], classes
 
 
-def run_ours(folder: Path, seed: int, epochs: int, work: Path, size: int | None) -> dict:
+def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     out = work / "ours"
     command = [sys.executable, str(ROOT / "train.py"), "data=folder", f"data.root={folder}", f"seed={seed}",
                f"trainer.max_epochs={epochs}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=os.environ | threads)
     if done.returncode != 0:
         raise RuntimeError(f"train.py failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -83,7 +89,7 @@ def offline_weights(work: Path) -> Path:
     return path
 
 
-def run_fastai(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+def run_fastai(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     import timm
     from fastai.vision import all as fv
 
@@ -94,8 +100,9 @@ def run_fastai(folder: Path, seed: int, epochs: int, work: Path, size: int) -> d
         return create(name, pretrained=pretrained, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
 
     fv.set_seed(seed, reproducible=True)
-    dls = fv.ImageDataLoaders.from_folder(folder, train="train", valid="val", item_tfms=fv.Resize(size),
-                                          batch_tfms=fv.aug_transforms(), bs=32, num_workers=0, seed=seed)  # fmt: skip
+    dls = fv.ImageDataLoaders.from_folder(
+        folder, train="train", valid="val", item_tfms=fv.Resize(PEER_SIZE), batch_tfms=fv.aug_transforms(), seed=seed
+    )
     timm.create_model = offline_create
     try:
         learn = fv.vision_learner(dls, ARCH, metrics=fv.accuracy)
@@ -110,7 +117,7 @@ def run_fastai(folder: Path, seed: int, epochs: int, work: Path, size: int) -> d
     return {"acc": float((preds.argmax(1) == torch.tensor(labels)).float().mean()), "seconds": round(seconds, 1)}
 
 
-def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     import lightning.pytorch as pl
     import torch.nn.functional as F
     from lightning.pytorch.callbacks import BackboneFinetuning
@@ -135,6 +142,7 @@ def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path, size: i
 
     pl.seed_everything(seed, workers=True)
     normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    size = PEER_SIZE
     train_tf = transforms.Compose([transforms.Resize((size, size)), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalize])  # fmt: skip
     eval_tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(), normalize])
@@ -152,14 +160,14 @@ def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path, size: i
     return {"acc": correct / len(test), "seconds": round(seconds, 1)}
 
 
-def run_probe(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+def run_probe(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     from torchvision import transforms
 
     from tl_lightning.models.backbones import create_backbone
 
     backbone = create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS)
     model, config = backbone.model.eval(), backbone.data_config
-    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+    tf = transforms.Compose([transforms.Resize((PEER_SIZE, PEER_SIZE)), transforms.ToTensor(),
                              transforms.Normalize(config["mean"], config["std"])])  # fmt: skip
 
     def features(split: str) -> tuple[np.ndarray, list[int]]:
@@ -171,15 +179,20 @@ def run_probe(folder: Path, seed: int, epochs: int, work: Path, size: int) -> di
 
     started = time.perf_counter()
     x, y = features("train")
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(x, y)
+    cv = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], cv=5, max_iter=2000)
+    probe = make_pipeline(StandardScaler(), cv).fit(x, y)
     seconds = time.perf_counter() - started
     return {"acc": float(probe.score(*features("test"))), "seconds": round(seconds, 1)}
 
 
-def run_svm(folder: Path, seed: int, epochs: int, work: Path, size: int) -> dict:
+def run_svm(folder: Path, seed: int, epochs: int, work: Path) -> dict:
+    sizes = {Image.open(p).size for split in ("train", "test") for p in files(folder, split)[0]}
+    side = next(iter(sizes)) if len(sizes) == 1 else (SVM_SIZE, SVM_SIZE)
+
     def pixels(split: str) -> tuple[np.ndarray, list[int]]:
         paths, labels, _ = files(folder, split)
-        return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32).ravel() / 255 for p in paths]), labels
+        images = [Image.open(p).convert("RGB").resize(side) for p in paths]
+        return np.stack([np.asarray(image, np.float32).ravel() / 255 for image in images]), labels
 
     started = time.perf_counter()
     svm = SVC().fit(*pixels("train"))
@@ -202,7 +215,8 @@ def summarise(runs: dict, datasets: list[str], tools: list[str]) -> dict:
             if done:
                 accs = [r["acc"] for r in done]
                 row[tool] = {"mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": len(accs),
-                             "seconds": statistics.mean(r["seconds"] for r in done)}  # fmt: skip
+                             "seconds": statistics.mean(r["seconds"] for r in done),
+                             "threads": max(r.get("threads", 0) for r in done)}  # fmt: skip
     return table
 
 
@@ -214,11 +228,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("TL_SUITE_ROOT", DEFAULT_ROOT)))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPU threads for every tool (fit times compare only at the same count; each row records its own)",
+    )
     parser.add_argument("--fresh", action="store_true", help="forget finished rows and run them again")
+    parser.add_argument(
+        "--rerun", nargs="+", default=[], choices=TOOLS, help="forget these tools' rows (ours, after a recipe change)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     runs_file = args.out / "peers_runs.json"
     runs = {} if args.fresh or not runs_file.exists() else json.loads(runs_file.read_text())
+    runs = {key: run for key, run in runs.items() if key.split("/")[1] not in args.rerun}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
             folder = write(name, args.data_root)
@@ -227,19 +251,22 @@ def main() -> None:
                     key = f"{name}/{tool}/{seed}"
                     if key in runs:
                         continue
-                    size = next((r["size"] for k, r in runs.items() if k.startswith(f"{name}/ours/")), None)
-                    if tool != "ours" and size is None:  # ours runs first and picks the resolution for everyone
-                        runs[f"{name}/ours/{seed}"] = run_ours(folder, seed, args.epochs, Path(tmp) / key, None)
-                        size = runs[f"{name}/ours/{seed}"]["size"]
                     work = Path(tmp) / key
                     work.mkdir(parents=True, exist_ok=True)
-                    runs[key] = RUNNERS[tool](folder, seed, args.epochs, work, size) | {"size": size}
+                    runs[key] = RUNNERS[tool](folder, seed, args.epochs, work) | {"threads": torch.get_num_threads()}
                     print(f"{key:<32} acc {runs[key]['acc']:.4f}  {runs[key]['seconds']:>6.1f} s", flush=True)
                     save_json("peers_runs", runs, args.out)
-    about = {name: SUITE[name][0] for name in args.datasets}
-    sizes = {name: counts(args.data_root / name) for name in args.datasets}
-    result = {"machine": machine(), "epochs": args.epochs, "seeds": args.seeds, "datasets": about, "images": sizes,
-              "table": summarise(runs, args.datasets, args.tools)}  # fmt: skip
+    # The table holds every finished row, from this call or an earlier one.
+    measured = [name for name in SUITE if any(key.startswith(f"{name}/") for key in runs)]
+    about = {name: SUITE[name][0] for name in measured}
+    sizes = {name: counts(write(name, args.data_root)) for name in measured}
+    result = {
+        "machine": machine(),
+        "epochs": args.epochs,
+        "datasets": about,
+        "images": sizes,
+        "table": summarise(runs, measured, list(TOOLS)),
+    }
     save_json("peers", result, args.out)
     print("\n".join(render_peers(result)))  # the section report.py writes into BENCHMARKS.md
 

@@ -145,28 +145,52 @@ def audit(r: dict) -> list[str]:
 
 def peers(r: dict) -> list[str]:
     tools = ["ours", "fastai", "lightning-docs", "probe", "svm"]
-    seeds = ", ".join(map(str, r["seeds"]))
     lines = [
-        "## Ours with no flags vs the peers, on small real datasets",
+        "## Ours with no flags vs the peers at their own defaults, on real data",
         "",
-        f"`python benchmarks/peers.py --seeds {seeds.replace(',', '')}` on {r['machine']}: each tool with its own "
-        f"defaults, the same offline EfficientNet-Lite0 weights, folders, {r['epochs']} epochs and input resolution "
-        "(the one our recipe picks); test accuracy, mean ± std over seeds "
-        f"({seeds}), and the mean fit time. Bold: the best mean. The datasets (`benchmarks/suite.py`, built from "
-        "what scikit-learn, scikit-image and matplotlib ship) and their train / val / test images:",
+        f"`python benchmarks/peers.py` on {r['machine']}: each tool at its own documented defaults (fastai: "
+        "`Resize(224)`, `aug_transforms()`, `fine_tune`; the Lightning docs recipe at 224 px; the probe at 224 px "
+        "with C by 5-fold cross-validation; the SVM on pixels), the same offline EfficientNet-Lite0 weights and "
+        f"folders, {r['epochs']} epochs. Test accuracy, mean ± std over the seeds that finished (n), and the mean "
+        "fit time with the CPU threads it ran on (times compare only at the same thread count). Bold: the best mean. "
+        "The datasets (`benchmarks/suite.py`) and their train / val / test images:",
         "",
     ]
     lines += [f"- **{name}**: {about} ({r['images'][name]['train']} / {r['images'][name]['val']} / "
               f"{r['images'][name]['test']})" for name, about in r["datasets"].items()]  # fmt: skip
     lines += ["", "| data | " + " | ".join(tools) + " |", "|" + "---|" * (len(tools) + 1)]
     for name, row in r["table"].items():
+        if not row:
+            continue
         best = max(v["mean"] for v in row.values())
         cells = []
         for tool in tools:
             v = row.get(tool)
-            text = "-" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f} ({v['seconds']:.0f} s)"
-            cells.append(f"**{text}**" if v is not None and v["mean"] == best else text)
+            if v is None:
+                cells.append("not run")
+                continue
+            threads = f", {v['threads']} thr" if v.get("threads") else ""
+            text = f"{v['mean']:.3f} ± {v['std']:.3f} (n={v['seeds']}; {v['seconds']:.0f} s{threads})"
+            cells.append(f"**{text}**" if v["mean"] == best else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def recipe_path(r: dict) -> list[str]:
+    datasets = sorted({name for row in r["table"].values() for name in row})
+    lines = [
+        "## From the old recipe to the default, one piece at a time",
+        "",
+        f"`python benchmarks/recipe_path.py` on {r['machine']}, {r['epochs']} epochs: test accuracy of each step "
+        "(mean over the seeds run) on the suite's data. Each step is `train.py` with the overrides in "
+        "`benchmarks/recipe_path.py`.",
+        "",
+        "| step | what changes | " + " | ".join(datasets) + " |",
+        "|" + "---|" * (len(datasets) + 2),
+    ]
+    for step, row in r["table"].items():
+        cells = [f"{row[name]:.3f}" if name in row else "-" for name in datasets]
+        lines.append(f"| {step} | {r['steps'][step]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -223,9 +247,19 @@ def main() -> None:
         "that measured it and the machine it ran on are given with it. Ratios are measured side by side in one run. "
         "The finetuning strategies' accuracies are in `benchmarks/results/strategies.md`.",
     ]
-    for name, render in (("peers", peers), ("overhead", overhead), ("feature_cache", feature_cache),
-                         ("time_to_accuracy", time_to_accuracy), ("dataloader", dataloader),
-                         ("audit", audit), ("serve", serve), ("serve_gpu", serve), ("int8", int8)):  # fmt: skip
+    renderers = {
+        "peers": peers,
+        "recipe_path": recipe_path,
+        "overhead": overhead,
+        "feature_cache": feature_cache,
+        "time_to_accuracy": time_to_accuracy,
+        "dataloader": dataloader,
+        "audit": audit,
+        "serve": serve,
+        "serve_gpu": serve,
+        "int8": int8,
+    }
+    for name, render in renderers.items():
         if (result := load(name)) is not None:
             sections += ["", *render(result)]
     for name, title in (("throughput", "Throughput on the CPU"), ("throughput_gpu", "Throughput on a GPU")):

@@ -1,11 +1,24 @@
-"""The peers benchmark's datasets: small real image folders assembled from what installed packages ship offline.
+"""The peers benchmark's datasets: small real image folders of several kinds, from what installs offline.
 
 Each is written once as `ROOT/<name>/{train,val,test}/<class>/*.png`, the same split for every tool, and is
-deterministic (its own fixed seed, independent of the training seeds). Together they cover what the recipe has
-to survive: far from ImageNet (digits), natural photos near ImageNet (patches of the scikit-image, scikit-learn
-and matplotlib sample photos, one class per photo), grayscale, few-shot (5 and 10 per class), imbalanced, and a
-tiny validation split. Kept out on purpose: scikit-image's `lfw_subset` and its brick/grass/gravel textures,
-reserved for held-out checks.
+deterministic (its own fixed subsampling seed, independent of the training seeds). Validation is what a user's
+15% of a few hundred images gives. Together they cover what the recipe has to survive:
+
+- **galaxies**: radio-telescope images (FIRST survey, PyPI `firstgalaxydata`), 300 px grayscale, the source small
+  in the centre: large images far from ImageNet, 4 imbalanced classes (the survey's own proportions, 2.7:1);
+- **clipart**: colour drawings (Debian `openclipart-png`), ~300 px, 5 categories: mid-size colour images near
+  ImageNet's objects but not photographs;
+- **clipart-tiny**: the same drawings of 8 categories at 28 px grayscale: tiny images;
+- **few-shot**: clip art, 10 training images a class, 5 classes;
+- **digits**: scikit-learn's 8 px handwritten digits, 500 train: tiny and far from ImageNet.
+
+Clip art is RGBA with transparent backgrounds; it is flattened onto white here, once, so every tool reads the same
+pixels (what each tool does with an alpha channel is not what this suite measures). Kept out on purpose:
+scikit-image's `lfw_subset` and its brick/grass/gravel textures, reserved for held-out checks.
+
+The clip art comes from Debian's package: `apt-get download openclipart-png` and `dpkg-deb -x` into
+`ROOT/.openclipart` on first use (or pass `--clipart DIR`); the galaxies from `pip install --no-deps
+firstgalaxydata==0.2.1`.
 
     python benchmarks/suite.py [--root benchmarks/.data]
 """
@@ -13,78 +26,117 @@ reserved for held-out checks.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
+import io
 import os
+import subprocess
+import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-import skimage
 from PIL import Image
-from sklearn.datasets import load_digits, load_sample_images
+from sklearn.datasets import load_digits
 
 DEFAULT_ROOT = Path(__file__).parent / ".data"
-SKIMAGE = Path(skimage.__file__).parent / "data"
-MPL = Path(matplotlib.get_data_path()) / "sample_data"
-
-# One class per photo: different scenes, so a patch's class is the photo it was cut from.
-COLOUR_PHOTOS = {
-    "astronaut": SKIMAGE / "astronaut.png",
-    "cat": SKIMAGE / "chelsea.png",
-    "coffee": SKIMAGE / "coffee.png",
-    "rocket": SKIMAGE / "rocket.jpg",
-    "motorcycle": SKIMAGE / "motorcycle_left.png",
-    "hopper": MPL / "grace_hopper.jpg",
-    "china": "sklearn:0",
-    "flower": "sklearn:1",
-}
-GRAY_PHOTOS = {
-    "camera": SKIMAGE / "camera.png",
-    "coins": SKIMAGE / "coins.png",
-    "moon": SKIMAGE / "moon.png",
-    "page": SKIMAGE / "page.png",
-    "text": SKIMAGE / "text.png",
-    "cell": SKIMAGE / "cell.png",
-}
+Splits = dict[str, dict[str, list[Image.Image]]]
 
 
-def _photo(source: Path | str, gray: bool) -> np.ndarray:
-    if isinstance(source, str) and source.startswith("sklearn:"):
-        image = Image.fromarray(load_sample_images().images[int(source.split(":")[1])])
-    else:
-        image = Image.open(source)
-    image = image.convert("L" if gray else "RGB")
-    return np.asarray(image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR))
+def clipart_folder(root: Path) -> Path:
+    """Debian's openclipart-png, downloaded and unpacked under `root` once (apt reaches Debian's mirror)."""
+    folder = Path(os.environ.get("TL_CLIPART", root / ".openclipart"))
+    png = folder / "usr/share/openclipart/png"
+    if png.is_dir():
+        return png
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "openclipart-png"], cwd=folder, check=True, capture_output=True)
+    deb = next(folder.glob("openclipart-png_*.deb"))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True)
+    deb.unlink()
+    return png
 
 
-def _patches(photos: dict, counts: dict[str, list[int]], size: int, gray: bool, seed: int) -> dict:
-    """`counts[split][i]` random `size`-pixel patches of photo i per split, from disjoint halves of the photo's rows
-    (train and val from the top 60%, test from the rest), so no test patch overlaps a training one."""
+def _flat(image: Image.Image, gray: bool, side: int | None) -> Image.Image:
+    """Onto white, RGB or L, and (when `side`) the centre square resized to `side` px."""
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    flat = Image.alpha_composite(white, rgba).convert("L" if gray else "RGB")
+    if side is None:
+        return flat
+    short = min(flat.size)
+    left, top = (flat.width - short) // 2, (flat.height - short) // 2
+    return flat.crop((left, top, left + short, top + short)).resize((side, side), Image.Resampling.LANCZOS)
+
+
+def _usable(path: Path) -> bool:
+    """A drawing of a sensible size: no icon under 64 px, no poster over 4,000 px (PIL refuses the largest)."""
+    try:
+        with Image.open(path) as image:
+            return min(image.size) >= 64 and max(image.size) <= 4000
+    except (OSError, Image.DecompressionBombError):
+        return False
+
+
+def _clipart(png: Path, categories: list[str], per_class: dict[str, int], seed: int, gray: bool,
+             side: int | None) -> Splits:  # fmt: skip
+    """`per_class[split]` drawings of each category (sub-folders included), disjoint across splits; odd sizes
+    (`_usable`) and drawings the collection holds more than once are left out."""
     rng = np.random.default_rng(seed)
-    out: dict[str, dict[str, list[np.ndarray]]] = {split: {} for split in counts}
-    for index, (name, source) in enumerate(photos.items()):
-        pixels = _photo(source, gray)
-        cut = int(pixels.shape[0] * 0.6)
-        for split, per_class in counts.items():
-            rows = (0, cut - size) if split != "test" else (cut, pixels.shape[0] - size)
-            tops = rng.integers(rows[0], rows[1] + 1, per_class[index])
-            lefts = rng.integers(0, pixels.shape[1] - size + 1, per_class[index])
-            out[split][name] = [pixels[t : t + size, x : x + size] for t, x in zip(tops, lefts, strict=True)]
+    out: Splits = {split: {} for split in per_class}
+    found = {category: sorted(p for p in (png / category).rglob("*.png") if _usable(p)) for category in categories}
+    digests = Counter(hashlib.sha256(p.read_bytes()).hexdigest() for files in found.values() for p in files)
+    for category in categories:
+        # The collection holds some drawings twice (in two categories, or twice in one): kept out, so no test
+        # image is a copy of a training one.
+        files = [p for p in found[category] if digests[hashlib.sha256(p.read_bytes()).hexdigest()] == 1]
+        order = rng.permutation(len(files))
+        start = 0
+        for split, count in per_class.items():
+            chosen = [files[i] for i in order[start : start + count]]
+            start += count
+            out[split][category] = [_flat(Image.open(p), gray, side) for p in chosen]
     return out
 
 
-def _digits(per_class: dict[str, list[int]], seed: int) -> dict:
+def _galaxies(per_split: dict[str, int], seed: int) -> Splits:
+    """FIRST radio galaxies, `per_split[split]` images drawn from the package's fixed split of the same name
+    ("val" from its "valid") in the survey's class proportions."""
+    package = Path(importlib.util.find_spec("firstgalaxydata").submodule_search_locations[0])
+    names: dict[str, dict[str, list[str]]] = {}
+    with zipfile.ZipFile(package / "galaxy_data.zip") as archive:
+        for name in archive.namelist():
+            parts = name.split("/")  # galaxy_data/<train|valid|test|all>/<class>/<file>.png
+            if len(parts) == 4 and parts[3].endswith(".png"):
+                split = {"valid": "val"}.get(parts[1], parts[1])
+                names.setdefault(split, {}).setdefault(parts[2], []).append(name)
+        rng = np.random.default_rng(seed)
+        out: Splits = {}
+        for split, total in per_split.items():
+            classes = {label: sorted(files) for label, files in sorted(names[split].items())}
+            available = sum(len(files) for files in classes.values())
+            out[split] = {}
+            for label, files in classes.items():
+                take = len(files) if total < 0 else round(total * len(files) / available)
+                chosen = sorted(rng.choice(len(files), take, replace=False))
+                out[split][label] = [Image.open(io.BytesIO(archive.read(files[i]))).convert("L") for i in chosen]
+    return out
+
+
+def _digits(per_class: dict[str, list[int]], seed: int) -> Splits:
     """scikit-learn's handwritten digits, 8x8 grayscale scaled to 0-255, `per_class[split][digit]` each."""
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    out: dict[str, dict[str, list[np.ndarray]]] = {split: {} for split in per_class}
+    out: Splits = {split: {} for split in per_class}
     for digit in range(10):
         indices = rng.permutation(np.flatnonzero(digits.target == digit))
         start = 0
         for split, counts in per_class.items():
             take = indices[start : start + counts[digit]] if counts[digit] >= 0 else indices[start:]
             start += len(take)
-            out[split][str(digit)] = [(digits.images[i] * 255 / 16).round().astype(np.uint8) for i in take]
+            pixels = [(digits.images[i] * 255 / 16).round().astype(np.uint8) for i in take]
+            out[split][str(digit)] = [Image.fromarray(p) for p in pixels]
     return out
 
 
@@ -92,30 +144,38 @@ def _each(n: int, classes: int) -> list[int]:
     return [n] * classes
 
 
-# name -> (what it covers, builder). Counts are per class; -1 takes the rest.
-SUITE: dict[str, tuple[str, Callable[[], dict]]] = {
-    "digits": ("far from ImageNet: 8 px handwritten digits, 10 classes, 500 train",
-               lambda: _digits({"train": _each(50, 10), "val": _each(15, 10), "test": _each(-1, 10)}, seed=0)),
-    "photos": ("natural photos near ImageNet: 48 px RGB patches of 8 photos, 30 train per class",
-               lambda: _patches(COLOUR_PHOTOS, {"train": _each(30, 8), "val": _each(8, 8), "test": _each(30, 8)},
-                                size=48, gray=False, seed=1)),
-    "gray": ("grayscale: 32 px patches of 6 grayscale photos, 30 train per class",
-             lambda: _patches(GRAY_PHOTOS, {"train": _each(30, 6), "val": _each(8, 6), "test": _each(30, 6)},
-                              size=32, gray=True, seed=2)),
-    "few-shot-5": ("few-shot: 5 train per class, 48 px RGB photo patches, 16 validation images",
-                   lambda: _patches(COLOUR_PHOTOS, {"train": _each(5, 8), "val": _each(2, 8), "test": _each(30, 8)},
-                                    size=48, gray=False, seed=3)),
-    "few-shot-10": ("few-shot: 10 train per class, 32 px grayscale photo patches, 18 validation images",
-                    lambda: _patches(GRAY_PHOTOS, {"train": _each(10, 6), "val": _each(3, 6), "test": _each(30, 6)},
-                                     size=32, gray=True, seed=4)),
-    "imbalanced": ("imbalanced: digits with 60 down to 3 train images per class (ratio 20), balanced test",
-                   lambda: _digits({"train": [60, 42, 29, 21, 14, 10, 7, 5, 4, 3], "val": _each(6, 10),
-                                    "test": _each(80, 10)}, seed=5)),
-    "tiny-val": ("tiny validation split: 12 images for 4 classes; 24 px grayscale photo patches, 40 train each",
-                 lambda: _patches(dict(list(GRAY_PHOTOS.items())[:4]),
-                                  {"train": _each(40, 4), "val": _each(3, 4), "test": _each(40, 4)},
-                                  size=24, gray=True, seed=6)),
-}  # fmt: skip
+FIVE = ["animals", "food", "people", "tools", "transportation"]
+EIGHT = [*FIVE, "plants", "recreation", "office"]
+
+# name -> (what it covers, builder taking the data root). Counts per class unless said; -1 takes the rest.
+SUITE: dict[str, tuple[str, Callable[[Path], Splits]]] = {
+    "galaxies": (
+        "radio galaxies: 300 px grayscale, far from ImageNet, 4 classes in the survey's proportions (2.7:1)",
+        lambda root: _galaxies({"train": 300, "val": 52, "test": -1}, seed=0),
+    ),
+    "clipart": (
+        "colour clip art: ~300 px drawings, 5 categories, 44 train each",
+        lambda root: _clipart(
+            clipart_folder(root), FIVE, {"train": 44, "val": 8, "test": 40}, seed=1, gray=False, side=None
+        ),
+    ),
+    "clipart-tiny": (
+        "tiny grayscale: the clip art at 28 px, 8 categories, 40 train each",
+        lambda root: _clipart(
+            clipart_folder(root), EIGHT, {"train": 40, "val": 7, "test": 30}, seed=2, gray=True, side=28
+        ),
+    ),
+    "few-shot": (
+        "few-shot: colour clip art, 10 train per category, 5 categories",
+        lambda root: _clipart(
+            clipart_folder(root), FIVE, {"train": 10, "val": 3, "test": 40}, seed=3, gray=False, side=None
+        ),
+    ),
+    "digits": (
+        "far from ImageNet: 8 px handwritten digits, 10 classes, 500 train",
+        lambda root: _digits({"train": _each(50, 10), "val": _each(15, 10), "test": _each(-1, 10)}, seed=0),
+    ),
+}
 
 
 def write(name: str, root: Path = DEFAULT_ROOT) -> Path:
@@ -124,13 +184,13 @@ def write(name: str, root: Path = DEFAULT_ROOT) -> Path:
     done = folder / ".complete"
     if done.exists():
         return folder
-    splits = SUITE[name][1]()
+    splits = SUITE[name][1](root)
     for split, classes in splits.items():
         for label, images in classes.items():
             target = folder / split / label
             target.mkdir(parents=True, exist_ok=True)
-            for i, pixels in enumerate(images):
-                Image.fromarray(pixels).save(target / f"{label}_{i:04d}.png")
+            for i, image in enumerate(images):
+                image.save(target / f"{label}_{i:04d}.png")
     done.write_text("")
     return folder
 

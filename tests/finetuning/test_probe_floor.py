@@ -10,9 +10,11 @@ import torch
 from conftest import tiny_data, tiny_model, tiny_trainer, write_images
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tl_lightning.finetuning.probe_floor import ProbeFloor
+from tl_lightning.finetuning.measure import cross_validate_probe
+from tl_lightning.finetuning.probe_floor import ProbeFloor, start_head
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
 from tl_lightning.models.features import extract_features, fit_probe, probe_as_linear
+from tl_lightning.models.heads import as_single_linear, create_head
 
 
 @pytest.mark.parametrize("classes", [2, 4])
@@ -25,6 +27,24 @@ def test_the_probe_folds_into_one_linear_layer_with_the_same_probabilities(class
     weight, bias = probe_as_linear(probe, classes)
     ours = (features @ weight.T + bias).softmax(-1)
     assert torch.allclose(ours, torch.as_tensor(probe.predict_proba(features.numpy())).float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_a_head_with_or_without_batchnorm_starts_as_the_probe_and_folds_back_into_one_linear(norm: bool):
+    torch.manual_seed(0)
+    features = torch.randn(60, 8) * torch.linspace(0.1, 5, 8) + 3
+    labels = torch.arange(60) % 3
+    features[:, 0] += labels * 2.0
+    probe = fit_probe(features, labels)
+    head = create_head(8, 3, dropout=0.5, norm=norm)
+    start_head(head, probe, 3)
+    head.eval()
+    expected = torch.as_tensor(probe.decision_function(features.numpy())).float()
+    assert torch.allclose(head(features), expected, atol=1e-4)
+    if norm:  # the probe's scaler is the BatchNorm's statistics: later batches of shifted features re-standardise
+        assert torch.allclose(head[0].running_mean, features.mean(0), atol=1e-5)
+    assert torch.allclose(as_single_linear(head)(features), head(features), atol=1e-4)
+    assert as_single_linear(create_head(8, 3, hidden=[4])) is None
 
 
 def _fit(folder: Path, out: Path, lr: float, epochs: int = 2):
@@ -52,7 +72,7 @@ def test_the_head_starts_as_the_probe_and_a_worse_fine_tuning_leaves_the_probe_a
     fresh = tiny_model()
     fresh.load_state_dict(probe)
     features, labels = extract_features(fresh.backbone, data.eval_dataloader("train"))
-    expected = fit_probe(features, labels)
+    expected = fit_probe(features, labels, c=cross_validate_probe(features, labels).c)  # ProbeFloor's own C
     logits = fresh.head(features)
     assert torch.equal(logits.argmax(-1), torch.as_tensor(expected.predict(features.numpy())))
 

@@ -1,61 +1,100 @@
-"""Fill the config's `auto` values from the data, before the model is built: one logged line per choice.
+"""Decide the config's `auto` values from the data before any object is built: one logged line per choice.
 
-The rules live in `finetuning.recipe` (plain functions, usable without Hydra); this module finds which keys the
-config leaves `auto`, asks for them, writes the answers into the config (so `config.yaml` holds what ran) and
-rebuilds the datamodule's training transform when its settings changed.
+The rules live in `finetuning.recipe` and the measurements in `finetuning.measure` (plain functions, usable without
+Hydra). This module finds which keys the config leaves `auto`, reads the training images through a datamodule
+built from the config as it is (a scan: its split and short sides), measures what the rules need on the pretrained
+backbone (a linear probe at candidate resolutions, the BatchNorm domain shift), and writes the answers into the
+config, so the datamodule and the model are then built from decided values and `config.yaml` holds what ran.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 
-from hydra.utils import instantiate
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from tl_lightning.app.checks import AUTO
 from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.finetuning.recipe import BOLD_LR_MULT, Choice, automatic_choices, choose_lr_mult, domain_shift
-from tl_lightning.models.backbones import backbone_geometry
-from tl_lightning.models.module import TransferClassifier
+from tl_lightning.data.images import ImageDataset
+from tl_lightning.data.transforms import eval_transform
+from tl_lightning.finetuning.measure import probe_at_resolutions
+from tl_lightning.finetuning.recipe import (
+    BOLD_LR_MULT,
+    Choice,
+    automatic_choices,
+    choose_lr_mult,
+    domain_shift,
+    resolution_candidates,
+)
+from tl_lightning.models.backbones import Backbone, backbone_geometry, create_backbone, with_overrides
 
 log = logging.getLogger(__name__)
 
-AUTO_KEYS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
+DATA_KEYS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
+# At most this many training images (evenly spaced over the classes' sorted files) are measured.
+MEASURED_IMAGES = 1000
 
 
-def resolve_recipe(cfg: DictConfig, datamodule: ImageFolderDataModule) -> list[Choice]:
-    """Replace every `auto` among `AUTO_KEYS` in `cfg` by the recipe's choice for `datamodule`'s training images."""
-    wanted = [key for key in AUTO_KEYS if OmegaConf.select(cfg, key, default=None) == AUTO]
+def plan_recipe(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
+    """The recipe's choice for every `auto` key of `cfg`, from `scan`'s training images; `cfg` is not changed.
+
+    Deterministic for a given folder and backbone: the measurements run in eval mode on evenly spaced images, and
+    leave the random number generators as they found them (training draws the same numbers with or without them).
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _plan(cfg, scan)
+
+
+def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
+    wanted = [key for key in (*DATA_KEYS, "model.lr_mult") if OmegaConf.select(cfg, key, default=None) == AUTO]
     if not wanted:
         return []
     native, stride, crop_pct = backbone_geometry(str(cfg.model.backbone), cfg.model.get("backbone_kwargs"))
+    sides = scan.short_sides()
+    median = statistics.median(sides or [native])
     size = cfg.model.get("image_size")
-    count = len(datamodule.samples("train"))
-    choices = automatic_choices(
-        datamodule.short_sides(), count, native, stride, crop_pct, wanted, None if size == AUTO else size
-    )
-    for choice in choices:
-        OmegaConf.update(cfg, choice.key, choice.value, merge=False)
-        log.info(choice.line())
-    if any(choice.key.startswith("data.train_transform.") for choice in choices):
-        datamodule.build_train_transform = instantiate(cfg.data.train_transform)
+    candidates = resolution_candidates(median, native, stride) if size == AUTO else []
+    samples = _spread(scan.samples("train"), MEASURED_IMAGES)
+    backbone = _backbone(cfg) if candidates or "model.lr_mult" in wanted else None
+    measured = probe_at_resolutions(backbone.model, samples, backbone.data_config, candidates) if candidates else None
+    count = len(scan.samples("train"))
+    given = None if size == AUTO else size
+    data_wanted = [key for key in wanted if key in DATA_KEYS]
+    choices = automatic_choices(sides, count, native, stride, crop_pct, data_wanted, given, measured)
+    if "model.lr_mult" in wanted:
+        decided = {choice.key: choice.value for choice in choices}
+        image_size = decided.get("model.image_size", given)
+        crop = decided.get("model.crop_pct", cfg.model.get("crop_pct"))
+        config = with_overrides(backbone.data_config, image_size, None if crop == AUTO else crop)
+        images = _batch(samples[:256], config)
+        choices.append(choose_lr_mult(domain_shift(backbone.model, images), default=BOLD_LR_MULT))
     return choices
 
 
-def model_placeholders(cfg: DictConfig) -> dict[str, float]:
-    """What the model is built with while an `auto` lr_mult waits for the built backbone to measure the shift."""
-    return {"lr_mult": BOLD_LR_MULT} if cfg.model.get("lr_mult") == AUTO else {}
+def apply_recipe(cfg: DictConfig, choices: list[Choice]) -> None:
+    """Write each choice into `cfg` and log its line."""
+    for choice in choices:
+        OmegaConf.update(cfg, choice.key, choice.value, merge=False)
+        log.info(choice.line())
 
 
-def resolve_model_recipe(cfg: DictConfig, model: TransferClassifier, datamodule: ImageFolderDataModule) -> list[Choice]:
-    """Choose `model.lr_mult` (when `auto`) from the domain shift of the training images under the model's backbone.
+def _backbone(cfg: DictConfig) -> Backbone:
+    model = cfg.model
+    kwargs = OmegaConf.to_container(model.get("backbone_kwargs") or OmegaConf.create({}))
+    built = create_backbone(str(model.backbone), bool(model.pretrained), model.get("weights_file"), **kwargs)
+    built.model.eval()
+    return built
 
-    Set on the built model's hyperparameters, which `configure_optimizers` reads and checkpoints save.
-    """
-    if cfg.model.get("lr_mult") != AUTO:
-        return []
-    choice = choose_lr_mult(domain_shift(model.backbone, datamodule.eval_sample()), BOLD_LR_MULT)
-    model.hparams.lr_mult = choice.value
-    OmegaConf.update(cfg, choice.key, choice.value, merge=False)
-    log.info(choice.line())
-    return [choice]
+
+def _spread(samples: list, limit: int) -> list:
+    step = max(1, len(samples) // limit)
+    return list(samples)[::step][:limit]
+
+
+def _batch(samples: list, config: dict) -> torch.Tensor:
+    channels = int(config["input_size"][0])
+    loader = DataLoader(ImageDataset(samples, eval_transform(config), channels), batch_size=len(samples) or 1)
+    return next(iter(loader))[0]

@@ -28,7 +28,7 @@ from tl_lightning.app import hardware
 from tl_lightning.app._common import user_errors
 from tl_lightning.app.checks import check_command_line, check_config, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
-from tl_lightning.app.recipe import model_placeholders, resolve_model_recipe, resolve_recipe
+from tl_lightning.app.recipe import apply_recipe, plan_recipe
 from tl_lightning.app.trackers import log_config
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.probe import linear_probe
@@ -60,22 +60,24 @@ def prepare(cfg: DictConfig) -> Job:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    if datamodule.num_classes < 2:
-        raise BadValue(f"'{datamodule.root}' has one class ({datamodule.class_names[0]}): a classifier needs at least "
+    scan = instantiate(cfg.data)
+    scan.prepare_data()
+    if scan.num_classes < 2:
+        raise BadValue(f"'{scan.root}' has one class ({scan.class_names[0]}): a classifier needs at least "
                        "two class folders. Add a folder of images for each other class.")  # fmt: skip
     if cfg.get("ckpt_path"):
-        check_resume(cfg.ckpt_path, datamodule.class_names)
-    choices = resolve_recipe(cfg, datamodule)
-    overrides: dict[str, Any] = model_placeholders(cfg)
+        check_resume(cfg.ckpt_path, scan.class_names)
+    choices = plan_recipe(cfg, scan)
+    apply_recipe(cfg, choices)
+    datamodule = instantiate(cfg.data) if choices else scan  # built from the decided values
+    datamodule.prepare_data()
+    overrides: dict[str, Any] = {}
     if cfg.model.get("imbalance", {}).get("class_weights") == "balanced":
         weights = balanced_class_weights(datamodule.class_counts()).tolist()
         overrides["imbalance"] = OmegaConf.to_container(cfg.model.imbalance) | {"class_weights": weights}
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
                         _convert_="all", **overrides)  # fmt: skip
     model.connect_data(datamodule)
-    choices += resolve_model_recipe(cfg, model, datamodule)
     if rank_zero_only.rank == 0:  # what ran: the recipe's choices are in the config, their reasons above it
         reasons = "".join(f"# {choice.line()}\n" for choice in choices)
         write_text(out / "config.yaml", reasons + OmegaConf.to_yaml(cfg, resolve=True))

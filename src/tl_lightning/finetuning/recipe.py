@@ -10,17 +10,20 @@ offers them. Each choice comes with the sentence that justifies it, so a run can
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-# Images at least this many pixels on their short side count as large enough for the weights' own resolution.
-MIN_RESOLUTION = 64
+from tl_lightning.finetuning.measure import ProbeScore, best_resolution
+
+# Input sizes tried for images smaller than the weights' resolution. BiT's HyperRule (Kolesnikov et al. 2020)
+# resizes images under 96 px to 160 and crops 128; fastai's users train at 224. Rather than fix one, the recipe
+# measures each (`finetuning.measure.probe_at_resolutions`) and takes the smallest the data cannot tell from the best.
+CANDIDATE_SIZES = (96, 128, 160, 224)
 # From this many training images on, ImageNet's strong random crops pay for themselves.
 MANY_IMAGES = 10_000
 
@@ -37,18 +40,34 @@ class Choice:
         return f"recipe: {self.key}={self.value} because {self.because}"
 
 
-def choose_resolution(median_side: float, native: int, stride: int) -> Choice:
-    """The input resolution: the weights' own for images at least that large; else twice the images' size
-    (a multiple of the stride, at least `MIN_RESOLUTION`): upsampling small images lets the pretrained filters,
-    tuned to ImageNet-sized objects, see them at a familiar scale, while more than 2x adds compute, not detail."""
+def resolution_candidates(median_side: float, native: int, stride: int) -> list[int]:
+    """The input sizes worth measuring: none for images at least the weights' resolution (they get it), else the
+    `CANDIDATE_SIZES` up to the weights' own that the backbone's stride divides, and the weights' own.
+
+    >>> resolution_candidates(28, native=224, stride=32)
+    [96, 128, 160, 224]
+    >>> resolution_candidates(300, native=224, stride=32)
+    []
+    """
     if median_side >= native:
-        return Choice("model.image_size", native, f"the training images (median short side {median_side:.0f} px) "
-                      f"are at least the weights' resolution {native} px")  # fmt: skip
-    step = max(stride, 32)
-    size = min(native, max(MIN_RESOLUTION, step * math.ceil(2 * median_side / step)))
-    return Choice("model.image_size", size, f"the training images are small (median short side {median_side:.0f} "
-                  f"px < {native} px): about 2x upsampled, a multiple of the stride {step}, at most the weights' "
-                  f"{native} px")  # fmt: skip
+        return []
+    return sorted({size for size in CANDIDATE_SIZES if size < native and size % stride == 0} | {native})
+
+
+def choose_resolution(median_side: float, native: int, measured: Mapping[int, ProbeScore] | None = None) -> Choice:
+    """The weights' own resolution for images at least that large; for smaller ones, the measured size: the
+    smallest whose cross-validated probe on the training images is within one standard error of the best."""
+    key = "model.image_size"
+    if median_side >= native or not measured:
+        because = f"the training images (median short side {median_side:.0f} px) are at least the weights' {native} px"
+        return Choice(key, native, because)
+    size = best_resolution(measured)
+    scores = ", ".join(f"{s} px {m.accuracy:.3f}" for s, m in sorted(measured.items()))
+    because = (
+        f"the training images are small (median short side {median_side:.0f} px) and a cross-validated linear probe "
+        f"of their frozen features scores {scores}: the smallest size within one standard error of the best"
+    )
+    return Choice(key, size, because)
 
 
 def choose_crops(median_side: float, resolution: int, train_images: int, weights_crop_pct: float) -> list[Choice]:
@@ -78,17 +97,18 @@ def automatic_choices(
     weights_crop_pct: float,
     wanted: Sequence[str],
     image_size: int | None = None,
+    measured: Mapping[int, ProbeScore] | None = None,
 ) -> list[Choice]:
     """The choices for the config keys in `wanted` (those left `auto`), deterministic for a given folder.
 
     `train_sides` are the shorter sides of (a sample of) the `train_count` training images
-    (`ImageFolderDataModule.short_sides`). Crops are judged against the resolution the run uses: `image_size` when
-    given, else the chosen one.
+    (`ImageFolderDataModule.short_sides`); `measured` the probe at each of `resolution_candidates`. Crops are
+    judged against the resolution the run uses: `image_size` when given, else the chosen one.
     """
     if not wanted:
         return []
     median = statistics.median(train_sides or [native])
-    resolution = choose_resolution(median, native, stride)
+    resolution = choose_resolution(median, native, measured)
     used = image_size or resolution.value
     choices = [resolution, *choose_crops(median, used, train_count, weights_crop_pct)]
     return [choice for choice in choices if choice.key in wanted]

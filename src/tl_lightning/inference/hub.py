@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tl_lightning.inference.export import InferenceModel, example_input
+from tl_lightning.models.heads import as_single_linear
 from tl_lightning.utils import BadValue, UserError
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", 
 def as_timm_model(model: Any) -> nn.Module:
     """The timm model `model.hparams.backbone` with `num_classes` outputs, carrying the checkpoint's backbone and
     head weights; equal to the checkpoint's logits (checked by `save_timm`)."""
-    linears = [m for m in model.head.modules() if isinstance(m, nn.Linear)]
-    if len(linears) != 1:
+    linear = as_single_linear(model.head)
+    if linear is None:
+        linears = [m for m in model.head.modules() if isinstance(m, nn.Linear)]
         raise BadValue(
             f"--format timm needs a linear head (timm's classifier is one Linear layer), but this checkpoint's head "
             f"has {len(linears)} linear layers (model.head_hidden={list(model.hparams.get('head_hidden') or [])}). "
@@ -42,7 +44,7 @@ def as_timm_model(model: Any) -> nn.Module:
     rebuilt = timm.create_model(model.hparams.backbone, pretrained=False, num_classes=len(model.class_names), **kwargs)
     classifier = rebuilt.get_classifier()
     prefix = next(name for name, module in rebuilt.named_modules() if module is classifier)
-    state = {**model.backbone.state_dict(), f"{prefix}.weight": linears[0].weight, f"{prefix}.bias": linears[0].bias}
+    state = {**model.backbone.state_dict(), f"{prefix}.weight": linear.weight, f"{prefix}.bias": linear.bias}
     rebuilt.load_state_dict(state, strict=True)
     return rebuilt.eval()
 

@@ -77,8 +77,12 @@ def create_backbone(
         weights = {"source": "timm", "tag": cfg.get("hf_hub_id") or cfg.get("url") or name}
     data_config = _with_channels(timm.data.resolve_model_data_config(model), kwargs.get("in_chans", 3))
     # A headless timm model outputs its pre-logits: `head_hidden_size` wide, which differs from `num_features` where
-    # a head conv sits after pooling (MobileNetV3: 288 -> 1024).
+    # a head conv sits after pooling (MobileNetV3: 288 -> 1024), and twice as wide under concatenated avg + max pooling
+    # (`global_pool="catavgmax"`, fastai's head's pooling).
     width = getattr(model, "head_hidden_size", None) or model.num_features
+    pool = getattr(model, "global_pool", None)
+    if hasattr(pool, "feat_mult") and not getattr(model, "head_hidden_size", None):
+        width *= pool.feat_mult()
     return Backbone(model=model, num_features=width, data_config=data_config, weights=weights)
 
 

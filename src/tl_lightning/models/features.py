@@ -148,11 +148,16 @@ def fit_probe(
 
 
 def probe_as_linear(probe: Pipeline, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The probe as one linear layer's `(weight, bias)` on raw features: the standardisation folded into the
-    weights, and the logits of a two-class probe (scikit-learn keeps one row for it) split symmetrically."""
-    scaler, logistic = probe[0], probe[-1]
-    weight = torch.as_tensor(logistic.coef_, dtype=torch.float) / torch.as_tensor(scaler.scale_, dtype=torch.float)
-    bias = torch.as_tensor(logistic.intercept_, dtype=torch.float) - weight @ torch.as_tensor(scaler.mean_).float()
+    """The probe as one linear layer's `(weight, bias)` on raw features, the standardisation folded into the
+    weights (on standardised features, for a pipeline of the logistic regression alone); the logits of a two-class
+    probe (scikit-learn keeps one row for it) split symmetrically."""
+    logistic = probe[-1]
+    weight = torch.as_tensor(logistic.coef_, dtype=torch.float)
+    bias = torch.as_tensor(logistic.intercept_, dtype=torch.float)
+    if len(probe) > 1:  # a StandardScaler in front, folded in
+        scaler = probe[0]
+        weight = weight / torch.as_tensor(scaler.scale_, dtype=torch.float)
+        bias = bias - weight @ torch.as_tensor(scaler.mean_).float()
     if len(logistic.classes_) != num_classes:
         raise ValueError(f"The probe saw {len(logistic.classes_)} of {num_classes} classes in the training features.")
     if num_classes == 2:  # p(1) = sigmoid(w.x + b) = softmax([-(w.x + b) / 2, (w.x + b) / 2])[1]

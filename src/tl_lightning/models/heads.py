@@ -11,26 +11,56 @@ from torch import nn
 from tl_lightning.utils import BadValue
 
 
-def create_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0) -> nn.Sequential:
-    """A linear head, or an MLP `Linear -> ReLU -> Dropout` per hidden size, then `Linear`.
+def create_head(
+    in_features: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0, norm: bool = False
+) -> nn.Sequential:
+    """A linear head, or an MLP `Linear -> ReLU` per hidden size, then `Linear`.
 
-    Dropout sits before each linear layer that follows a hidden layer, and before the single linear layer
-    of a plain head, as timm's classifiers place `drop_rate`.
+    Dropout sits before the last linear layer, as timm's classifiers place `drop_rate`. With `norm`, a
+    `BatchNorm1d` comes before each linear layer, as in fastai's `create_head`: it standardises the pooled features
+    the way the linear probe's scaler does (so a probe starts the head exactly, `ProbeFloor`), and keeps doing so
+    when fine-tuning moves the backbone's statistics, where a head fitted to fixed feature scales would be thrown off.
 
     >>> create_head(1280, 10, hidden=[256], dropout=0.3)[-1]
     Linear(in_features=256, out_features=10, bias=True)
+    >>> [type(m).__name__ for m in create_head(1280, 10, norm=True, dropout=0.25)]
+    ['BatchNorm1d', 'Dropout', 'Linear']
     """
     if num_classes < 1:
         raise BadValue(f"num_classes must be at least 1, got {num_classes}.")
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden:
+        if norm:
+            layers.append(nn.BatchNorm1d(width))
         layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
         width = size
+    if norm:
+        layers.append(nn.BatchNorm1d(width))
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def as_single_linear(head: nn.Sequential) -> nn.Linear | None:
+    """The head as one `Linear` on the raw pooled features, for formats whose classifier is a single linear
+    layer (timm's): an input `BatchNorm1d` (eval statistics) folded into the weights, dropout dropped (it is the
+    identity at inference). `None` for a head with hidden layers."""
+    linears = [m for m in head if isinstance(m, nn.Linear)]
+    if len(linears) != 1 or not all(isinstance(m, (nn.BatchNorm1d, nn.Dropout, nn.Linear)) for m in head):
+        return None
+    linear = linears[0]
+    weight, bias = linear.weight.clone(), linear.bias.clone()
+    for norm in (m for m in head if isinstance(m, nn.BatchNorm1d)):
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        bias = bias + weight @ (norm.bias - norm.running_mean * scale)
+        weight = weight * scale
+    folded = nn.Linear(linear.in_features, linear.out_features)
+    folded.weight.copy_(weight)
+    folded.bias.copy_(bias)
+    return folded
 
 
 def scaled_softmax(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:

@@ -58,6 +58,7 @@ class TransferClassifier(pl.LightningModule):
         crop_pct: eval centre-crop fraction, overriding the weights' own.
         head_hidden: hidden sizes of an MLP head; empty for a linear head.
         head_dropout: dropout before the head's last linear layer.
+        head_norm: a `BatchNorm1d` before each of the head's linear layers (fastai's head; see `create_head`).
         lr: the head's learning rate; backbone groups get less (see `lr_mult`).
         lr_mult: ratio of the head's LR to the first backbone group's, spread geometrically between.
         lr_factors: explicit per-group LR factors (backbone groups input -> output, then the head), instead of
@@ -89,6 +90,7 @@ class TransferClassifier(pl.LightningModule):
         crop_pct: float | None = None,
         head_hidden: Sequence[int] = (),
         head_dropout: float = 0.0,
+        head_norm: bool = False,
         lr: float = 1e-3,
         lr_mult: float = 10.0,
         lr_factors: Sequence[float] | None = None,
@@ -116,7 +118,7 @@ class TransferClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         created = create_backbone(backbone, pretrained, weights_file, **(backbone_kwargs or {}))
         self.backbone = created.model
-        self.head = create_head(created.num_features, num_classes, head_hidden, head_dropout)
+        self.head = create_head(created.num_features, num_classes, head_hidden, head_dropout, head_norm)
         self.weights_info = created.weights
         self.data_config: DataConfig = with_overrides(created.data_config, image_size, crop_pct)
         reg = self.regularization

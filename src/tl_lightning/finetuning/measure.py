@@ -1,0 +1,103 @@
+"""Cheap measurements of a folder under a frozen backbone, taken before training to decide the recipe.
+
+A linear probe on frozen features predicts what a backbone's features are worth on a data set (Kornblith et al.
+2019, "Do Better ImageNet Models Transfer Better?": linear-probe and fine-tuned accuracy rank models alike), and
+its features cost one forward pass per image, seconds for a few hundred images. So instead of guessing from
+ImageNet habits, the recipe asks the data: which input resolution gives the backbone the most separable features,
+and how much L2 the probe needs, each by stratified cross-validation on the training images alone (validation
+and test stay unseen). scikit-learn's `LogisticRegressionCV` does the cross-validation; what is written here is
+only the choice of candidates and the rule for ties.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tl_lightning.data.images import ImageDataset
+from tl_lightning.data.transforms import DataConfig, eval_transform
+from tl_lightning.models.features import Samples, extract_features
+
+log = logging.getLogger(__name__)
+
+# The probe's inverse L2 strengths tried by cross-validation (on standardised features).
+PROBE_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    """A cross-validated linear probe: the chosen inverse L2 strength, its mean fold accuracy and that mean's
+    standard error (over the folds), from `folds` stratified folds."""
+
+    c: float
+    accuracy: float
+    stderr: float
+    folds: int
+
+
+def cross_validate_probe(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> ProbeScore:
+    """Choose the probe's C by stratified k-fold log loss (smoother than accuracy on a few hundred images) and
+    report the chosen C's fold accuracy. k is 5, or the smallest class's count when that is lower (at least 2).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.cat([torch.randn(20, 8, generator=g) + 2, torch.randn(20, 8, generator=g) - 2])
+    >>> score = cross_validate_probe(x, torch.tensor([0] * 20 + [1] * 20))
+    >>> score.accuracy, score.folds
+    (1.0, 5)
+    """
+    y = labels.numpy()
+    folds = int(max(2, min(5, np.bincount(y).min())))
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    search = LogisticRegressionCV(Cs=list(PROBE_CS), cv=splitter, scoring="neg_log_loss", max_iter=2000)
+    with warnings.catch_warnings():  # scikit-learn's notices about future defaults, not about this fit
+        warnings.simplefilter("ignore", FutureWarning)
+        x = StandardScaler().fit_transform(features.numpy())
+        search.fit(x, y)
+    c = float(np.atleast_1d(search.C_)[0])
+    accuracies = []
+    for train, held in splitter.split(x, y):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        probe.fit(features.numpy()[train], y[train])
+        accuracies.append(probe.score(features.numpy()[held], y[held]))
+    mean = float(np.mean(accuracies))
+    return ProbeScore(c, mean, float(np.std(accuracies) / math.sqrt(folds)), folds)
+
+
+def probe_at_resolutions(
+    backbone: nn.Module,
+    samples: Samples,
+    data_config: DataConfig,
+    sizes: Sequence[int],
+    batch_size: int = 64,
+) -> dict[int, ProbeScore]:
+    """The cross-validated probe of `samples` (the training images) at each input size in `sizes`: whole images
+    (no crop), the weights' normalisation, BatchNorm statistics fixed."""
+    scores = {}
+    channels = int(data_config["input_size"][0])
+    for size in sizes:
+        config = DataConfig(**data_config) | {"input_size": (channels, size, size), "crop_pct": 1.0}
+        loader = DataLoader(ImageDataset(samples, eval_transform(config), channels), batch_size=batch_size)
+        scores[size] = cross_validate_probe(*extract_features(backbone, loader))
+        log.info("recipe: probe at %d px: cross-validated accuracy %.3f +- %.3f (C=%g)", size,
+                 scores[size].accuracy, scores[size].stderr, scores[size].c)  # fmt: skip
+    return scores
+
+
+def best_resolution(scores: dict[int, ProbeScore]) -> int:
+    """The size whose probe is best, or the smallest within one standard error of the best: a resolution the
+    data cannot tell from the best is not worth its compute (the one-standard-error rule of Breiman et al.)."""
+    top = max(scores, key=lambda size: (scores[size].accuracy, -size))
+    bar = scores[top].accuracy - scores[top].stderr
+    return min(size for size, score in scores.items() if score.accuracy >= bar)
