@@ -1,13 +1,13 @@
-"""The path from the recipe before issue 22 to the default, one piece at a time, on the real-data suite.
+"""The default against itself with one piece changed, on the real-data suite: what each piece of the recipe is worth.
 
 Each step is `python train.py data=folder data.root=DIR seed=S` plus that step's overrides (a subprocess per run,
-as a user runs it). The steps rebuild the pieces of fastai's `fine_tune` that won on held-out data inside
-tl_lightning (a body moved at head LR / 100, BatchNorm statistics that adapt, a BatchNorm head), then the measured
-choices (resolution and the probe's C by cross-validation). Each (step, dataset, seed) is a row of
+as a user runs it): the pieces issue 22 changed, put back one at a time (the geometric LR spread, C fixed at 1),
+and the pieces of fastai's `fine_tune` the default does not take (BatchNorm statistics that adapt, with or without
+a BatchNorm head). Each (step, dataset, seed) is a row of
 `benchmarks/results/recipe_path_runs.json`, kept across sessions; `recipe_path.json` has the table that
 `report.py` writes into BENCHMARKS.md.
 
-    python benchmarks/recipe_path.py [--steps before default ...] [--datasets clipart galaxies] [--seeds 1]
+    python benchmarks/recipe_path.py [--steps default adapt-bn ...] [--datasets clipart galaxies] [--seeds 1]
 """
 
 from __future__ import annotations
@@ -26,26 +26,27 @@ from _results import RESULTS, machine, save_json
 from suite import DEFAULT_ROOT, SUITE, write
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAT_BODY = "model.lr_factors=[0.01,0.01,0.01,0.01,0.01,0.01,0.01,0.01,1]"  # Lite0's 8 groups, then the head
-BEFORE = ["model.head_norm=false", "callbacks.finetuning.update_bn_stats=false", "callbacks.probe_floor.c=1.0",
-          "model.regularization.label_smoothing=0.1", "callbacks.finetuning.unfreeze_epoch=5"]  # fmt: skip
-
-# name -> (what changes, overrides on top of the default config). Cumulative from "before".
+# name -> (what changes, overrides on top of the default config).
 STEPS: dict[str, tuple[str, list[str]]] = {
-    "before": ("the recipe before issue 22: probe head (C=1), BN statistics fixed, geometric LRs (lr_mult from the "
-               "domain shift), unfreeze at epoch 5", BEFORE),
-    "flat-body": ("+ the whole body at head LR / 100 (fastai's `slice(lr/100, lr)` over a timm body), unfreeze "
-                  "after 1 epoch, no label smoothing",
-                  [*BEFORE[:3], FLAT_BODY, "callbacks.finetuning.unfreeze_epoch=1",
-                   "model.regularization.label_smoothing=0"]),
-    "adapt-bn": ("+ BatchNorm statistics adapt once unfrozen (fastai, AdaBN)",
-                 [*BEFORE[:2], FLAT_BODY, "callbacks.finetuning.unfreeze_epoch=1",
-                  "model.regularization.label_smoothing=0", "callbacks.finetuning.update_bn_stats=true"]),
-    "bn-head": ("+ a BatchNorm1d head started from the probe (fastai's head norm)",
-                [FLAT_BODY, "callbacks.finetuning.unfreeze_epoch=1", "model.regularization.label_smoothing=0",
-                 "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true", "callbacks.probe_floor.c=1.0"]),
+    "geometric": (
+        "the backbone's LRs spread geometrically from head LR / lr_mult (the spread before issue 22; the "
+        "later groups get nearly the head's LR)",
+        ["model.lr_spread=geometric"],
+    ),
+    "probe-c1": (
+        "the probe's C fixed at 1 (before issue 22) instead of cross-validated",
+        ["callbacks.probe_floor.c=1.0"],
+    ),
+    "adapt-bn": (
+        "+ BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN)",
+        ["callbacks.finetuning.update_bn_stats=true"],
+    ),
+    "adapt-bn-head": (
+        "+ a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
+        ["callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"],
+    ),
     "default": ("the default (`python train.py data=folder`, no flags)", []),
-}  # fmt: skip
+}
 
 
 def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:

@@ -179,7 +179,7 @@ def peers(r: dict) -> list[str]:
 def recipe_path(r: dict) -> list[str]:
     datasets = sorted({name for row in r["table"].values() for name in row})
     lines = [
-        "## From the old recipe to the default, one piece at a time",
+        "## The default with one piece changed at a time",
         "",
         f"`python benchmarks/recipe_path.py` on {r['machine']}, {r['epochs']} epochs: test accuracy of each step "
         "(mean over the seeds run) on the suite's data. Each step is `train.py` with the overrides in "

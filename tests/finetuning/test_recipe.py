@@ -10,13 +10,12 @@ import torch
 from conftest import compose_train, folder_overrides, write_images
 
 from tl_lightning.data.images import short_sides
-from tl_lightning.finetuning.measure import ProbeScore, best_resolution, cross_validate_probe
+from tl_lightning.finetuning.measure import ProbeScore, best_resolution, cross_validate_probe, pixel_baseline
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
     choose_crops,
-    choose_lr_mult,
+    choose_backbone_lr,
     choose_resolution,
-    domain_shift,
     resolution_candidates,
 )
 
@@ -86,25 +85,21 @@ def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Pa
     assert [(c.key, c.value) for c in only] == [("model.crop_pct", 1.0)]
 
 
-def test_domain_shift_grows_as_images_leave_the_batchnorm_statistics():
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=0).eval()
-    like_init = torch.randn(16, 3, 32, 32)  # random-init BN expects mean 0, variance 1 at the first layer
-    unlike = like_init * 0.05 + 2.0
-    near, far = domain_shift(model, like_init), domain_shift(model, unlike)
-    assert near is not None and far is not None and far > near + 0.5
-    assert not model.training and all(not m.training for m in model.modules())  # modes restored, no hook left
-    assert domain_shift(timm.create_model("test_vit", num_classes=0), torch.randn(2, 3, 160, 160)) is None
+def test_the_backbone_moves_gently_where_its_features_beat_the_pixels_and_boldly_where_they_do_not():
+    fit = {c.key: c.value for c in choose_backbone_lr(features=score(0.80), pixels=score(0.40))}
+    assert fit == {"model.lr_mult": 100.0, "model.lr_spread": "flat"}
+    unfit = choose_backbone_lr(features=score(0.91), pixels=score(0.97))
+    assert {c.key: c.value for c in unfit} == {"model.lr_mult": 4.0, "model.lr_spread": "geometric"}
+    assert "0.910 against 0.970" in unfit[0].because
 
 
-def test_lr_mult_is_gentle_near_imagenet_and_bold_far_from_it():
-    assert choose_lr_mult(0.1, default=4.0).value == 100.0
-    assert choose_lr_mult(0.9, default=4.0).value == 4.0
-    middle = choose_lr_mult(0.5, default=4.0).value
-    assert 4.0 < middle < 100.0 and middle == pytest.approx(20.0, rel=0.01)  # log-linear: the geometric mean
-    assert choose_lr_mult(None, default=7.0).value == 7.0
+def test_the_pixel_baseline_reads_what_the_raw_pixels_tell(tmp_path: Path):
+    folder = write_images(tmp_path / "data", per_class=10, size=20)  # classes differ by their mean colour
+    labels = {name: i for i, name in enumerate(sorted(p.name for p in folder.iterdir()))}
+    samples = [(path, labels[path.parent.name]) for path in sorted(folder.rglob("*.png"))]
+    assert pixel_baseline(samples, channels=3).accuracy > 0.9
+    shuffled = [(path, i % 3) for i, (path, _) in enumerate(samples)]  # labels unrelated to the pixels
+    assert pixel_baseline(shuffled, channels=3).accuracy < 0.7
 
 
 def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time(tmp_path: Path, caplog):
@@ -117,7 +112,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
     for attempt in range(2):
         overrides = [o for o in folder_overrides(folder, tmp_path / f"out{attempt}") if "image_size" not in o]
         cfg = compose_train(overrides)
-        assert cfg.model.image_size == "auto" and cfg.model.lr_mult == "auto"
+        assert cfg.model.image_size == cfg.model.lr_mult == cfg.model.lr_spread == "auto"
         with caplog.at_level(logging.INFO, logger="tl_lightning"):
             job = prepare(cfg)
         configs.append((tmp_path / f"out{attempt}" / "config.yaml").read_text())
@@ -125,6 +120,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         assert written.model.image_size in (96, 128, 160) and written.model.crop_pct == 1.0  # test_resnet: 160 px
         assert written.data.train_transform.crop_scale == [0.75, 1.0]
         assert written.model.lr_mult == job.model.hparams.lr_mult != "auto"
+        assert written.model.lr_spread == job.model.hparams.lr_spread in ("flat", "geometric")
         # Built from the decided values, not patched afterwards: the model's input size, the datamodule's crops.
         assert job.model.data_config["input_size"][-1] == written.model.image_size
         assert job.datamodule.build_train_transform.keywords["crop_scale"] == [0.75, 1.0]
@@ -132,7 +128,8 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe: ")]
     for size in (96, 128, 160):  # every candidate measured, and said so
         assert any(line.startswith(f"recipe: probe at {size} px: cross-validated accuracy") for line in logged)
-    for key in (*CROPS, "model.lr_mult"):
+    assert any(line.startswith("recipe: an SVM on the training images' pixels") for line in logged)
+    for key in (*CROPS, "model.lr_mult", "model.lr_spread"):
         assert any(line.startswith(f"recipe: {key}=") and " because " in line for line in logged), key
         assert f"# recipe: {key}=" in configs[0]
 
@@ -142,7 +139,7 @@ def test_explicit_values_win_over_the_recipe(tmp_path: Path):
 
     folder = write_images(tmp_path / "data", per_class=10, size=20)
     overrides = [*folder_overrides(folder, tmp_path / "out"), "model.crop_pct=0.9", "model.lr_mult=7",
-                 "data.train_transform.crop_scale=[0.5,1.0]"]  # fmt: skip
+                 "model.lr_spread=geometric", "data.train_transform.crop_scale=[0.5,1.0]"]  # fmt: skip
     job = prepare(compose_train(overrides))
     assert job.model.data_config["input_size"][-1] == 32 and job.model.data_config["crop_pct"] == 0.9
     assert job.model.hparams.lr_mult == 7
@@ -160,4 +157,5 @@ def test_measuring_leaves_the_random_state_of_training_alone(tmp_path: Path):
     torch.manual_seed(3)
     choices = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
     assert torch.equal(torch.rand(4), expected)
-    assert {c.key for c in choices} == {*CROPS, "model.lr_mult"} and cfg.model.image_size == "auto"  # cfg untouched
+    assert {c.key for c in choices} == {*CROPS, "model.lr_mult", "model.lr_spread"}
+    assert cfg.model.image_size == "auto"  # the config is written by apply_recipe, not here

@@ -57,6 +57,18 @@ def test_discriminative_lrs_are_geometric_from_lr_over_mult_to_lr():
         discriminative_lrs(3, lr=1e-3, lr_mult=0.5)
 
 
+def test_a_flat_spread_gives_every_backbone_group_the_same_lr_and_the_optimizer_uses_it():
+    from conftest import tiny_model
+
+    assert discriminative_lrs(4, lr=1e-3, lr_mult=100, spread="flat") == pytest.approx([1e-5, 1e-5, 1e-5, 1e-3])
+    model = tiny_model(lr=1e-3, lr_mult=100.0, lr_spread="flat", scheduler=None)
+    lrs = {g["name"].removesuffix("/no_decay"): g["lr"] for g in model.build_optimizer().param_groups}
+    assert lrs.pop("head") == pytest.approx(1e-3)
+    assert len(lrs) > 2 and list(lrs.values()) == pytest.approx([1e-5] * len(lrs))
+    with pytest.raises(ValueError, match="model.lr_spread must be one of geometric, flat, got 'steep'"):
+        tiny_model(lr_spread="steep")
+
+
 def test_param_groups_are_named_and_exempt_norms_and_biases_from_weight_decay():
     model = timm.create_model("resnet18", pretrained=False, num_classes=0)
     groups = layer_groups(model)

@@ -4,8 +4,8 @@ A linear probe on frozen features predicts what a backbone's features are worth 
 2019, "Do Better ImageNet Models Transfer Better?": linear-probe and fine-tuned accuracy rank models alike), and
 its features cost one forward pass per image, seconds for a few hundred images. So instead of guessing from
 ImageNet habits, the recipe asks the data: which input resolution gives the backbone the most separable features,
-and how much L2 the probe needs, each by stratified cross-validation on the training images alone (validation
-and test stay unseen). scikit-learn's `LogisticRegressionCV` does the cross-validation; what is written here is
+how much L2 the probe needs, and whether the frozen features beat the raw pixels at all (an SVM on them), each by
+stratified cross-validation on the training images alone (validation and test stay unseen). scikit-learn's `LogisticRegressionCV` does the cross-validation; what is written here is
 only the choice of candidates and the rule for ties.
 """
 
@@ -17,16 +17,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tl_lightning.data.images import ImageDataset
+from tl_lightning.data.images import ImageDataset, load_image
 from tl_lightning.data.transforms import DataConfig, eval_transform
 from tl_lightning.models.features import Samples, extract_features
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # The probe's inverse L2 strengths tried by cross-validation (on standardised features).
 PROBE_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# The pixel baseline's image side: small enough for an SVM on a few thousand values per image.
+PIXEL_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,23 @@ def cross_validate_probe(features: torch.Tensor, labels: torch.Tensor, seed: int
         accuracies.append(probe.score(features.numpy()[held], y[held]))
     mean = float(np.mean(accuracies))
     return ProbeScore(c, mean, float(np.std(accuracies) / math.sqrt(folds)), folds)
+
+
+def pixel_baseline(samples: Samples, channels: int, side: int = PIXEL_SIDE, seed: int = 0) -> ProbeScore:
+    """Stratified k-fold accuracy of scikit-learn's `SVC()` (RBF) on the images' raw pixels at `side` px: what the
+    data gives with no pretrained features at all (`c` is the SVM's default, 1). When it matches or beats the probe
+    of the frozen features, those features do not fit the task and fine-tuning has to rewrite them."""
+    pixels = np.stack([_pixels(path, channels, side) for path, _ in samples])
+    y = np.array([label for _, label in samples])
+    folds = int(max(2, min(5, np.bincount(y).min())))
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    accuracies = cross_val_score(SVC(), pixels, y, cv=splitter)
+    return ProbeScore(1.0, float(np.mean(accuracies)), float(np.std(accuracies) / math.sqrt(folds)), folds)
+
+
+def _pixels(path, channels: int, side: int) -> np.ndarray:
+    image = load_image(path, channels)
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32).ravel() / 255
 
 
 def probe_at_resolutions(

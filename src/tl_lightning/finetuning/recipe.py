@@ -15,9 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
 from tl_lightning.finetuning.measure import ProbeScore, best_resolution
 
 # Input sizes tried for images smaller than the weights' resolution. BiT's HyperRule (Kolesnikov et al. 2020)
@@ -114,59 +111,25 @@ def automatic_choices(
     return [choice for choice in choices if choice.key in wanted]
 
 
-# Domain shift (below) at or under NEAR is ImageNet-like photos; at or over FAR, data like 8 px digits on black.
-NEAR, FAR = 0.2, 0.8
-# lr_mult (head LR / first backbone group's LR) at those two ends, log-linear in between.
+# lr_mult (head LR / first backbone group's) when the frozen features fit the task, and when they do not.
 GENTLE_LR_MULT, BOLD_LR_MULT = 100.0, 4.0
 
 
-@torch.no_grad()
-def domain_shift(backbone: nn.Module, images: torch.Tensor) -> float | None:
-    """How far `images` sit from what the backbone's BatchNorm layers saw in pretraining.
+def choose_backbone_lr(features: ProbeScore, pixels: ProbeScore) -> list[Choice]:
+    """How hard to move the backbone, from whether its frozen features beat the raw pixels on this data.
 
-    Per BatchNorm layer, the symmetric KL divergence between each channel's Gaussian under the running statistics
-    and under these images' batch statistics, its median over channels (robust to dead channels), averaged over
-    layers. About 0.1 for photos, 0.3 for grayscale photo patches, 0.85 for 8 px handwritten digits. `None` for a
-    backbone without BatchNorm (a ViT), where the running statistics say nothing.
+    Where they do, they already fit, and a strong backbone LR on a few hundred images distorts them (Kumar et al.
+    2022): fastai's `fine_tune` moves the whole body at head LR / 100 and won on every held-out set where the tools
+    did not tie (large colour photographs, 300 px grayscale inspection images, 28 px silhouettes), while a
+    backbone LR near the head's made validation accuracy collapse at the unfreeze there. Where an SVM on the pixels
+    matches or beats them (8 px handwritten digits: 0.97 against 0.91), the features do not fit and have to be
+    rewritten: a geometric spread from head LR / 4 beats the gentle one by 8 points on the digits
+    (BENCHMARKS.md). The BatchNorm domain shift this rule replaces could not tell those two kinds apart (0.94 on
+    the inspection images, 0.85 on the digits).
     """
-    layers = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not layers:
-        return None
-    values: list[float] = []
-
-    def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
-        x = inputs[0].detach().float().transpose(0, 1).flatten(1)
-        mean, var = x.mean(1), x.var(1) + 1e-3
-        run_mean, run_var = module.running_mean.float(), module.running_var.float() + 1e-3
-        kl = 0.5 * (var / run_var + run_var / var + (mean - run_mean) ** 2 * (1 / run_var + 1 / var)) - 1
-        values.append(float(kl.median()))
-
-    modes = [m.training for m in backbone.modules()]
-    hooks = [layer.register_forward_hook(measure) for layer in layers]
-    try:
-        backbone.eval()(images.to(next(backbone.parameters()).device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module, training in zip(backbone.modules(), modes, strict=True):
-            module.training = training
-    return sum(values) / len(values)
-
-
-def choose_lr_mult(shift: float | None, default: float) -> Choice:
-    """How hard to move the backbone: gently near ImageNet, boldly far from it.
-
-    Near ImageNet the pretrained features already fit, and a strong backbone LR on a few hundred images distorts
-    them (fastai's `fine_tune` moves the body at 1e-5 and wins there); far from it (digits) they must change, and
-    a backbone LR near the head's wins by 8 points (../shared/FINDINGS.md). `lr_mult` (the head's LR over the first
-    backbone group's; groups in between spread geometrically) goes log-linearly from 100 at shift <= 0.2 to 4 at
-    shift >= 0.8.
-    """
-    key = "model.lr_mult"
-    if shift is None:
-        return Choice(key, default, "the backbone has no BatchNorm statistics to measure the domain shift against")
-    position = min(1.0, max(0.0, (shift - NEAR) / (FAR - NEAR)))
-    value = round(GENTLE_LR_MULT * (BOLD_LR_MULT / GENTLE_LR_MULT) ** position, 1)
-    where, how = ("near ImageNet", "gently") if position < 0.5 else ("far from ImageNet", "boldly")
-    return Choice(key, value, f"the training images' BatchNorm statistics shift is {shift:.2f} ({where}; 0.2 "
-                  f"photos .. 0.8 digits): the backbone moves {how}")  # fmt: skip
+    measured = f"a linear probe of the frozen features scores {features.accuracy:.3f} against {pixels.accuracy:.3f} "
+    if features.accuracy > pixels.accuracy:
+        because = measured + "for an SVM on the pixels: the pretrained features fit, so the whole body moves gently"
+        return [Choice("model.lr_mult", GENTLE_LR_MULT, because), Choice("model.lr_spread", "flat", because)]
+    because = measured + "for an SVM on the pixels: the pretrained features do not fit, so the backbone is rewritten"
+    return [Choice("model.lr_mult", BOLD_LR_MULT, because), Choice("model.lr_spread", "geometric", because)]

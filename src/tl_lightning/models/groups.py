@@ -110,16 +110,26 @@ def _unique_names(names_per_group: Sequence[Sequence[str]]) -> list[str]:
     return unique
 
 
-def discriminative_lrs(num_groups: int, lr: float, lr_mult: float) -> list[float]:
-    """LRs spaced geometrically from `lr / lr_mult` (first group) to `lr` (last group, the head).
+SPREADS = ("geometric", "flat")
+
+
+def discriminative_lrs(num_groups: int, lr: float, lr_mult: float, spread: str = "geometric") -> list[float]:
+    """LRs from `lr / lr_mult` (first group) to `lr` (last group, the head): spaced geometrically (ULMFiT), or
+    `flat`: every group before the head at `lr / lr_mult`, as fastai's `slice(lr / lr_mult, lr)` gives a timm body.
 
     >>> [round(x, 6) for x in discriminative_lrs(3, lr=1e-3, lr_mult=100)]
     [1e-05, 0.0001, 0.001]
+    >>> [round(x, 6) for x in discriminative_lrs(3, lr=1e-3, lr_mult=100, spread="flat")]
+    [1e-05, 1e-05, 0.001]
     """
     if lr_mult < 1:
         raise BadValue(f"lr_mult must be >= 1 (first group's LR is lr / lr_mult), got {lr_mult}.")
+    if spread not in SPREADS:
+        raise BadValue(f"lr_spread must be one of {', '.join(SPREADS)}, got {spread!r}.")
     if num_groups == 1:
         return [lr]
+    if spread == "flat":
+        return [lr / lr_mult] * (num_groups - 1) + [lr]
     return [lr / lr_mult ** ((num_groups - 1 - i) / (num_groups - 1)) for i in range(num_groups)]
 
 

@@ -20,7 +20,7 @@ from tl_lightning.data.transforms import DataConfig
 from tl_lightning.models.backbones import create_backbone, with_overrides
 from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
 from tl_lightning.models.features import Features
-from tl_lightning.models.groups import LayerGroup, build_param_groups, discriminative_lrs, layer_groups
+from tl_lightning.models.groups import SPREADS, LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.models.heads import create_head, scaled_softmax
 from tl_lightning.models.losses import create_mixup, distillation_loss, focal_loss
 from tl_lightning.models.lr_schedules import warmup_cosine
@@ -60,7 +60,9 @@ class TransferClassifier(pl.LightningModule):
         head_dropout: dropout before the head's last linear layer.
         head_norm: a `BatchNorm1d` before each of the head's linear layers (fastai's head; see `create_head`).
         lr: the head's learning rate; backbone groups get less (see `lr_mult`).
-        lr_mult: ratio of the head's LR to the first backbone group's, spread geometrically between.
+        lr_mult: ratio of the head's LR to the first backbone group's.
+        lr_spread: how the backbone groups' LRs go from `lr / lr_mult` to the head's: ``"geometric"`` (each
+            group deeper gets more) or ``"flat"`` (every backbone group at `lr / lr_mult`).
         lr_factors: explicit per-group LR factors (backbone groups input -> output, then the head), instead of
             `lr_mult`'s geometric spread; each group's LR is `lr * factor`.
         regularization, imbalance, distillation, performance: the grouped options (see `options.py`).
@@ -93,6 +95,7 @@ class TransferClassifier(pl.LightningModule):
         head_norm: bool = False,
         lr: float = 1e-3,
         lr_mult: float = 10.0,
+        lr_spread: str = "geometric",
         lr_factors: Sequence[float] | None = None,
         regularization: Regularization | Mapping[str, Any] | None = None,
         imbalance: Imbalance | Mapping[str, Any] | None = None,
@@ -102,6 +105,8 @@ class TransferClassifier(pl.LightningModule):
         scheduler: Callable[..., Any] | None = warmup_cosine,
     ) -> None:
         super().__init__()
+        if lr_spread not in SPREADS:
+            raise BadValue(f"model.lr_spread must be one of {', '.join(SPREADS)}, got {lr_spread!r}.")
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
             raise BadValue(f"{len(class_names)} class_names given for num_classes={num_classes}.")
@@ -283,11 +288,11 @@ class TransferClassifier(pl.LightningModule):
         return values
 
     def group_lrs(self) -> list[float]:
-        """The learning rate of each layer group (input -> head): from `lr_factors`, or `lr_mult`'s geometric spread."""
+        """The learning rate of each layer group (input -> head): from `lr_factors`, or `lr_mult` and `lr_spread`."""
         groups = self.layer_groups()
         lr, factors = self.hparams.lr, self.hparams.lr_factors
         if factors is None:
-            return discriminative_lrs(len(groups), lr, self.hparams.lr_mult)
+            return discriminative_lrs(len(groups), lr, self.hparams.lr_mult, self.hparams.get("lr_spread", "geometric"))
         if len(factors) != len(groups):
             raise BadValue(
                 f"model.lr_factors has {len(factors)} entries for {len(groups)} groups: "
