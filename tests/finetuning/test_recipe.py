@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import compose_train, folder_overrides, write_images
 
@@ -13,8 +12,8 @@ from tl_lightning.data.images import short_sides
 from tl_lightning.finetuning.measure import ProbeScore, best_resolution, cross_validate_probe, pixel_baseline
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
-    choose_crops,
     choose_backbone_lr,
+    choose_crops,
     choose_resolution,
     resolution_candidates,
 )
