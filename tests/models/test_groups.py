@@ -65,7 +65,7 @@ def test_a_flat_spread_gives_every_backbone_group_the_same_lr_and_the_optimizer_
     lrs = {g["name"].removesuffix("/no_decay"): g["lr"] for g in model.build_optimizer().param_groups}
     assert lrs.pop("head") == pytest.approx(1e-3)
     assert len(lrs) > 2 and list(lrs.values()) == pytest.approx([1e-5] * len(lrs))
-    with pytest.raises(ValueError, match="model.lr_spread must be one of geometric, flat, got 'steep'"):
+    with pytest.raises(ValueError, match=r"model\.lr_spread must be one of geometric, flat, got 'steep'."):
         tiny_model(lr_spread="steep")
 
 

@@ -3,7 +3,7 @@
 The rules live in `finetuning.recipe` and the measurements in `finetuning.measure` (plain functions, usable without
 Hydra). This module finds which keys the config leaves `auto`, reads the training images through a datamodule
 built from the config as it is (a scan: its split and short sides), measures what the rules need on the pretrained
-backbone (a linear probe at candidate resolutions, and against an SVM on the raw pixels), and writes the answers into the
+backbone (a linear probe at candidate resolutions, an SVM on the raw pixels), and writes the answers into the
 config, so the datamodule and the model are then built from decided values and `config.yaml` holds what ran.
 """
 

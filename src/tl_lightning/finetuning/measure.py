@@ -5,8 +5,9 @@ A linear probe on frozen features predicts what a backbone's features are worth 
 its features cost one forward pass per image, seconds for a few hundred images. So instead of guessing from
 ImageNet habits, the recipe asks the data: which input resolution gives the backbone the most separable features,
 how much L2 the probe needs, and whether the frozen features beat the raw pixels at all (an SVM on them), each by
-stratified cross-validation on the training images alone (validation and test stay unseen). scikit-learn's `LogisticRegressionCV` does the cross-validation; what is written here is
-only the choice of candidates and the rule for ties.
+stratified cross-validation on the training images alone (validation and test stay unseen). scikit-learn does the
+cross-validation (`LogisticRegressionCV`, `cross_val_score`); what is written here is the choice of candidates and
+the rule for ties.
 """
 
 from __future__ import annotations
