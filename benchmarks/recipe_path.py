@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _results import RESULTS, machine, save_json
+from _results import RESULTS, machine, save_json, save_row
 from suite import DEFAULT_ROOT, SUITE, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"train.py failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"acc": metrics["test/acc"], "seconds": metrics["fit_seconds"], "selected": metrics.get("selected"),
+    seconds = metrics["fit_seconds"] + metrics.get("recipe_seconds", 0.0)
+    return {"acc": metrics["test/acc"], "seconds": round(seconds, 1), "selected": metrics.get("selected"),
             "threads": torch.get_num_threads()}  # fmt: skip
 
 
@@ -76,16 +77,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     runs_file = RESULTS / "recipe_path_runs.json"
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}
-    runs = {key: row for key, row in runs.items() if key.split("/")[0] not in args.rerun}
+    if args.rerun:  # forgotten on disk too: rows are merged into the file as they finish
+        runs = {key: row for key, row in runs.items() if key.split("/")[0] not in args.rerun}
+        save_json("recipe_path_runs", runs)
+    peers_file = RESULTS / "peers_runs.json"
+    peers = json.loads(peers_file.read_text()) if peers_file.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
             folder = write(name, args.data_root)
             for step in args.steps:
                 for seed in args.seeds:
                     key = f"{step}/{name}/{seed}"
+                    if key not in runs and step == "default" and f"{name}/ours/{seed}" in peers:
+                        runs[key] = peers[f"{name}/ours/{seed}"]  # the same command: peers.py's row for ours
                     if key not in runs:
-                        runs[key] = run(step, folder, seed, args.epochs, Path(tmp) / key.replace("/", "_"))
-                        save_json("recipe_path_runs", runs)
+                        row = run(step, folder, seed, args.epochs, Path(tmp) / key.replace("/", "_"))
+                        runs = save_row("recipe_path_runs", key, row)
                     print(f"{key:<28} acc {runs[key]['acc']:.4f}  {runs[key]['seconds']:>6.1f} s", flush=True)
     table = {
         step: {

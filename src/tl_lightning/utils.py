@@ -67,6 +67,9 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` when the block ends without an error.
 
+    The file gets the mode any other tool's new file gets (0666 less the umask): `mkstemp` creates it 0600, which
+    `os.replace` would keep, leaving reports and checkpoints unreadable to teammates on shared storage.
+
     >>> with atomic_path("/tmp/tl_demo.txt") as tmp:  # doctest: +SKIP
     ...     tmp.write_text("done")
     """
@@ -77,9 +80,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:

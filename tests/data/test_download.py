@@ -161,3 +161,17 @@ def test_plants_without_data_or_network_fails_fast_in_one_message(tmp_path: Path
     for fact in (url, "868,032,562 bytes", "ac3432453984d02a86197987e775a5429d0d59e7cc7c35bcf5a8f50349b90ff0",
                  "data.root=", INNER, "Background_without_leaves"):  # fmt: skip
         assert fact in message[0]
+
+
+def test_the_package_imports_where_fcntl_does_not_exist():
+    """Windows has no `fcntl`: importing the package, its data module and the download code must not need it."""
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "import tl_lightning\n"
+        "from tl_lightning.data.download import fetch_archive\n"
+        "from tl_lightning.data.datamodule import ImageFolderDataModule\n"
+        "from tl_lightning import TransferClassifier\n"
+        "print('imported')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]

@@ -41,11 +41,13 @@ def train_and_evaluate(
     trainer: pl.Trainer,
     out: str | Path,
     ckpt_path: str | None = None,
+    recipe_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Fit, fit a temperature on validation for the best checkpoint, evaluate the test split, write the run folder.
 
     `out` gets `split.csv`, `audit.json`, `metrics.json`, and `report.md` with its files under `report/` (the
-    checkpoints go where the trainer's `ModelCheckpoint` callbacks put them). Returns the metrics.
+    checkpoints go where the trainer's `ModelCheckpoint` callbacks put them). `recipe_seconds`, the time the caller
+    spent deciding the recipe (measuring the data), is reported beside `fit_seconds`. Returns the metrics.
     """
     out = Path(out)
     model.connect_data(datamodule)
@@ -72,7 +74,11 @@ def train_and_evaluate(
 
     monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
     best = monitored[0].best_model_path if monitored else ""
-    metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "checkpoint": best or "final weights"}
+    metrics: dict[str, Any] = {
+        "fit_seconds": round(fit_seconds, 1),
+        "recipe_seconds": round(recipe_seconds, 1),
+        "checkpoint": best or "final weights",
+    }
     metrics |= {f"hardware/{key}": value for key, value in used.items()}
     if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class Job:
     out: Path
     datamodule: ImageFolderDataModule
     model: TransferClassifier
+    recipe_seconds: float = 0.0  # spent measuring the data for the recipe's choices
 
 
 def prepare(cfg: DictConfig) -> Job:
@@ -67,7 +69,9 @@ def prepare(cfg: DictConfig) -> Job:
                        "two class folders. Add a folder of images for each other class.")  # fmt: skip
     if cfg.get("ckpt_path"):
         check_resume(cfg.ckpt_path, scan.class_names)
+    started = time.perf_counter()
     choices = plan_recipe(cfg, scan)
+    recipe_seconds = time.perf_counter() - started
     apply_recipe(cfg, choices)
     datamodule = instantiate(cfg.data) if choices else scan  # built from the decided values
     datamodule.prepare_data()
@@ -81,7 +85,7 @@ def prepare(cfg: DictConfig) -> Job:
     if rank_zero_only.rank == 0:  # what ran: the recipe's choices are in the config, their reasons above it
         reasons = "".join(f"# {choice.line()}\n" for choice in choices)
         write_text(out / "config.yaml", reasons + OmegaConf.to_yaml(cfg, resolve=True))
-    return Job(out, datamodule, model)
+    return Job(out, datamodule, model, recipe_seconds)
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
@@ -126,7 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg)
     job = prepare(cfg)
     log_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), job.datamodule.class_names)
-    return train_and_evaluate(job.model, job.datamodule, trainer, job.out, resume_from(cfg, job))
+    return train_and_evaluate(job.model, job.datamodule, trainer, job.out, resume_from(cfg, job), job.recipe_seconds)
 
 
 def resume_from(cfg: DictConfig, job: Job) -> str | None:

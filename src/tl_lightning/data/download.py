@@ -15,7 +15,6 @@ image folder the same way.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import http.client
 import logging
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from tl_lightning.utils import UserError
@@ -103,12 +103,9 @@ def fetch_archive(archive: Archive, cache_dir: str | Path, progress: bool = True
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """An exclusive lock on `path` across processes, on every OS (`filelock`; `fcntl` exists only on POSIX)."""
+    with FileLock(path):
+        yield
 
 
 def sha256_file(path: Path) -> str:
