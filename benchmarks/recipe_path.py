@@ -1,9 +1,9 @@
 """The default against itself with one piece changed, on the real-data suite: what each piece of the recipe is worth.
 
 Each step is `python train.py data=folder data.root=DIR seed=S` plus that step's overrides (a subprocess per run,
-as a user runs it): the pieces issue 22 changed, put back one at a time (the geometric LR spread, C fixed at 1),
-and the pieces of fastai's `fine_tune` the default does not take (BatchNorm statistics that adapt, with or without
-a BatchNorm head). Each (step, dataset, seed) is a row of
+as a user runs it): the pieces issue 22 changed, put back one at a time (C fixed at 1), fastai's flat body LR,
+and the other pieces of fastai's `fine_tune` the default does not take (BatchNorm statistics that adapt, with or
+without a BatchNorm head). Each (step, dataset, seed) is a row of
 `benchmarks/results/recipe_path_runs.json`, kept across sessions; `recipe_path.json` has the table that
 `report.py` writes into BENCHMARKS.md.
 

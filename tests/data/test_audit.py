@@ -119,7 +119,9 @@ def test_heavy_imbalance_is_warned_about_with_a_hint(tmp_path: Path):
     write_images(tmp_path / "train", classes=("rare",), per_class=2, seed=1)
     write_images(tmp_path / "val", classes=("common", "rare"), per_class=1, seed=2)
     dm = ImageFolderDataModule(tmp_path)
-    with pytest.warns(UserWarning, match=r"12x the images of the smallest.\nHINT: .*class_weights=balanced"):
+    with pytest.warns(
+        UserWarning, match=r"12x the images of the smallest.\nHINT: .*model\.imbalance\.class_weights=balanced"
+    ):
         _ = dm.splits
     assert dm.audit_report.imbalance_ratio == 12.0
 

@@ -12,8 +12,8 @@ from tl_lightning.data.images import short_sides
 from tl_lightning.finetuning.measure import ProbeScore, best_resolution, cross_validate_probe, pixel_baseline
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
-    choose_backbone_lr,
     choose_crops,
+    choose_lr_mult,
     choose_resolution,
     resolution_candidates,
 )
@@ -85,11 +85,11 @@ def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Pa
 
 
 def test_the_backbone_moves_gently_where_its_features_beat_the_pixels_and_boldly_where_they_do_not():
-    fit = {c.key: c.value for c in choose_backbone_lr(features=score(0.80), pixels=score(0.40))}
-    assert fit == {"model.lr_mult": 100.0, "model.lr_spread": "flat"}
-    unfit = choose_backbone_lr(features=score(0.91), pixels=score(0.97))
-    assert {c.key: c.value for c in unfit} == {"model.lr_mult": 4.0, "model.lr_spread": "geometric"}
-    assert "0.910 against 0.970" in unfit[0].because
+    fit = choose_lr_mult(features=score(0.80), pixels=score(0.40))
+    assert (fit.key, fit.value) == ("model.lr_mult", 100.0) and "gently" in fit.because
+    unfit = choose_lr_mult(features=score(0.91), pixels=score(0.97))
+    assert unfit.value == 4.0 and "0.910 against 0.970" in unfit.because
+    assert choose_lr_mult(features=score(0.9), pixels=score(0.9)).value == 4.0  # a tie: the features add nothing
 
 
 def test_the_pixel_baseline_reads_what_the_raw_pixels_tell(tmp_path: Path):
@@ -111,7 +111,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
     for attempt in range(2):
         overrides = [o for o in folder_overrides(folder, tmp_path / f"out{attempt}") if "image_size" not in o]
         cfg = compose_train(overrides)
-        assert cfg.model.image_size == cfg.model.lr_mult == cfg.model.lr_spread == "auto"
+        assert cfg.model.image_size == cfg.model.lr_mult == "auto"
         with caplog.at_level(logging.INFO, logger="tl_lightning"):
             job = prepare(cfg)
         configs.append((tmp_path / f"out{attempt}" / "config.yaml").read_text())
@@ -119,7 +119,6 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         assert written.model.image_size in (96, 128, 160) and written.model.crop_pct == 1.0  # test_resnet: 160 px
         assert written.data.train_transform.crop_scale == [0.75, 1.0]
         assert written.model.lr_mult == job.model.hparams.lr_mult != "auto"
-        assert written.model.lr_spread == job.model.hparams.lr_spread in ("flat", "geometric")
         # Built from the decided values, not patched afterwards: the model's input size, the datamodule's crops.
         assert job.model.data_config["input_size"][-1] == written.model.image_size
         assert job.datamodule.build_train_transform.keywords["crop_scale"] == [0.75, 1.0]
@@ -128,7 +127,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
     for size in (96, 128, 160):  # every candidate measured, and said so
         assert any(line.startswith(f"recipe: probe at {size} px: cross-validated accuracy") for line in logged)
     assert any(line.startswith("recipe: an SVM on the training images' pixels") for line in logged)
-    for key in (*CROPS, "model.lr_mult", "model.lr_spread"):
+    for key in (*CROPS, "model.lr_mult"):
         assert any(line.startswith(f"recipe: {key}=") and " because " in line for line in logged), key
         assert f"# recipe: {key}=" in configs[0]
 
@@ -138,7 +137,7 @@ def test_explicit_values_win_over_the_recipe(tmp_path: Path):
 
     folder = write_images(tmp_path / "data", per_class=10, size=20)
     overrides = [*folder_overrides(folder, tmp_path / "out"), "model.crop_pct=0.9", "model.lr_mult=7",
-                 "model.lr_spread=geometric", "data.train_transform.crop_scale=[0.5,1.0]"]  # fmt: skip
+                 "data.train_transform.crop_scale=[0.5,1.0]"]  # fmt: skip
     job = prepare(compose_train(overrides))
     assert job.model.data_config["input_size"][-1] == 32 and job.model.data_config["crop_pct"] == 0.9
     assert job.model.hparams.lr_mult == 7
@@ -156,5 +155,5 @@ def test_measuring_leaves_the_random_state_of_training_alone(tmp_path: Path):
     torch.manual_seed(3)
     choices = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
     assert torch.equal(torch.rand(4), expected)
-    assert {c.key for c in choices} == {*CROPS, "model.lr_mult", "model.lr_spread"}
+    assert {c.key for c in choices} == {*CROPS, "model.lr_mult"}
     assert cfg.model.image_size == "auto"  # the config is written by apply_recipe, not here

@@ -171,3 +171,23 @@ def test_mixup_and_cutmix_give_soft_targets_and_train(split_folder: Path):
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     with pytest.raises(ValueError, match="Mixup/CutMix make soft targets"):
         tiny_model(regularization={"mixup_alpha": 0.2}, imbalance={"loss": "focal"})
+
+
+def test_a_plain_lightning_fit_connects_the_data_itself_and_refuses_other_classes(split_folder: Path, tmp_path: Path):
+    from tl_lightning.data.datamodule import ImageFolderDataModule
+
+    model = tiny_model()
+    datamodule = ImageFolderDataModule(split_folder, batch_size=6, num_workers=0)
+    assert datamodule.data_config is None
+    trainer = tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning(milestones={})])
+    trainer.fit(model, datamodule)  # no connect_data call
+    assert datamodule.data_config == model.data_config and model.input_statistics is not None
+    assert trainer.global_step > 0
+
+    for name in ("cat", "dog", "fox"):  # a datamodule of other classes
+        (tmp_path / "other" / name.upper()).mkdir(parents=True)
+        for image in (split_folder / "train" / name).iterdir():
+            (tmp_path / "other" / name.upper() / image.name).write_bytes(image.read_bytes())
+    other = ImageFolderDataModule(tmp_path / "other", batch_size=6, num_workers=0, val_fraction=0.3, test_fraction=0)
+    with pytest.raises(ValueError, match=r"The datamodule's classes \['CAT', 'DOG', 'FOX'\] .* are not the model's"):
+        tiny_trainer(max_epochs=1).fit(tiny_model(), other)

@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from tl_lightning.app.checks import AUTO
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.finetuning.measure import pixel_baseline, probe_at_resolutions
-from tl_lightning.finetuning.recipe import Choice, automatic_choices, choose_backbone_lr, resolution_candidates
+from tl_lightning.finetuning.recipe import Choice, automatic_choices, choose_lr_mult, resolution_candidates
 from tl_lightning.models.backbones import Backbone, backbone_geometry, create_backbone
 
 log = logging.getLogger(__name__)
 
 DATA_KEYS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
-LR_KEYS = ("model.lr_mult", "model.lr_spread")
+LR_KEYS = ("model.lr_mult",)
 # At most this many training images (evenly spaced over the classes' sorted files) are measured.
 MEASURED_IMAGES = 1000
 
@@ -65,7 +65,7 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
         pixels = pixel_baseline(samples, channels)
         log.info("recipe: an SVM on the training images' pixels: cross-validated accuracy %.3f +- %.3f",
                  pixels.accuracy, pixels.stderr)  # fmt: skip
-        choices += [c for c in choose_backbone_lr(measured[image_size], pixels) if c.key in lr_wanted]
+        choices.append(choose_lr_mult(measured[image_size], pixels))
     return choices
 
 

@@ -215,6 +215,6 @@ def build_report(
     if report.imbalance_ratio > IMBALANCE_WARNING:
         rank_zero_warn(
             f"The largest training class has {report.imbalance_ratio:.0f}x the images of the smallest.\n"
-            "HINT: watch val/acc_macro, and consider model.class_weights=balanced."
+            "HINT: watch val/acc_macro, and consider model.imbalance.class_weights=balanced."
         )
     return report

@@ -217,6 +217,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return write_csv(path, [["split", "class", "path"], *rows])
 
     def setup(self, stage: str | None = None) -> None:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if self.data_config is None and hasattr(model, "connect_data"):  # a plain `trainer.fit(model, datamodule)`
+            model.connect_data(self)
         if self.data_config is None:
             raise BadValue(
                 "ImageFolderDataModule has no preprocessing: pass data_config=model.data_config when creating it, "

@@ -1,7 +1,7 @@
 """The embedded default data: scikit-learn's 1,797 real 8x8 handwritten digits, written once as an ImageFolder.
 
 500 stratified training images (about 50 a class, `train_test_split(train_size=500, stratify=y,
-random_state=0)`, the split ../shared/FINDINGS.md measured on); the 1,297 held out are split, stratified
+random_state=0)`); the 1,297 held out are split, stratified
 and seeded, into 297 for validation (checkpoint selection) and 1,000 for test, which nothing else sees.
 """
 
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 NUM_TRAIN = 500
 NUM_VAL = 297
-# No flips or random crops (digits are orientation- and position-sensitive): small affine jitter only, as measured
-# in ../shared/FINDINGS.md. conf/data/digits.yaml spells out the same values.
+# No flips or random crops (digits are orientation- and position-sensitive): small affine jitter only.
+# conf/data/digits.yaml spells out the same values.
 DIGITS_AUGMENTATION = {
     "crop_scale": (1.0, 1.0),
     "crop_ratio": (1.0, 1.0),

@@ -147,7 +147,15 @@ class TransferClassifier(pl.LightningModule):
     def connect_data(self, datamodule: ImageFolderDataModule) -> None:
         """The one seam between model and data, called once before fitting: the datamodule gets this model's
         preprocessing, and the model keeps statistics of the training inputs (saved in checkpoints, so prediction
-        can warn about unlike inputs)."""
+        can warn about unlike inputs). A datamodule whose classes are not the model's is refused.
+
+        `trainer.fit(model, datamodule)` calls it by itself (the datamodule asks at `setup` when nobody has)."""
+        if list(datamodule.class_names) != self.class_names:
+            raise BadValue(
+                f"The datamodule's classes {list(datamodule.class_names)} (from '{datamodule.root}') are not the "
+                f"model's {self.class_names}. Build the model with num_classes=datamodule.num_classes and "
+                "class_names=datamodule.class_names."
+            )
         datamodule.data_config = DataConfig(**self.data_config)
         if self.input_statistics is None:
             self.input_statistics = datamodule.input_statistics()
