@@ -91,6 +91,10 @@ def _clipart(png: Path, categories: list[str], per_class: dict[str, int], seed: 
         # The collection holds some drawings twice (in two categories, or twice in one): kept out, so no test
         # image is a copy of a training one.
         files = [p for p in found[category] if digests[hashlib.sha256(p.read_bytes()).hexdigest()] == 1]
+        if len(files) < sum(per_class.values()):
+            raise ValueError(
+                f"'{category}' has {len(files)} usable drawings, fewer than the {sum(per_class.values())} asked"
+            )
         order = rng.permutation(len(files))
         start = 0
         for split, count in per_class.items():
@@ -145,7 +149,7 @@ def _each(n: int, classes: int) -> list[int]:
 
 
 FIVE = ["animals", "food", "people", "tools", "transportation"]
-EIGHT = [*FIVE, "plants", "recreation", "office"]
+EIGHT = [*FIVE, "geography", "recreation", "office"]
 
 # name -> (what it covers, builder taking the data root). Counts per class unless said; -1 takes the rest.
 SUITE: dict[str, tuple[str, Callable[[Path], Splits]]] = {

@@ -29,9 +29,14 @@ def test_checkpoint_round_trip_needs_no_arguments(split_folder: Path, tmp_path: 
 
 def test_checkpoint_from_another_class_set_is_refused_with_both_lists(split_folder: Path, tmp_path: Path):
     fit_with_checkpoints(tiny_model(), split_folder, tmp_path, max_epochs=1)
+    owls = tmp_path / "owls"  # the same images, the fox folder named owl: a run of other classes
+    for image in split_folder.rglob("*.png"):
+        target = owls / image.relative_to(split_folder).parent.as_posix().replace("fox", "owl") / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image.read_bytes())
     other = tiny_model(class_names=["cat", "dog", "owl"])
     with pytest.raises(ValueError, match=r"only in the checkpoint: \['fox'\]; only in this run: \['owl'\]"):
-        fit_with_checkpoints(other, split_folder, tmp_path / "again", max_epochs=2, ckpt_path=tmp_path / "last.ckpt")
+        fit_with_checkpoints(other, owls, tmp_path / "again", max_epochs=2, ckpt_path=tmp_path / "last.ckpt")
 
 
 class Interrupt(pl.Callback):
