@@ -9,8 +9,9 @@ Differs from Lightning's `BackboneFinetuning` where that one goes silently wrong
   (no weight decay, no momentum) and they stay bit-identical;
 - BatchNorm in frozen groups is held in eval mode, set again at every train epoch start and after each
   validation, so running statistics never move while frozen. Unfrozen groups keep their BN statistics
-  fixed too unless `update_bn_stats=True`: on small data far from ImageNet, re-estimating them from
-  batches of 32 cost 9 points of accuracy on the digits default (../shared/FINDINGS.md).
+  fixed too unless `update_bn_stats=True`: re-estimating them from batches of 32 (fastai's train-mode
+  BatchNorm, AdaBN) made validation accuracy collapse after the unfreeze and cost 7 points on the clip art
+  (BENCHMARKS.md, "The default with one piece changed at a time").
 - the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state;
 - under DDP, parameters that were frozen when DDP wrapped the model are not in its reducer, so their
   gradients would never be averaged and ranks would drift apart after the unfreeze (Lightning #20340);
