@@ -1,5 +1,5 @@
-"""Model selection on a tiny validation set: accuracy saturates in the frozen phase, and the first tied epoch
-must not be kept when later epochs are as accurate and better by loss."""
+"""Model selection on a tiny validation set: accuracy moves by whole images and saturates early, so the loss selects;
+on a large one, accuracy selects and the loss breaks ties."""
 
 import csv
 from pathlib import Path
@@ -12,10 +12,10 @@ from PIL import Image
 from tl_lightning.app.train import run
 
 
-def test_ties_on_a_tiny_validation_set_are_broken_by_loss(tmp_path: Path, caplog):
+def test_a_tiny_validation_set_selects_on_loss(tmp_path: Path, caplog):
     """The default backbone (shipped Lite0 weights) on nearly solid colours: the head separates them in the frozen
-    phase, accuracy collapses at the unfreeze and recovers, as on the held-out faces set. Among the epochs tied at the
-    best accuracy, best.ckpt is the one with the lowest validation loss, not the first (what `val/acc` would keep)."""
+    phase, accuracy collapses at the unfreeze and recovers, as on the held-out faces set. best.ckpt is the epoch with
+    the lowest validation loss, not the first epoch at the best accuracy (what `val/acc` would keep)."""
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for split, count in (("train", 8), ("val", 2), ("test", 4)):  # 6 validation images
@@ -39,8 +39,18 @@ def test_ties_on_a_tiny_validation_set_are_broken_by_loss(tmp_path: Path, caplog
     tied = [e for e in accuracy if accuracy[e] == best]
     assert best == 1.0 and tied[0] < 3 < tied[-1], f"frozen and fine-tuned epochs should tie: {accuracy}"
     chosen = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["epoch"]
-    assert chosen == min(tied, key=loss.get) != tied[0], f"kept epoch {chosen} of a tie {accuracy}, losses {loss}"
-    assert "The validation split has 6 images" in caplog.text
+    assert chosen == min(loss, key=loss.get) != tied[0], f"kept epoch {chosen} of {accuracy}, losses {loss}"
+    assert "The validation split has 6 images" in caplog.text and "chosen on the validation loss" in caplog.text
+
+
+def test_accuracy_selects_on_a_large_validation_set_and_the_loss_on_a_small_one():
+    from tl_lightning.models.metrics import MIN_ACCURACY_IMAGES, selection_score
+
+    large, small = MIN_ACCURACY_IMAGES, MIN_ACCURACY_IMAGES - 1
+    assert selection_score(0.91, 2.0, large) > selection_score(0.90, 0.1, large)  # one image of accuracy wins
+    assert selection_score(0.90, 0.3, large) > selection_score(0.90, 0.4, large)  # ties: the lower loss
+    assert selection_score(0.80, 0.3, small) > selection_score(0.95, 0.4, small)  # few images: the loss alone
+    assert selection_score(torch.tensor(0.8), torch.tensor(0.3), torch.tensor(small)) == -0.3
 
 
 def test_a_run_whose_fine_tuning_never_beats_the_probe_keeps_the_probe_and_says_so(flat_folder: Path, tmp_path):

@@ -30,6 +30,7 @@ from tl_lightning.evaluation.calibration import (
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import Preemption
+from tl_lightning.models.metrics import MIN_ACCURACY_IMAGES
 from tl_lightning.models.module import TransferClassifier
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,17 @@ def train_and_evaluate(
             datamodule.audit_report.save(out / "audit.json")
             log.info(datamodule.audit_report.summary())
 
-    if (validation := sum(datamodule.class_counts("val"))) < MIN_CALIBRATION_IMAGES:
-        log.warning("The validation split has %d images: accuracy on it moves in steps of %.0f%%, too coarse to "
-                    "select a checkpoint or fit a temperature on. Checkpoints are chosen on val/score (ties broken by "
-                    "loss) and the temperature stays 1. Give it more images (data.val_fraction, or a val/ folder) "
-                    "for a reliable choice.", validation, 100 / max(1, validation))  # fmt: skip
+    validation = sum(datamodule.class_counts("val"))
+    if validation < MIN_ACCURACY_IMAGES:
+        temperature = " and the temperature stays 1" if validation < MIN_CALIBRATION_IMAGES else ""
+        log.warning(
+            "The validation split has %d images: accuracy on it moves in steps of %.0f%%, too coarse to select a "
+            "checkpoint on, so checkpoints are chosen on the validation loss%s. Give it more images "
+            "(data.val_fraction, or a val/ folder) for a reliable choice.",
+            validation,
+            100 / max(1, validation),
+            temperature,
+        )
     used = hardware.describe(trainer, datamodule)
     log.info(hardware.one_line(used))
     started = time.perf_counter()

@@ -28,6 +28,7 @@ from torch import nn
 from tl_lightning.finetuning.measure import cross_validate_probe
 from tl_lightning.models.features import extract_features, fit_probe, probe_as_linear
 from tl_lightning.models.heads import as_single_linear
+from tl_lightning.models.metrics import selection_score
 from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ class ProbeFloor(Callback):
             logits = pl_module.head.eval()(val[0].to(pl_module.device))
         pl_module.head.train(pl_module.training)
         metrics = pl_module.score(logits, val[1], "val")
-        self.probe_metrics = {"val/acc": metrics["val/acc"], "val/loss": metrics["val/loss"],
-                              SCORE: metrics["val/acc"] - metrics["val/loss"] / (10 * max(1, len(val[1])))}  # fmt: skip
+        acc, loss = metrics["val/acc"], metrics["val/loss"]
+        self.probe_metrics = {"val/acc": acc, "val/loss": loss, SCORE: selection_score(acc, loss, max(1, len(val[1])))}
         log.info("recipe: the head starts from a converged linear probe (train acc %.3f, val acc %.3f, %.1f s) "
                  "because fine-tuning from a half-trained head distorts the pretrained features (LP-FT)",
                  probe.score(train[0].numpy(), train[1].numpy()), metrics["val/acc"],

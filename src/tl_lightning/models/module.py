@@ -24,7 +24,7 @@ from tl_lightning.models.groups import SPREADS, LayerGroup, build_param_groups, 
 from tl_lightning.models.heads import create_head, scaled_softmax
 from tl_lightning.models.losses import create_mixup, distillation_loss, focal_loss
 from tl_lightning.models.lr_schedules import warmup_cosine
-from tl_lightning.models.metrics import per_class_scalars, stage_metrics
+from tl_lightning.models.metrics import per_class_scalars, selection_score, stage_metrics
 from tl_lightning.models.options import (
     Distillation,
     Imbalance,
@@ -264,10 +264,9 @@ class TransferClassifier(pl.LightningModule):
         values = self._log_stage("val")
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        # What checkpoints and early stopping select on: accuracy, ties broken by lower loss. Loss counts for less
-        # than one image (loss / (10 N)), so no accuracy difference is ever overturned; on a small validation set,
-        # where accuracy saturates early, later and better epochs are no longer lost to the first tied one.
-        self.log("val/score", values["val/acc"] - loss / (10 * values["val/samples"].clamp(min=1)), prog_bar=False)
+        # What checkpoints, early stopping and the probe floor select on (`metrics.selection_score`).
+        score = selection_score(values["val/acc"], loss, values["val/samples"].clamp(min=1))
+        self.log("val/score", score, prog_bar=False)
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(values["val/acc"])
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
