@@ -1,9 +1,9 @@
 """The default against itself with one piece changed, on the real-data suite: what each piece of the recipe is worth.
 
 Each step is `python train.py data=folder data.root=DIR seed=S` plus that step's overrides (a subprocess per run,
-as a user runs it): the pieces issue 22 changed, put back one at a time (C fixed at 1), fastai's flat body LR,
-and the other pieces of fastai's `fine_tune` the default does not take (BatchNorm statistics that adapt, with or
-without a BatchNorm head). Each (step, dataset, seed) is a row of
+as a user runs it): the pieces issue 22 changed, put back one at a time (selection on accuracy, C fixed at 1),
+fastai's flat body LR, and the other pieces of fastai's `fine_tune` the default does not take (BatchNorm statistics
+that adapt, with or without a BatchNorm head). Each (step, dataset, seed) is a row of
 `benchmarks/results/recipe_path_runs.json`, kept across sessions; `recipe_path.json` has the table that
 `report.py` writes into BENCHMARKS.md.
 
@@ -26,27 +26,23 @@ from _results import RESULTS, machine, save_json, save_row
 from suite import DEFAULT_ROOT, SUITE, write
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> (what changes, overrides on top of the default config).
+ACCURACY = "model.score_accuracy_from=0"
+# name -> (what changes, overrides on top of the default config). The steps after "accuracy-selection" change one
+# piece each from it: they were measured before selection moved to the loss on small validation splits.
 STEPS: dict[str, tuple[str, list[str]]] = {
-    "geometric": (
-        "the backbone's LRs spread geometrically from head LR / lr_mult (the spread before issue 22; the "
-        "later groups get nearly the head's LR)",
-        ["model.lr_spread=geometric"],
-    ),
-    "probe-c1": (
-        "the probe's C fixed at 1 (before issue 22) instead of cross-validated",
-        ["callbacks.probe_floor.c=1.0"],
-    ),
-    "adapt-bn": (
-        "+ BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN)",
-        ["callbacks.finetuning.update_bn_stats=true"],
-    ),
-    "adapt-bn-head": (
-        "+ a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
-        ["callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"],
-    ),
-    "default": ("the default (`python train.py data=folder`, no flags)", []),
-}
+    "accuracy-selection": ("checkpoints chosen on validation accuracy (ties by loss) whatever the split's size, as "
+                           "before issue 22", [ACCURACY]),
+    "flat-body": ("+ every backbone group at head LR / lr_mult (fastai's `slice(lr / 100, lr)` over a timm body) "
+                  "instead of the geometric spread up to the head's LR", [ACCURACY, "model.lr_spread=flat"]),
+    "probe-c1": ("+ the probe's C fixed at 1 (before issue 22) instead of cross-validated",
+                 [ACCURACY, "callbacks.probe_floor.c=1.0"]),
+    "adapt-bn": ("+ BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN)",
+                 [ACCURACY, "callbacks.finetuning.update_bn_stats=true"]),
+    "adapt-bn-head": ("+ and a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
+                      [ACCURACY, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"]),
+    "default": ("the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation "
+                "images", []),
+}  # fmt: skip
 
 
 def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:

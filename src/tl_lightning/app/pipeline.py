@@ -30,7 +30,6 @@ from tl_lightning.evaluation.calibration import (
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import Preemption
-from tl_lightning.models.metrics import MIN_ACCURACY_IMAGES
 from tl_lightning.models.module import TransferClassifier
 
 log = logging.getLogger(__name__)
@@ -60,14 +59,16 @@ def train_and_evaluate(
             log.info(datamodule.audit_report.summary())
 
     validation = sum(datamodule.class_counts("val"))
-    if validation < MIN_ACCURACY_IMAGES:
+    on_loss = validation < model.hparams.get("score_accuracy_from", 0)
+    if on_loss or validation < MIN_CALIBRATION_IMAGES:
+        chosen = "so checkpoints are chosen on the validation loss" if on_loss else "yet checkpoints are chosen on it"
         temperature = " and the temperature stays 1" if validation < MIN_CALIBRATION_IMAGES else ""
         log.warning(
             "The validation split has %d images: accuracy on it moves in steps of %.0f%%, too coarse to select a "
-            "checkpoint on, so checkpoints are chosen on the validation loss%s. Give it more images "
-            "(data.val_fraction, or a val/ folder) for a reliable choice.",
+            "checkpoint on, %s%s. Give it more images (data.val_fraction, or a val/ folder) for a reliable choice.",
             validation,
             100 / max(1, validation),
+            chosen,
             temperature,
         )
     used = hardware.describe(trainer, datamodule)

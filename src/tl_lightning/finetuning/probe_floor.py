@@ -97,7 +97,8 @@ class ProbeFloor(Callback):
         pl_module.head.train(pl_module.training)
         metrics = pl_module.score(logits, val[1], "val")
         acc, loss = metrics["val/acc"], metrics["val/loss"]
-        self.probe_metrics = {"val/acc": acc, "val/loss": loss, SCORE: selection_score(acc, loss, max(1, len(val[1])))}
+        score = selection_score(acc, loss, max(1, len(val[1])), pl_module.hparams.get("score_accuracy_from", 0))
+        self.probe_metrics = {"val/acc": acc, "val/loss": loss, SCORE: score}
         log.info("recipe: the head starts from a converged linear probe (train acc %.3f, val acc %.3f, %.1f s) "
                  "because fine-tuning from a half-trained head distorts the pretrained features (LP-FT)",
                  probe.score(train[0].numpy(), train[1].numpy()), metrics["val/acc"],

@@ -19,15 +19,15 @@ PER_CLASS_LOG_LIMIT = 50
 MIN_ACCURACY_IMAGES = 100
 
 
-def selection_score(acc: Any, loss: Any, samples: Any) -> Any:
+def selection_score(acc: Any, loss: Any, samples: Any, accuracy_from: int = MIN_ACCURACY_IMAGES) -> Any:
     """What checkpoints, early stopping and the probe floor select on, higher is better (`val/score`): on at least
-    `MIN_ACCURACY_IMAGES` validation images, accuracy with ties broken by lower loss (loss counts for less than one
+    `accuracy_from` validation images, accuracy with ties broken by lower loss (loss counts for less than one
     image, `loss / (10 N)`, so no accuracy difference is overturned); on fewer, the negative loss. Floats or tensors.
 
-    >>> selection_score(0.9, 0.3, 200), selection_score(0.9, 0.3, 40)
-    (0.89985, -0.3)
+    >>> selection_score(0.9, 0.3, 200), selection_score(0.9, 0.3, 40), selection_score(0.9, 0.3, 40, accuracy_from=0)
+    (0.89985, -0.3, 0.89925)
     """
-    if samples < MIN_ACCURACY_IMAGES:
+    if samples < accuracy_from:
         return -loss
     return acc - loss / (10 * samples)
 

@@ -24,7 +24,7 @@ from tl_lightning.models.groups import SPREADS, LayerGroup, build_param_groups, 
 from tl_lightning.models.heads import create_head, scaled_softmax
 from tl_lightning.models.losses import create_mixup, distillation_loss, focal_loss
 from tl_lightning.models.lr_schedules import warmup_cosine
-from tl_lightning.models.metrics import per_class_scalars, selection_score, stage_metrics
+from tl_lightning.models.metrics import MIN_ACCURACY_IMAGES, per_class_scalars, selection_score, stage_metrics
 from tl_lightning.models.options import (
     Distillation,
     Imbalance,
@@ -63,6 +63,9 @@ class TransferClassifier(pl.LightningModule):
         lr_mult: ratio of the head's LR to the first backbone group's.
         lr_spread: how the backbone groups' LRs go from `lr / lr_mult` to the head's: ``"geometric"`` (each
             group deeper gets more) or ``"flat"`` (every backbone group at `lr / lr_mult`).
+        score_accuracy_from: validation images from which `val/score` (what checkpoints, early stopping and the probe
+            floor select on) is accuracy with ties broken by loss; on fewer, it is the negative loss
+            (`metrics.selection_score`); 0 always selects on accuracy.
         lr_factors: explicit per-group LR factors (backbone groups input -> output, then the head), instead of
             `lr_mult`'s geometric spread; each group's LR is `lr * factor`.
         regularization, imbalance, distillation, performance: the grouped options (see `options.py`).
@@ -96,6 +99,7 @@ class TransferClassifier(pl.LightningModule):
         lr: float = 1e-3,
         lr_mult: float = 10.0,
         lr_spread: str = "geometric",
+        score_accuracy_from: int = MIN_ACCURACY_IMAGES,
         lr_factors: Sequence[float] | None = None,
         regularization: Regularization | Mapping[str, Any] | None = None,
         imbalance: Imbalance | Mapping[str, Any] | None = None,
@@ -265,7 +269,8 @@ class TransferClassifier(pl.LightningModule):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         # What checkpoints, early stopping and the probe floor select on (`metrics.selection_score`).
-        score = selection_score(values["val/acc"], loss, values["val/samples"].clamp(min=1))
+        samples = values["val/samples"].clamp(min=1)
+        score = selection_score(values["val/acc"], loss, samples, self.hparams.get("score_accuracy_from", 0))
         self.log("val/score", score, prog_bar=False)
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(values["val/acc"])
