@@ -51,8 +51,8 @@ class ProbeFloor(Callback):
     Args:
         c: inverse L2 strength of the logistic regression (on standardised features); `None` chooses it by
             stratified 5-fold cross-validation on the training features (`measure.cross_validate_probe`): the best
-            strength differs by data set (C=0.1 beat C=1 by 1.5 points on two held-out sets of a few hundred images,
-            and lost on others).
+            strength differs by data set (it chose 0.03 on the suite's clip art, where C=1 ended 6.5 points lower,
+            BENCHMARKS.md).
         keep_probe: make the probe the best checkpoint when fine-tuning does not beat it on validation.
 
     A head with hidden layers is left as it is (a probe is one linear layer); a resumed fit does not probe again
