@@ -247,7 +247,7 @@ def main() -> None:
         runs = {key: run for key, run in runs.items() if key.split("/")[1] not in args.rerun}
         save_json("peers_runs", runs, args.out)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets:
+        for name in [] if args.report_only else args.datasets:
             folder = write(name, args.data_root)
             for seed in args.seeds:
                 for tool in args.tools:

@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("TL_SUITE_ROOT", DEFAULT_ROOT)))
+    parser.add_argument("--report-only", action="store_true", help="run nothing: rebuild the table from the rows")
     parser.add_argument("--rerun", nargs="+", default=[], choices=list(STEPS), help="forget these steps' rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,22 +79,25 @@ def main() -> None:
         save_json("recipe_path_runs", runs)
     peers_file = RESULTS / "peers_runs.json"
     peers = json.loads(peers_file.read_text()) if peers_file.exists() else {}
+    for key, row in peers.items():  # the default is the same command as peers.py's "ours": its rows count for both
+        name, tool, seed = key.split("/")
+        if tool == "ours":
+            runs[f"default/{name}/{seed}"] = row
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets:
+        for name in [] if args.report_only else args.datasets:
             folder = write(name, args.data_root)
             for step in args.steps:
                 for seed in args.seeds:
                     key = f"{step}/{name}/{seed}"
-                    if key not in runs and step == "default" and f"{name}/ours/{seed}" in peers:
-                        runs[key] = peers[f"{name}/ours/{seed}"]  # the same command: peers.py's row for ours
                     if key not in runs:
                         row = run(step, folder, seed, args.epochs, Path(tmp) / key.replace("/", "_"))
                         runs = save_row("recipe_path_runs", key, row)
                     print(f"{key:<28} acc {runs[key]['acc']:.4f}  {runs[key]['seconds']:>6.1f} s", flush=True)
+    measured = [name for name in SUITE if any(key.split("/")[1] == name for key in runs)]
     table = {
         step: {
             name: statistics.mean(r["acc"] for k, r in runs.items() if k.startswith(f"{step}/{name}/"))
-            for name in args.datasets
+            for name in measured
             if any(k.startswith(f"{step}/{name}/") for k in runs)
         }
         for step in STEPS
