@@ -1,5 +1,5 @@
-"""The package's shape: a short top level, small modules, layered imports, and every config target and command
-still resolving after files moved."""
+"""The package's shape: a short top level, layered imports, and every config target and command still resolving
+after files moved. (Modules are split where a second concept grows in, not at a line count.)"""
 
 import importlib
 import runpy
@@ -23,13 +23,6 @@ def test_top_level_shows_the_architecture_in_a_few_entries():
     for package in (p for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"):
         module = importlib.import_module(f"tl_lightning.{package.name}")
         assert module.__doc__ and len(module.__doc__.split()) > 10, f"{package.name}/__init__.py needs its docstring"
-
-
-def test_no_module_is_over_350_lines():
-    long = {
-        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350
-    }
-    assert not long
 
 
 def test_import_contracts_hold():
