@@ -236,6 +236,7 @@ def main() -> None:
         help="CPU threads for every tool (fit times compare only at the same count; each row records its own)",
     )
     parser.add_argument("--fresh", action="store_true", help="forget finished rows and run them again")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: rebuild the table from the rows")
     parser.add_argument(
         "--rerun", nargs="+", default=[], choices=TOOLS, help="forget these tools' rows (ours, after a recipe change)"
     )
