@@ -173,6 +173,14 @@ def peers(r: dict) -> list[str]:
             text = f"{v['mean']:.3f} ± {v['std']:.3f} (n={v['seeds']}; {v['seconds']:.0f} s{threads})"
             cells.append(f"**{text}**" if v["mean"] == best else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "fastai's rows are what its defaults do with these folders: on few-shot its default batch of 64 exceeds the 50 "
+        "training images and its training loader drops the incomplete batch, so `fine_tune` takes no step "
+        "(`len(dls.train) == 0`); on galaxies it ends below the majority class, which its BatchNorm layers training "
+        "in train mode from the first epoch would explain (the `adapt-bn` step below loses the same way), not "
+        "investigated further. Rows marked n=1 have one seed: a 2-core session fits one fastai run per set.",
+    ]
     return lines
 
 
