@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from conftest import compose_train, folder_overrides, write_images
 
-from tl_lightning.data.images import short_sides
+from tl_lightning.data.images import ImageDataset, short_sides
+from tl_lightning.data.transforms import eval_transform
 from tl_lightning.finetuning.measure import ProbeScore, best_resolution, cross_validate_probe, pixel_baseline
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
@@ -96,9 +97,10 @@ def test_the_pixel_baseline_reads_what_the_raw_pixels_tell(tmp_path: Path):
     folder = write_images(tmp_path / "data", per_class=10, size=20)  # classes differ by their mean colour
     labels = {name: i for i, name in enumerate(sorted(p.name for p in folder.iterdir()))}
     samples = [(path, labels[path.parent.name]) for path in sorted(folder.rglob("*.png"))]
-    assert pixel_baseline(samples, channels=3).accuracy > 0.9
+    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+    assert pixel_baseline(ImageDataset(samples, eval_transform(config))).accuracy > 0.9
     shuffled = [(path, i % 3) for i, (path, _) in enumerate(samples)]  # labels unrelated to the pixels
-    assert pixel_baseline(shuffled, channels=3).accuracy < 0.7
+    assert pixel_baseline(ImageDataset(shuffled, eval_transform(config))).accuracy < 0.7
 
 
 def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time(tmp_path: Path, caplog):

@@ -14,10 +14,11 @@ import statistics
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Subset
 
 from tl_lightning.app.checks import AUTO
 from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.finetuning.measure import pixel_baseline, probe_at_resolutions
+from tl_lightning.finetuning.measure import PIXEL_SIDE, pixel_baseline, probe_at_resolutions
 from tl_lightning.finetuning.recipe import Choice, automatic_choices, choose_lr_mult, resolution_candidates
 from tl_lightning.models.backbones import Backbone, backbone_geometry, create_backbone
 
@@ -48,10 +49,14 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
     median = statistics.median(sides or [native])
     size = cfg.model.get("image_size")
     candidates = resolution_candidates(median, native, stride) if size == AUTO else []
-    samples = _spread(scan.samples("train"), MEASURED_IMAGES)
+    spread = _spread(len(scan.samples("train")), MEASURED_IMAGES)
+
+    def images(config: dict) -> Subset:  # the training images under `config`'s eval preprocessing, via the scan
+        return Subset(scan.dataset("train", train=False, data_config=config), spread)
+
     lr_wanted = [key for key in wanted if key in LR_KEYS]
     backbone = _backbone(cfg) if candidates or lr_wanted else None
-    measured = probe_at_resolutions(backbone.model, samples, backbone.data_config, candidates) if candidates else {}
+    measured = probe_at_resolutions(backbone.model, images, backbone.data_config, candidates) if candidates else {}
     count = len(scan.samples("train"))
     given = None if size == AUTO else size
     data_wanted = [key for key in wanted if key in DATA_KEYS]
@@ -60,9 +65,10 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
         decided = {choice.key: choice.value for choice in choices}
         image_size = int(decided.get("model.image_size", given or native))
         if image_size not in measured:
-            measured |= probe_at_resolutions(backbone.model, samples, backbone.data_config, [image_size])
+            measured |= probe_at_resolutions(backbone.model, images, backbone.data_config, [image_size])
         channels = int(backbone.data_config["input_size"][0])
-        pixels = pixel_baseline(samples, channels)
+        side = {"input_size": (channels, PIXEL_SIDE, PIXEL_SIDE), "crop_pct": 1.0, "interpolation": "area"}
+        pixels = pixel_baseline(images(backbone.data_config | side))
         log.info("recipe: an SVM on the training images' pixels: cross-validated accuracy %.3f +- %.3f",
                  pixels.accuracy, pixels.stderr)  # fmt: skip
         choices.append(choose_lr_mult(measured[image_size], pixels))
@@ -84,6 +90,6 @@ def _backbone(cfg: DictConfig) -> Backbone:
     return built
 
 
-def _spread(samples: list, limit: int) -> list:
-    step = max(1, len(samples) // limit)
-    return list(samples)[::step][:limit]
+def _spread(count: int, limit: int) -> list[int]:
+    """At most `limit` indices evenly spaced over `count` (the samples are sorted by class: each class is kept)."""
+    return list(range(0, count, max(1, count // limit)))[:limit]

@@ -250,10 +250,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         with torch.random.fork_rng(devices=[]):  # the eval transform still draws a seed: leave training's RNG be
             return torch.stack([dataset[i][0] for i in range(0, len(dataset), step)[:max_images]])
 
-    def dataset(self, split: str, train: bool) -> ImageDataset:
-        """A split's images with the training or the evaluation transform."""
+    def dataset(self, split: str, train: bool, data_config: DataConfig | None = None) -> ImageDataset:
+        """A split's images with the training or the evaluation transform, for this datamodule's preprocessing or
+        for `data_config` (the recipe measures the images at other resolutions before the model exists)."""
+        config = data_config or self.data_config
         build = self.build_train_transform if train else self.build_eval_transform
-        return ImageDataset(self.samples(split), build(self.data_config), int(self.data_config["input_size"][0]))
+        return ImageDataset(self.samples(split), build(config), int(config["input_size"][0]))
 
     def _loader(self, split: str, train: bool, distributed: bool = True) -> DataLoader:
         if split not in self.splits:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.distributed import per_device_batch_size, world
 from tl_lightning.data.images import ImageDataset, decode_image
+from tl_lightning.data.transforms import DataConfig
 from tl_lightning.utils import BadValue, NotFound
 
 METADATA = "tl_lightning.json"
@@ -229,10 +230,11 @@ class StreamingDataModule(ImageFolderDataModule):
         cache = {"cache_dir": f"{self.stream_cache_dir}/{split}"} if self.stream_cache_dir else {}
         return kind(f"{self.input_dir}/{split}", max_cache_size=self.max_cache_size, **cache, **options)
 
-    def dataset(self, split: str, train: bool) -> StreamedImages:
+    def dataset(self, split: str, train: bool, data_config: DataConfig | None = None) -> StreamedImages:
+        config = data_config or self.data_config
         build = self.build_train_transform if train else self.build_eval_transform
-        channels = int(self.data_config["input_size"][0])
-        return StreamedImages(self._stream(split), self.samples(split), build(self.data_config), channels)
+        channels = int(config["input_size"][0])
+        return StreamedImages(self._stream(split), self.samples(split), build(config), channels)
 
     def read_image(self, path: Path, channels: int) -> np.ndarray:
         """A test image (the report's), found by name in the chunks."""

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
@@ -27,11 +26,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from tl_lightning.data.images import ImageDataset, load_image
-from tl_lightning.data.transforms import DataConfig, eval_transform
-from tl_lightning.models.features import Samples, extract_features
+from tl_lightning.data.transforms import DataConfig
+from tl_lightning.models.features import extract_features
 
 log = logging.getLogger(__name__)
 
@@ -80,37 +78,35 @@ def cross_validate_probe(features: torch.Tensor, labels: torch.Tensor, seed: int
     return ProbeScore(c, mean, float(np.std(accuracies) / math.sqrt(folds)), folds)
 
 
-def pixel_baseline(samples: Samples, channels: int, side: int = PIXEL_SIDE, seed: int = 0) -> ProbeScore:
-    """Stratified k-fold accuracy of scikit-learn's `SVC()` (RBF) on the images' raw pixels at `side` px: what the
-    data gives with no pretrained features at all (`c` is the SVM's default, 1). When it matches or beats the probe
-    of the frozen features, those features do not fit the task and fine-tuning has to rewrite them."""
-    pixels = np.stack([_pixels(path, channels, side) for path, _ in samples])
-    y = np.array([label for _, label in samples])
+def pixel_baseline(images: Dataset, seed: int = 0) -> ProbeScore:
+    """Stratified k-fold accuracy of scikit-learn's `SVC()` (RBF) on the pixels of `images` (small, e.g.
+    `PIXEL_SIDE` px, read through the datamodule so streamed data works too): what the data gives with no
+    pretrained features at all (`c` is the SVM's default, 1). When it matches or beats the probe of the frozen
+    features, those features do not fit the task and fine-tuning has to rewrite them."""
+    rows = [images[i] for i in range(len(images))]
+    pixels = torch.stack([x for x, _ in rows]).flatten(1).float().numpy()
+    y = np.array([int(label) for _, label in rows])
     folds = int(max(2, min(5, np.bincount(y).min())))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     accuracies = cross_val_score(SVC(), pixels, y, cv=splitter)
     return ProbeScore(1.0, float(np.mean(accuracies)), float(np.std(accuracies) / math.sqrt(folds)), folds)
 
 
-def _pixels(path, channels: int, side: int) -> np.ndarray:
-    image = load_image(path, channels)
-    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32).ravel() / 255
-
-
 def probe_at_resolutions(
     backbone: nn.Module,
-    samples: Samples,
+    images: Callable[[DataConfig], Dataset],
     data_config: DataConfig,
     sizes: Sequence[int],
     batch_size: int = 64,
 ) -> dict[int, ProbeScore]:
-    """The cross-validated probe of `samples` (the training images) at each input size in `sizes`: whole images
-    (no crop), the weights' normalisation, BatchNorm statistics fixed."""
+    """The cross-validated probe of the training images at each input size in `sizes`: `images(config)` gives
+    them under `config`'s eval preprocessing, which here is the whole image (no crop) at that size with the weights'
+    normalisation; BatchNorm statistics fixed."""
     scores = {}
     channels = int(data_config["input_size"][0])
     for size in sizes:
         config = DataConfig(**data_config) | {"input_size": (channels, size, size), "crop_pct": 1.0}
-        loader = DataLoader(ImageDataset(samples, eval_transform(config), channels), batch_size=batch_size)
+        loader = DataLoader(images(config), batch_size=batch_size)
         scores[size] = cross_validate_probe(*extract_features(backbone, loader))
         log.info("recipe: probe at %d px: cross-validated accuracy %.3f +- %.3f (C=%g)", size,
                  scores[size].accuracy, scores[size].stderr, scores[size].c)  # fmt: skip
