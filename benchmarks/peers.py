@@ -215,9 +215,13 @@ def summarise(runs: dict, datasets: list[str], tools: list[str]) -> dict:
             done = [r for key, r in runs.items() if key.startswith(f"{name}/{tool}/")]
             if done:
                 accs = [r["acc"] for r in done]
-                row[tool] = {"mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": len(accs),
-                             "seconds": statistics.mean(r["seconds"] for r in done),
-                             "threads": max(r.get("threads", 0) for r in done)}  # fmt: skip
+                row[tool] = {
+                    "mean": statistics.mean(accs),
+                    "std": statistics.pstdev(accs),
+                    "seeds": len(accs),
+                    "seconds": statistics.mean(r["seconds"] for r in done),
+                    "threads": max(r.get("threads", 0) for r in done),
+                }
     return table
 
 

@@ -30,34 +30,59 @@ ACCURACY = "model.score_accuracy_from=0"
 # name -> (what changes, overrides on top of the default config). The steps after "accuracy-selection" change one
 # piece each from it: they were measured before selection moved to the loss on small validation splits.
 STEPS: dict[str, tuple[str, list[str]]] = {
-    "accuracy-selection": ("checkpoints chosen on validation accuracy (ties by loss) whatever the split's size, as "
-                           "before issue 22", [ACCURACY]),
-    "flat-body": ("+ every backbone group at head LR / lr_mult (fastai's `slice(lr / 100, lr)` over a timm body) "
-                  "instead of the geometric spread up to the head's LR", [ACCURACY, "model.lr_spread=flat"]),
-    "probe-c1": ("+ the probe's C fixed at 1 (before issue 22) instead of cross-validated",
-                 [ACCURACY, "callbacks.probe_floor.c=1.0"]),
-    "adapt-bn": ("+ BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN)",
-                 [ACCURACY, "callbacks.finetuning.update_bn_stats=true"]),
-    "adapt-bn-head": ("+ and a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
-                      [ACCURACY, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"]),
-    "default": ("the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation "
-                "images", []),
-}  # fmt: skip
+    "accuracy-selection": (
+        "checkpoints chosen on validation accuracy (ties by loss) whatever the split's size, as before issue 22",
+        [ACCURACY],
+    ),
+    "flat-body": (
+        "+ every backbone group at head LR / lr_mult (fastai's `slice(lr / 100, lr)` over a timm body) "
+        "instead of the geometric spread up to the head's LR",
+        [ACCURACY, "model.lr_spread=flat"],
+    ),
+    "probe-c1": (
+        "+ the probe's C fixed at 1 (before issue 22) instead of cross-validated",
+        [ACCURACY, "callbacks.probe_floor.c=1.0"],
+    ),
+    "adapt-bn": (
+        "+ BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN)",
+        [ACCURACY, "callbacks.finetuning.update_bn_stats=true"],
+    ),
+    "adapt-bn-head": (
+        "+ and a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
+        [ACCURACY, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"],
+    ),
+    "default": (
+        "the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation images",
+        [],
+    ),
+}
 
 
 def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:
     out = work / "run"
-    command = [sys.executable, str(ROOT / "train.py"), "data=folder", f"data.root={folder}", f"seed={seed}",
-               f"trainer.max_epochs={epochs}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false",
-               *STEPS[step][1]]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "data=folder",
+        f"data.root={folder}",
+        f"seed={seed}",
+        f"trainer.max_epochs={epochs}",
+        f"hydra.run.dir={out}",
+        "trainer.enable_progress_bar=false",
+        *STEPS[step][1],
+    ]
     threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=os.environ | threads)
     if done.returncode != 0:
         raise RuntimeError(f"train.py failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
     seconds = metrics["fit_seconds"] + metrics.get("recipe_seconds", 0.0)
-    return {"acc": metrics["test/acc"], "seconds": round(seconds, 1), "selected": metrics.get("selected"),
-            "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "acc": metrics["test/acc"],
+        "seconds": round(seconds, 1),
+        "selected": metrics.get("selected"),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:

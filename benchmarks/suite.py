@@ -79,8 +79,9 @@ def _usable(path: Path) -> bool:
         return False
 
 
-def _clipart(png: Path, categories: list[str], per_class: dict[str, int], seed: int, gray: bool,
-             side: int | None) -> Splits:  # fmt: skip
+def _clipart(
+    png: Path, categories: list[str], per_class: dict[str, int], seed: int, gray: bool, side: int | None
+) -> Splits:
     """`per_class[split]` drawings of each category (sub-folders included), disjoint across splits; odd sizes
     (`_usable`) and drawings the collection holds more than once are left out."""
     rng = np.random.default_rng(seed)

@@ -69,8 +69,11 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
         channels = int(backbone.data_config["input_size"][0])
         side = {"input_size": (channels, PIXEL_SIDE, PIXEL_SIDE), "crop_pct": 1.0, "interpolation": "area"}
         pixels = pixel_baseline(images(backbone.data_config | side))
-        log.info("recipe: an SVM on the training images' pixels: cross-validated accuracy %.3f +- %.3f",
-                 pixels.accuracy, pixels.stderr)  # fmt: skip
+        log.info(
+            "recipe: an SVM on the training images' pixels: cross-validated accuracy %.3f +- %.3f",
+            pixels.accuracy,
+            pixels.stderr,
+        )
         choices.append(choose_lr_mult(measured[image_size], pixels))
     return choices
 

@@ -108,8 +108,13 @@ def probe_at_resolutions(
         config = DataConfig(**data_config) | {"input_size": (channels, size, size), "crop_pct": 1.0}
         loader = DataLoader(images(config), batch_size=batch_size)
         scores[size] = cross_validate_probe(*extract_features(backbone, loader))
-        log.info("recipe: probe at %d px: cross-validated accuracy %.3f +- %.3f (C=%g)", size,
-                 scores[size].accuracy, scores[size].stderr, scores[size].c)  # fmt: skip
+        log.info(
+            "recipe: probe at %d px: cross-validated accuracy %.3f +- %.3f (C=%g)",
+            size,
+            scores[size].accuracy,
+            scores[size].stderr,
+            scores[size].c,
+        )
     return scores
 
 
