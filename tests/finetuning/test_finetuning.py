@@ -267,3 +267,27 @@ def test_phase_changes_log_a_table_of_groups(split_folder: Path, caplog: pytest.
     last = model.layer_groups()[-2]
     assert tables[1].splitlines()[-1].split() == [last.name, "yes", f"{last.num_params:,}", "1.00e-02", "eval"]
     assert tables[0].splitlines()[-1].split()[:2] == [last.name, "no"]
+
+
+class FeatureNoise(pl.Callback):
+    """Per epoch, at the first step: do two train-mode passes of one batch through the backbone agree?"""
+
+    def __init__(self):
+        self.constant: dict[int, bool] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch not in self.constant:
+            with torch.no_grad():
+                first, second = pl_module.backbone(batch[0]), pl_module.backbone(batch[0])
+            self.constant[trainer.current_epoch] = torch.equal(first, second)
+
+
+def test_a_frozen_backbone_holds_droppath_and_dropout_still_and_the_unfrozen_one_uses_them(split_folder: Path):
+    model = tiny_model(backbone_kwargs={"drop_path_rate": 0.5, "drop_rate": 0.5})
+    groups = model.layer_groups()
+    assert sum(len(g.stochastic) for g in groups) > 0 and model.backbone in groups[-2].stochastic
+    noise = FeatureNoise()
+    tiny_trainer(max_epochs=2, callbacks=[LayerFinetuning(milestones={1: "all"}), noise]).fit(
+        model, tiny_data(split_folder, model)
+    )
+    assert noise.constant == {0: True, 1: False}

@@ -8,10 +8,11 @@ Differs from Lightning's `BackboneFinetuning` where that one goes silently wrong
 - frozen = `requires_grad=False`: frozen weights get no gradient, so the optimizer skips them entirely
   (no weight decay, no momentum) and they stay bit-identical;
 - BatchNorm in frozen groups is held in eval mode, set again at every train epoch start and after each
-  validation, so running statistics never move while frozen. Unfrozen groups keep their BN statistics
-  fixed too unless `update_bn_stats=True`: re-estimating them from batches of 32 (fastai's train-mode
-  BatchNorm, AdaBN) made validation accuracy collapse after the unfreeze and cost 7 points on the clip art
-  (BENCHMARKS.md, "The default with one piece changed at a time").
+  validation, so running statistics never move while frozen; so are dropout and DropPath (timm's
+  `drop_path_rate`), so a frozen backbone computes the same features at every step, as the feature cache
+  assumes. Unfrozen groups keep their BN statistics fixed too unless `update_bn_stats=True`: re-estimating
+  them from batches of 32 (fastai's train-mode BatchNorm, AdaBN) made validation accuracy collapse after the
+  unfreeze and cost 7 points on the clip art (BENCHMARKS.md, "The default with one piece changed at a time").
 - the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state;
 - under DDP, parameters that were frozen when DDP wrapped the model are not in its reducer, so their
   gradients would never be averaged and ranks would drift apart after the unfreeze (Lightning #20340);
@@ -215,14 +216,17 @@ class LayerFinetuning(BaseFinetuning):
             self.apply_bn_modes(pl_module)
 
     def apply_bn_modes(self, pl_module: pl.LightningModule) -> None:
-        """Hold BatchNorm in eval mode in frozen groups (and in unfrozen ones unless `update_bn_stats`)."""
+        """Hold BatchNorm in eval mode in frozen groups (and in unfrozen ones unless `update_bn_stats`), and
+        dropout / DropPath in frozen groups: a frozen group is a fixed function of its input."""
         groups, count = self.groups(pl_module), self._applied
         if count is None:
             return
         for i, group in enumerate(groups):
-            update = pl_module.training and self.update_bn_stats and i >= len(groups) - count
+            trains = pl_module.training and i >= len(groups) - count
             for bn in group.batchnorms:
-                bn.train(update)
+                bn.train(trains and self.update_bn_stats)
+            for module in group.stochastic:
+                module.training = trains  # the flag alone: `train()` would recurse into a model's other groups
 
     def describe(self, pl_module: pl.LightningModule, optimizer: Optimizer | None, epoch: int) -> str:
         """A table of groups: trainable, parameter count, LR and BN mode."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lightning.pytorch.utilities import rank_zero_warn
+from timm.layers import DropBlock2d, DropPath
 from timm.models import group_parameters
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from tl_lightning.utils import BadValue
 
@@ -26,11 +28,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LayerGroup:
-    """Consecutive layers that freeze, unfreeze and share a learning rate together."""
+    """Consecutive layers that freeze, unfreeze and share a learning rate together.
+
+    `stochastic` holds the group's modules whose output is random in train mode (dropout, DropPath, DropBlock):
+    a frozen group holds them in eval mode with its BatchNorm, so a frozen backbone computes a fixed function.
+    """
 
     name: str
     params: list[tuple[str, nn.Parameter]]
     batchnorms: list[_BatchNorm]
+    stochastic: list[nn.Module] = field(default_factory=list)
 
     @property
     def num_params(self) -> int:
@@ -56,16 +63,42 @@ def layer_groups(model: nn.Module, prefix: str = "") -> list[LayerGroup]:
         names_per_group = [list(params)]
     groups = []
     labels = _unique_names(names_per_group) if len(names_per_group) > 1 else ["backbone"]
-    for label, names in zip(labels, names_per_group, strict=True):
+    random_modules = _stochastic_by_group(model, names_per_group)
+    for index, (label, names) in enumerate(zip(labels, names_per_group, strict=True)):
         owners = dict.fromkeys(modules[n.rpartition(".")[0]] for n in names)
         groups.append(
             LayerGroup(
                 name=label,
                 params=[(prefix + n, params[n]) for n in names],
                 batchnorms=[m for m in owners if isinstance(m, _BatchNorm)],
+                stochastic=random_modules.get(index, []),
             )
         )
     return groups
+
+
+def _stochastic_by_group(model: nn.Module, names_per_group: Sequence[Sequence[str]]) -> dict[int, list[nn.Module]]:
+    """Dropout, DropPath and DropBlock modules by group index. They hold no parameters, so each belongs to the
+    group of the parameters under its nearest enclosing module (a block's `drop_path` to that block). timm
+    models also drop out pooled features functionally when `drop_rate > 0`, under the model's own train flag:
+    the model itself then counts as stochastic in the group nearest the head."""
+    group_of_path: dict[str, int] = {}
+    for index, names in enumerate(names_per_group):
+        for name in names:
+            parts = name.split(".")[:-1]
+            for depth in range(len(parts), -1, -1):
+                group_of_path.setdefault(".".join(parts[:depth]), index)
+    found: dict[int, list[nn.Module]] = {}
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, (_DropoutNd, DropPath, DropBlock2d)):
+            continue
+        parts = name.split(".")
+        while parts and ".".join(parts) not in group_of_path:
+            parts.pop()
+        found.setdefault(group_of_path.get(".".join(parts), len(names_per_group) - 1), []).append(module)
+    if getattr(model, "drop_rate", 0) and names_per_group:
+        found.setdefault(len(names_per_group) - 1, []).append(model)
+    return found
 
 
 def _group_name(param_names: Sequence[str], detailed: bool = False) -> str:
