@@ -7,6 +7,7 @@ from conftest import fit_with_checkpoints, tiny_data, tiny_model, tiny_trainer
 
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
 from tl_lightning.models import Imbalance, Regularization
+from tl_lightning.models.losses import mix_batch
 from tl_lightning.models.module import TransferClassifier
 
 
@@ -171,8 +172,14 @@ def test_mixup_and_cutmix_give_soft_targets_and_train(split_folder: Path):
     assert mixed.shape == x.shape and soft.shape == (4, 3)
     assert torch.allclose(soft.sum(-1), torch.ones(4))
     assert soft.min() >= 0.1 / 3 - 1e-6  # label smoothing survives mixing
+    odd_x, odd_y = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    _, odd_soft = mix_batch(model.mixup, odd_x.clone(), odd_y)  # timm alone asserts an even batch
+    assert torch.allclose(odd_soft[-1], torch.tensor([0.1 / 3, 0.1 / 3, 1 - 0.2 / 3]))
+    sizes = []
+    model.on_train_batch_start = lambda batch, batch_idx: sizes.append(len(batch[1]))
     trainer = tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning()])
-    trainer.fit(model, tiny_data(split_folder, model))
+    trainer.fit(model, tiny_data(split_folder, model, batch_size=3))
+    assert any(size % 2 for size in sizes)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     with pytest.raises(ValueError, match="Mixup/CutMix make soft targets"):
         tiny_model(regularization={"mixup_alpha": 0.2}, imbalance={"loss": "focal"})

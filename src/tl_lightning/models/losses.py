@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
+from timm.data.mixup import mixup_target
 
 from tl_lightning.utils import BadValue
 
@@ -60,6 +61,26 @@ def create_mixup(
         label_smoothing=label_smoothing,
         num_classes=num_classes,
     )
+
+
+def mix_batch(mixup: Mixup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mixup(x, y)` for a batch of any size. timm pairs each image with its mirror in the batch and asserts an
+    even batch, which an odd `batch_size`, a last partial batch or a per-device share can break mid-run; here the
+    odd image out passes unmixed with the same label smoothing as the rest.
+
+    >>> mixup = create_mixup(0.2, 0.0, 1.0, 0.1, num_classes=3)
+    >>> images, targets = mix_batch(mixup, torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1]))
+    >>> images.shape, targets.shape, [round(t, 3) for t in targets[-1].tolist()]
+    (torch.Size([5, 3, 8, 8]), torch.Size([5, 3]), [0.033, 0.933, 0.033])
+    """
+    even = len(x) - len(x) % 2
+    if even == len(x):
+        return mixup(x, y)
+    alone = mixup_target(y[even:], mixup.num_classes, lam=1.0, smoothing=mixup.label_smoothing)
+    if even == 0:
+        return x, alone
+    mixed, targets = mixup(x[:even], y[:even])
+    return torch.cat([mixed, x[even:]]), torch.cat([targets, alone.to(targets.dtype)])
 
 
 def distillation_loss(

@@ -22,7 +22,7 @@ from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_cla
 from tl_lightning.models.features import Features
 from tl_lightning.models.groups import SPREADS, LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.models.heads import create_head, scaled_softmax
-from tl_lightning.models.losses import create_mixup, distillation_loss, focal_loss
+from tl_lightning.models.losses import create_mixup, distillation_loss, focal_loss, mix_batch
 from tl_lightning.models.lr_schedules import warmup_cosine
 from tl_lightning.models.metrics import MIN_ACCURACY_IMAGES, per_class_scalars, selection_score, stage_metrics
 from tl_lightning.models.options import (
@@ -245,7 +245,7 @@ class TransferClassifier(pl.LightningModule):
         if self.mixup is None:
             return self._shared_step(batch, "train")
         x, y = batch
-        mixed, soft_targets = self.mixup(x, y)
+        mixed, soft_targets = mix_batch(self.mixup, x, y)
         loss = SoftTargetCrossEntropy()(self(mixed), soft_targets)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
