@@ -1,7 +1,9 @@
 from pathlib import Path
 
+import lightning.pytorch as pl
+import pytest
 import torch
-from conftest import compose_train, tiny_data, tiny_model, tiny_trainer
+from conftest import CLASSES, compose_train, tiny_data, tiny_model, tiny_trainer, write_images
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tl_lightning.finetuning.ema import EMAEvaluation
@@ -32,3 +34,25 @@ def test_ema_is_scored_beside_the_raw_weights_and_saved(split_folder: Path, tmp_
 def test_ema_is_off_by_default_and_on_with_one_override():
     assert "ema" not in compose_train(["paths.output_dir=unused"]).callbacks
     assert compose_train(["callbacks=[default,ema]", "paths.output_dir=unused"]).callbacks.ema.decay == 0.998
+
+
+class ValAcc(pl.Callback):
+    def __init__(self):
+        self.pairs = []
+
+    def on_validation_end(self, trainer, pl_module):
+        metrics = trainer.callback_metrics
+        self.pairs.append((float(metrics["val/acc"]), float(metrics["val/acc_ema"])))
+
+
+def test_an_average_that_equals_the_weights_scores_what_they_score_on_an_unbalanced_split(split_folder: Path):
+    for extra in sorted((split_folder / "val").glob("*/*_[12].png"))[:2]:  # 1 / 3 / 3 images a class
+        extra.unlink()
+    write_images(split_folder / "val", classes=CLASSES[1:], per_class=5, seed=4)  # 1 / 5 / 5
+    ema, seen = EMAEvaluation(decay=0.0, warmup=False), ValAcc()  # decay 0: the average is the weights
+    model = tiny_model(lr=1e-2)
+    tiny_trainer(max_epochs=2, callbacks=[LayerFinetuning({0: "all"}), ema, seen]).fit(
+        model, tiny_data(split_folder, model)
+    )
+    assert len(seen.pairs) >= 2
+    assert all(acc == pytest.approx(acc_ema) for acc, acc_ema in seen.pairs)

@@ -41,7 +41,7 @@ class EMAEvaluation(pl.Callback):
             return
         self._source = nn.Sequential(pl_module.backbone, pl_module.head)  # references, not copies
         self.ema = ModelEmaV3(self._source, decay=self.decay, use_warmup=self.warmup)
-        self._accuracy = MulticlassAccuracy(pl_module.hparams.num_classes)
+        self._accuracy = MulticlassAccuracy(pl_module.hparams.num_classes, average="micro")  # as `val/acc`
         if self._pending is not None:
             self.ema.module.load_state_dict(self._pending)
             self._pending = None
