@@ -68,3 +68,14 @@ def test_metrics_come_from_the_best_checkpoint_not_the_ruined_last_epoch(flat_fo
     ruined = tiny_trainer().test(last, dm, verbose=False)[0]["test/acc"]
     assert metrics["test/acc"] > ruined
     assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == pytest.approx(metrics["test/acc"])
+
+
+@pytest.mark.parametrize("data", ["digits", "folder", "plants"])
+def test_early_stopping_can_end_a_run_with_each_presets_own_schedule_and_budget(data: str):
+    from hydra.utils import instantiate
+
+    cfg = compose_train([f"data={data}", "paths.output_dir=unused"])
+    stopper, finetuning = instantiate(cfg.callbacks.early_stopping), instantiate(cfg.callbacks.finetuning)
+    trainer = tiny_trainer(max_epochs=cfg.trainer.max_epochs, callbacks=[finetuning, stopper])
+    trainer.strategy.connect(tiny_model())
+    assert stopper.earliest_stop(trainer) < cfg.trainer.max_epochs
