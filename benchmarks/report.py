@@ -50,7 +50,7 @@ def feature_cache(r: dict) -> list[str]:
         f"Validation accuracy after the phase: plain {r['val_acc']['plain'][0]:.4f}, cached "
         f"{r['val_acc']['cached'][0]:.4f}. The two differ only by the order of batches (the image pipeline draws "
         "from the RNG, the cached one does not); with order-independent batches they agree to float precision "
-        "(`tests/test_feature_cache.py`).",
+        "(`tests/finetuning/test_feature_cache.py`).",
     ]
 
 

@@ -82,3 +82,30 @@ def test_python_m_audit_in_a_fresh_process_prints_no_runpy_warning(split_folder:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usable images" in done.stdout
     assert "RuntimeWarning" not in done.stderr
+
+
+def _documents() -> list[Path]:
+    """What users read: the README, the docs, notebooks' notes, configs, benchmarks and the package's docstrings."""
+    found = [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "pyproject.toml", ROOT / "notebooks" / "README.md"]
+    for folder, pattern in (("docs", "*.md"), ("conf", "*.yaml"), ("benchmarks", "*.py"), ("src", "*.py")):
+        found += sorted((ROOT / folder).rglob(pattern))
+    return [path for path in found if path.is_file()]
+
+
+def test_every_file_the_documents_cite_is_in_the_repository():
+    import re
+
+    cited = {
+        (path.relative_to(ROOT), match)
+        for path in _documents()
+        for match in re.findall(
+            r"\b((?:tests|benchmarks|notebooks|conf|docs)/[\w/.-]+\.(?:py|ipynb|yaml|md))", path.read_text()
+        )
+    }
+    assert len(cited) > 10
+    assert [(str(source), target) for source, target in sorted(cited) if not (ROOT / target).exists()] == []
+
+
+def test_no_document_cites_material_outside_the_repository():
+    outside = [str(path.relative_to(ROOT)) for path in _documents() if "../shared" in path.read_text()]
+    assert outside == []

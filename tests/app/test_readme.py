@@ -15,3 +15,12 @@ def test_readme_lightning_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["restored"].class_names == [str(i) for i in range(10)]
     assert len(namespace["probabilities"]) == 32  # batches of the 1,000 test digits
+
+
+def test_readme_probe_table_is_the_verdicts_the_probe_gives():
+    from tl_lightning.evaluation.probe import VERDICTS
+
+    section = README.read_text().split("| val accuracy | meaning | start with |", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.strip().splitlines()[1:]]
+    expected = [[f"> {v.lowest:.2f}" if v.lowest else "below", v.meaning, v.preset.replace("`", "")] for v in VERDICTS]
+    assert [[lowest, meaning, preset.replace("`", "")] for lowest, meaning, preset in rows] == expected

@@ -11,34 +11,51 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tl_lightning.models.features import FeatureCache, cache_key, fit_probe, split_features
 from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
 
-# (lowest accuracy, what it means, finetuning preset to start from), best first. Calibrated on the peers suite
-# (benchmarks/peers.py): a probe at 0.88 on digits still left 10 points to fine-tuning (0.985), so feature
-# extraction is suggested only above 0.97, and the default (which starts from this probe and keeps it as its
-# floor) everywhere else.
-INTERPRETATION = (
-    (0.97, "excellent: the pretrained features already separate the classes; feature extraction is enough "
-     "unless the last point matters", "finetuning=feature_extraction (fast), or the default lp_ft"),
-    (0.70, "good: fine-tuning usually gains several points here (digits: probe 0.88, fine-tuned 0.985); the "
-     "default starts from this probe and keeps it if fine-tuning does not beat it", "finetuning=lp_ft (the default)"),
-    (0.50, "fair: the features need adapting; fine-tune every group", "finetuning=lp_ft (the default) or full"),
-    (0.0, "poor: a large domain gap; fine-tune everything, or pick a backbone pretrained nearer this domain",
-     "finetuning=full"),
-)  # fmt: skip
+
+class Verdict(NamedTuple):
+    """What a probe accuracy above `lowest` means, and the finetuning preset to start from."""
+
+    lowest: float
+    meaning: str
+    preset: str
+
+
+# Best first. Calibrated on the peers suite (benchmarks/peers.py): a probe at 0.88 on digits still left 10 points
+# to fine-tuning (0.985), so feature extraction is suggested only above 0.97, and the default (which starts from
+# this probe and keeps it as its floor) everywhere else. README's table is this one (tests/app/test_readme.py).
+VERDICTS = (
+    Verdict(
+        0.97,
+        "excellent: the pretrained features already separate the classes; feature extraction is enough unless "
+        "the last point matters",
+        "finetuning=feature_extraction (fast), or the default lp_ft",
+    ),
+    Verdict(
+        0.70,
+        "good: fine-tuning usually gains several points here (digits: probe 0.88, fine-tuned 0.985); the default "
+        "starts from this probe and keeps it if fine-tuning does not beat it",
+        "finetuning=lp_ft (the default)",
+    ),
+    Verdict(0.50, "fair: the features need adapting; fine-tune every group", "finetuning=lp_ft (the default) or full"),
+    Verdict(
+        0.0,
+        "poor: a large domain gap; fine-tune everything, or pick a backbone pretrained nearer this domain",
+        "finetuning=full",
+    ),
+)
 
 
 def interpret(accuracy: float) -> tuple[str, str]:
     """The interpretation and the recommended finetuning preset for a probe accuracy."""
-    for lowest, meaning, preset in INTERPRETATION:
-        if accuracy > lowest or lowest == 0.0:
-            return meaning, preset
-    raise AssertionError("unreachable")
+    verdict = next(v for v in VERDICTS if accuracy > v.lowest or v.lowest == 0.0)
+    return verdict.meaning, verdict.preset
 
 
 @dataclass(frozen=True)
