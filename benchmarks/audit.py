@@ -52,8 +52,10 @@ def main() -> None:
         "machine": machine(),
     }
     path = save_json("audit", result, args.out)
-    print(f"audit of {args.images} JPEGs: {median['uncached']:.2f} s uncached vs {median['cached']:.3f} s cached = "
-          f"{result['speedup']:.0f}x\n-> {path}")  # fmt: skip
+    print(
+        f"audit of {args.images} JPEGs: {median['uncached']:.2f} s uncached vs {median['cached']:.3f} s cached = "
+        f"{result['speedup']:.0f}x\n-> {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,21 +54,30 @@ def write_jpegs(root: Path, images: int, classes: int = 4) -> None:
 def ours(root: Path, batch_size: int, workers: int) -> DataLoader:
     transform = partial(train_transform, crop_scale=(0.08, 1.0), hflip=0.5, color_jitter=0.3)
     dm = ImageFolderDataModule(
-        root, batch_size=batch_size, num_workers=workers, persistent_workers=False, val_fraction=0.0,
-        test_fraction=0.0, audit=False, train_transform=transform, data_config=DATA_CONFIG,
-    )  # fmt: skip
+        root,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=False,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        audit=False,
+        train_transform=transform,
+        data_config=DATA_CONFIG,
+    )
     return dm.train_dataloader()
 
 
 def torchvision_v2(root: Path, batch_size: int, workers: int) -> DataLoader:
-    transform = v2.Compose([
-        v2.RandomResizedCrop(224, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.3, 0.3, 0.3)], p=0.8),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=DATA_CONFIG["mean"], std=DATA_CONFIG["std"]),
-    ])  # fmt: skip
+    transform = v2.Compose(
+        [
+            v2.RandomResizedCrop(224, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.3, 0.3, 0.3)], p=0.8),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=DATA_CONFIG["mean"], std=DATA_CONFIG["std"]),
+        ]
+    )
     dataset = datasets.ImageFolder(str(root), transform=transform)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers)
 

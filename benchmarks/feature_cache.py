@@ -47,16 +47,25 @@ def frozen_phase(cached: bool, epochs: int, cache_dir: str) -> dict:
     data = DigitsDataModule(cache_dir=cache_dir, batch_size=32, num_workers=0, train_transform=eval_transform)
     data.prepare_data()
     model = TransferClassifier(
-        "tf_efficientnet_lite0", num_classes=10, class_names=data.class_names,
-        weights_file="package:efficientnet_lite0", image_size=64, crop_pct=1.0,
-    )  # fmt: skip
+        "tf_efficientnet_lite0",
+        num_classes=10,
+        class_names=data.class_names,
+        weights_file="package:efficientnet_lite0",
+        image_size=64,
+        crop_pct=1.0,
+    )
     data.data_config = dict(model.data_config)
     clock, cache = EpochClock(), FrozenFeatureCache()
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         callbacks=[LayerFinetuning(milestones={}), clock, *([cache] if cached else [])],
-    )  # fmt: skip
+    )
     started = time.perf_counter()
     trainer.fit(model, data)
     return {
@@ -79,8 +88,9 @@ def main() -> None:
         for name in runs:
             runs[name].append(frozen_phase(name == "cached", args.epochs, cache_dir))
     epoch = {name: statistics.median(t for r in rs for t in r["epoch_seconds"]) for name, rs in runs.items()}
-    phase = {name: statistics.median(sum(r["epoch_seconds"]) + r["extract_seconds"] for r in rs)
-             for name, rs in runs.items()}  # fmt: skip
+    phase = {
+        name: statistics.median(sum(r["epoch_seconds"]) + r["extract_seconds"] for r in rs) for name, rs in runs.items()
+    }
     result = {
         "machine": machine(),
         "setup": f"tf_efficientnet_lite0 @64px, digits 500 train / 297 val, batch 32, {args.epochs} frozen epochs",
@@ -92,11 +102,15 @@ def main() -> None:
         "val_acc": {name: [r["val_acc"] for r in rs] for name, rs in runs.items()},
     }
     path = save_json("feature_cache", result, args.out)
-    print(f"frozen epoch: {epoch['plain']:.2f} s plain vs {epoch['cached']:.3f} s cached = "
-          f"{result['epoch_speedup']:.1f}x; extraction {result['extract_seconds']:.2f} s once")  # fmt: skip
-    print(f"{args.epochs}-epoch frozen phase incl. extraction: {phase['plain']:.1f} s vs {phase['cached']:.1f} s = "
-          f"{result['phase_speedup']:.1f}x; val acc plain {result['val_acc']['plain']} cached "
-          f"{result['val_acc']['cached']}\n-> {path}")  # fmt: skip
+    print(
+        f"frozen epoch: {epoch['plain']:.2f} s plain vs {epoch['cached']:.3f} s cached = "
+        f"{result['epoch_speedup']:.1f}x; extraction {result['extract_seconds']:.2f} s once"
+    )
+    print(
+        f"{args.epochs}-epoch frozen phase incl. extraction: {phase['plain']:.1f} s vs {phase['cached']:.1f} s = "
+        f"{result['phase_speedup']:.1f}x; val acc plain {result['val_acc']['plain']} cached "
+        f"{result['val_acc']['cached']}\n-> {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,15 +42,27 @@ def latency_ms(session: onnxruntime.InferenceSession, x: np.ndarray, repeats: in
 
 def measure(name: str, checkpoint: Path, repeats: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"int8_{name}_"))
-    command = [sys.executable, "-m", "tl_lightning.export", str(checkpoint), "--format", "onnx", "--int8",
-               "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tl_lightning.export",
+        str(checkpoint),
+        "--format",
+        "onnx",
+        "--int8",
+        "--out",
+        str(out),
+    ]
     subprocess.run(command, check=True)
     info = json.loads((out / "model.json").read_text())["int8"]
     model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     files = [file for file, _ in read_split(checkpoint.parent.parent / "split.csv")["test"]][:32]
     x32, _ = next(batches(model, files, batch_size=32))
-    row = {"model": f"{model.hparams.backbone} at {model.data_config['input_size'][-1]} px",
-           "test_images": info["test_images"], "calibration_images": info["calibration_images"]}  # fmt: skip
+    row = {
+        "model": f"{model.hparams.backbone} at {model.data_config['input_size'][-1]} px",
+        "test_images": info["test_images"],
+        "calibration_images": info["calibration_images"],
+    }
     for kind in ("fp32", "int8"):
         session = onnxruntime.InferenceSession(str(out / info[kind]["path"]), providers=["CPUExecutionProvider"])
         row[kind] = {

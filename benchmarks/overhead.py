@@ -52,10 +52,17 @@ class StepClock(pl.Callback):
 def lightning_steps(backbone: str, loader: DataLoader, image_size: int) -> list[float]:
     clock = StepClock()
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=1.0,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
         callbacks=[LayerFinetuning(milestones={0: "all"}), clock],
-    )  # fmt: skip
+    )
     trainer.fit(make_model(backbone, image_size), train_dataloaders=loader)
     return _per_step(clock.stamps)
 

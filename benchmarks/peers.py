@@ -65,8 +65,16 @@ def files(folder: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
 
 def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     out = work / "ours"
-    command = [sys.executable, str(ROOT / "train.py"), "data=folder", f"data.root={folder}", f"seed={seed}",
-               f"trainer.max_epochs={epochs}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "data=folder",
+        f"data.root={folder}",
+        f"seed={seed}",
+        f"trainer.max_epochs={epochs}",
+        f"hydra.run.dir={out}",
+        "trainer.enable_progress_bar=false",
+    ]
     threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=os.environ | threads)
     if done.returncode != 0:
@@ -76,8 +84,14 @@ def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     log = (out / "train.log").read_text()
     recipe = [line.split("recipe: ", 1)[1] for line in log.splitlines() if "recipe: " in line]
     seconds = metrics["fit_seconds"] + metrics.get("recipe_seconds", 0.0)  # measuring the data is part of fitting
-    return {"acc": metrics["test/acc"], "seconds": round(seconds, 1), "size": config["model"]["image_size"],
-            "selected": metrics.get("selected"), "probe_val": metrics.get("probe/acc"), "recipe": recipe}  # fmt: skip
+    return {
+        "acc": metrics["test/acc"],
+        "seconds": round(seconds, 1),
+        "size": config["model"]["image_size"],
+        "selected": metrics.get("selected"),
+        "probe_val": metrics.get("probe/acc"),
+        "recipe": recipe,
+    }
 
 
 def offline_weights(work: Path) -> Path:
@@ -144,14 +158,22 @@ def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path) -> dict
     pl.seed_everything(seed, workers=True)
     normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     size = PEER_SIZE
-    train_tf = transforms.Compose([transforms.Resize((size, size)), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])  # fmt: skip
+    train_tf = transforms.Compose(
+        [transforms.Resize((size, size)), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+    )
     eval_tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(), normalize])
     train = datasets.ImageFolder(folder / "train", train_tf)
     test = datasets.ImageFolder(folder / "test", eval_tf)
     model = DocsModel(len(train.classes))
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[BackboneFinetuning()], logger=False, accelerator="cpu",
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[BackboneFinetuning()],
+        logger=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     started = time.perf_counter()
     trainer.fit(model, torch.utils.data.DataLoader(train, batch_size=32, shuffle=True))
     seconds = time.perf_counter() - started
@@ -168,14 +190,21 @@ def run_probe(folder: Path, seed: int, epochs: int, work: Path) -> dict:
 
     backbone = create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS)
     model, config = backbone.model.eval(), backbone.data_config
-    tf = transforms.Compose([transforms.Resize((PEER_SIZE, PEER_SIZE)), transforms.ToTensor(),
-                             transforms.Normalize(config["mean"], config["std"])])  # fmt: skip
+    tf = transforms.Compose(
+        [
+            transforms.Resize((PEER_SIZE, PEER_SIZE)),
+            transforms.ToTensor(),
+            transforms.Normalize(config["mean"], config["std"]),
+        ]
+    )
 
     def features(split: str) -> tuple[np.ndarray, list[int]]:
         paths, labels, _ = files(folder, split)
         with torch.no_grad():
-            batches = [torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i : i + 64]])
-                       for i in range(0, len(paths), 64)]  # fmt: skip
+            batches = [
+                torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i : i + 64]])
+                for i in range(0, len(paths), 64)
+            ]
             return torch.cat([model(b) for b in batches]).numpy(), labels
 
     started = time.perf_counter()
@@ -202,8 +231,12 @@ def run_svm(folder: Path, seed: int, epochs: int, work: Path) -> dict:
 
 
 RUNNERS: dict[str, Callable[..., dict]] = {
-    "ours": run_ours, "fastai": run_fastai, "lightning-docs": run_lightning_docs, "probe": run_probe, "svm": run_svm,
-}  # fmt: skip
+    "ours": run_ours,
+    "fastai": run_fastai,
+    "lightning-docs": run_lightning_docs,
+    "probe": run_probe,
+    "svm": run_svm,
+}
 
 
 def summarise(runs: dict, datasets: list[str], tools: list[str]) -> dict:

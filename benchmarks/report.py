@@ -69,19 +69,27 @@ def throughput(r: dict, title: str) -> list[str]:
     base = {row["model"]: row for row in r["rows"] if row["setting"] == "fp32"}
     for row in r["rows"]:
         ref = base.get(row["model"])
-        rel = (f"{row['train_img_s'] / ref['train_img_s']:.2f}x | {row['infer_img_s'] / ref['infer_img_s']:.2f}x"
-               if ref else "- | -")  # fmt: skip
+        rel = (
+            f"{row['train_img_s'] / ref['train_img_s']:.2f}x | {row['infer_img_s'] / ref['infer_img_s']:.2f}x"
+            if ref
+            else "- | -"
+        )
         speed = f"{row['train_img_s']:.1f} | {row['infer_img_s']:.1f}"
-        lines.append(f"| {row['model']} | {row['input_size'][1]} | {row['batch_size']} | {row['setting']} | "
-                     f"{row.get('steps', '?')} | {speed} | {rel} |")  # fmt: skip
+        lines.append(
+            f"| {row['model']} | {row['input_size'][1]} | {row['batch_size']} | {row['setting']} | "
+            f"{row.get('steps', '?')} | {speed} | {rel} |"
+        )
     measured = {(row["model"], row["setting"]) for row in r["rows"]}
     missing = [f"{m} {s}" for m in sorted(base) for s in ("amp", "amp+channels_last") if (m, s) not in measured]
     if missing:
         lines += ["", f"Not measured: {', '.join(missing)} (at the other amp rows' speed, minutes per step)."]
     if r["device"] == "cpu":
-        lines += ["", "On a CPU without native bfloat16 instructions (no AVX512-BF16/AMX, as here) autocast is "
-                  "emulated and many times slower: keep `trainer.precision=32-true` there. channels-last helps "
-                  "fp32 convolutions a little on oneDNN."]  # fmt: skip
+        lines += [
+            "",
+            "On a CPU without native bfloat16 instructions (no AVX512-BF16/AMX, as here) autocast is "
+            "emulated and many times slower: keep `trainer.precision=32-true` there. channels-last helps "
+            "fp32 convolutions a little on oneDNN.",
+        ]
     return lines
 
 
@@ -156,8 +164,11 @@ def peers(r: dict) -> list[str]:
         "The datasets (`benchmarks/suite.py`) and their train / val / test images:",
         "",
     ]
-    lines += [f"- **{name}**: {about} ({r['images'][name]['train']} / {r['images'][name]['val']} / "
-              f"{r['images'][name]['test']})" for name, about in r["datasets"].items()]  # fmt: skip
+    lines += [
+        f"- **{name}**: {about} ({r['images'][name]['train']} / {r['images'][name]['val']} / "
+        f"{r['images'][name]['test']})"
+        for name, about in r["datasets"].items()
+    ]
     lines += ["", "| data | " + " | ".join(tools) + " |", "|" + "---|" * (len(tools) + 1)]
     for name, row in r["table"].items():
         if not row:
@@ -227,11 +238,13 @@ def int8(r: dict) -> list[str]:
     rows = []
     for name, v in r["rows"].items():
         f, q = v["fp32"], v["int8"]
-        rows.append(f"| {name}: {v['model']} | {f['size_mib']:.1f} / {q['size_mib']:.1f} ({v['size_ratio']:.2f}x) | "
-                    f"{f['batch1_ms']:.2f} / {q['batch1_ms']:.2f} ({v['batch1_speedup']:.2f}x) | "
-                    f"{f['batch32_ms']:.1f} / {q['batch32_ms']:.1f} ({v['batch32_speedup']:.2f}x) | "
-                    f"{f['test_accuracy']:.4f} / {q['test_accuracy']:.4f}"
-                    f"{' (warned)' if f['test_accuracy'] - q['test_accuracy'] > 0.01 else ''} |")  # fmt: skip
+        rows.append(
+            f"| {name}: {v['model']} | {f['size_mib']:.1f} / {q['size_mib']:.1f} ({v['size_ratio']:.2f}x) | "
+            f"{f['batch1_ms']:.2f} / {q['batch1_ms']:.2f} ({v['batch1_speedup']:.2f}x) | "
+            f"{f['batch32_ms']:.1f} / {q['batch32_ms']:.1f} ({v['batch32_speedup']:.2f}x) | "
+            f"{f['test_accuracy']:.4f} / {q['test_accuracy']:.4f}"
+            f"{' (warned)' if f['test_accuracy'] - q['test_accuracy'] > 0.01 else ''} |"
+        )
     return [
         "## int8 ONNX vs fp32",
         "",
@@ -276,8 +289,11 @@ def main() -> None:
         if (result := load(name)) is not None:
             sections += ["", *throughput(result, title)]
     if load("throughput_gpu") is None:
-        sections += ["", "No GPU was available to this project's sessions so far: GPU throughput is still to measure "
-                     "(`python benchmarks/throughput.py --device cuda`)."]  # fmt: skip
+        sections += [
+            "",
+            "No GPU was available to this project's sessions so far: GPU throughput is still to measure "
+            "(`python benchmarks/throughput.py --device cuda`).",
+        ]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(sections) + "\n")
     print(f"-> {ROOT / 'BENCHMARKS.md'}")
 

@@ -72,8 +72,22 @@ def serve(checkpoint: Path, batch: int, timeout: float, clients: int, bodies: li
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "tl_lightning.serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
-               "--max-batch-size", str(batch), "--batch-timeout", str(timeout), "--accelerator", device]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tl_lightning.serve",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(batch),
+        "--batch-timeout",
+        str(timeout),
+        "--accelerator",
+        device,
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -52,8 +52,13 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for name, overrides in ROWS.items():
-            common = [f"seed={args.seed}", f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
-                      "logger=none", f"paths.output_dir={tmp}/{len(results)}"]  # fmt: skip
+            common = [
+                f"seed={args.seed}",
+                f"trainer.max_epochs={args.epochs}",
+                "trainer.enable_progress_bar=false",
+                "logger=none",
+                f"paths.output_dir={tmp}/{len(results)}",
+            ]
             cfg = compose("train", overrides=[*overrides, *common])
             metrics = run(cfg)
             results.append(

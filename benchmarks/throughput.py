@@ -97,14 +97,19 @@ def main() -> None:
             row = {"model": name, "setting": setting}
             row |= measure(name, setting, args.batch_size, args.warmup, args.steps, device) | {"steps": args.steps}
             rows.append(row)
-            print(f"{name:16s} {setting:20s} {row['input_size'][1]:>4d}px  train {row['train_img_s']:8.1f} img/s  "
-                  f"infer {row['infer_img_s']:8.1f} img/s", flush=True)  # fmt: skip
+            print(
+                f"{name:16s} {setting:20s} {row['input_size'][1]:>4d}px  train {row['train_img_s']:8.1f} img/s  "
+                f"infer {row['infer_img_s']:8.1f} img/s",
+                flush=True,
+            )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
     if args.merge and (args.out / f"{tag}.json").is_file():
         measured = {(r["model"], r["setting"]) for r in rows}
         kept = json.loads((args.out / f"{tag}.json").read_text())["rows"]
-        rows = sorted([r for r in kept if (r["model"], r["setting"]) not in measured] + rows,
-                      key=lambda r: (r["model"], list(SETTINGS).index(r["setting"])))  # fmt: skip
+        rows = sorted(
+            [r for r in kept if (r["model"], r["setting"]) not in measured] + rows,
+            key=lambda r: (r["model"], list(SETTINGS).index(r["setting"])),
+        )
     path = save_json(tag, {"machine": where, "device": device.type, "rows": rows}, args.out)
     print(f"-> {path}")
 

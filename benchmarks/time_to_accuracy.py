@@ -57,8 +57,15 @@ def ours(epochs: int, out: Path) -> list[tuple[float, float]]:
     from tl_lightning.app.train import prepare
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", f"trainer.max_epochs={epochs}", "logger=none",
-                                          "trainer.enable_progress_bar=false"])  # fmt: skip
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={out}",
+                f"trainer.max_epochs={epochs}",
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
     from hydra.utils import instantiate
 
     job = prepare(cfg)
@@ -73,8 +80,9 @@ def ours(epochs: int, out: Path) -> list[tuple[float, float]]:
 def plain(epochs: int, cache_dir: str) -> list[tuple[float, float]]:
     pl.seed_everything(42)
     datamodule = DigitsDataModule(cache_dir=cache_dir, batch_size=32, num_workers=0)
-    model = TransferClassifier("tf_efficientnet_lite0", num_classes=10, weights_file="package:efficientnet_lite0",
-                               image_size=64, crop_pct=1.0)  # fmt: skip
+    model = TransferClassifier(
+        "tf_efficientnet_lite0", num_classes=10, weights_file="package:efficientnet_lite0", image_size=64, crop_pct=1.0
+    )
     datamodule.data_config = dict(model.data_config)
     datamodule.setup("fit")
     train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
@@ -102,8 +110,13 @@ def plain(epochs: int, cache_dir: str) -> list[tuple[float, float]]:
 def reached(curve: list[tuple[float, float]], target: float) -> dict:
     hits = [(i + 1, t) for i, (t, acc) in enumerate(curve) if acc >= target]
     epoch, seconds = hits[0] if hits else (None, None)
-    return {"epochs": epoch, "seconds": seconds, "best_test_acc": max(a for _, a in curve),
-            "final_test_acc": curve[-1][1], "curve": curve}  # fmt: skip
+    return {
+        "epochs": epoch,
+        "seconds": seconds,
+        "best_test_acc": max(a for _, a in curve),
+        "final_test_acc": curve[-1][1],
+        "curve": curve,
+    }
 
 
 def main() -> None:
@@ -123,8 +136,10 @@ def main() -> None:
     path = save_json("time_to_accuracy", result, args.out)
     for name, r in results.items():
         when = f"{r['seconds']:.1f} s (epoch {r['epochs']})" if r["epochs"] else f"not within {args.epochs} epochs"
-        print(f"{name:5s}: test acc >= {args.target} after {when}; best {r['best_test_acc']:.4f}, "
-              f"final {r['final_test_acc']:.4f}")  # fmt: skip
+        print(
+            f"{name:5s}: test acc >= {args.target} after {when}; best {r['best_test_acc']:.4f}, "
+            f"final {r['final_test_acc']:.4f}"
+        )
     print(f"plain / ours = {ratio:.2f}" if ratio else "plain / ours: not comparable (a target not reached)")
     print(f"-> {path}")
 

@@ -24,8 +24,14 @@ def compose_train(overrides: list[str]):
 
 
 def folder_overrides(root: Path, out: Path) -> list[str]:
-    return ["data=folder", f"data.root={root}", "backbone=test_resnet", "model.image_size=32",
-            f"paths.output_dir={out}", *FAST]  # fmt: skip
+    return [
+        "data=folder",
+        f"data.root={root}",
+        "backbone=test_resnet",
+        "model.image_size=32",
+        f"paths.output_dir={out}",
+        *FAST,
+    ]
 
 
 def fit_with_checkpoints(model, folder: Path, ckpt_dir: Path, max_epochs: int, ckpt_path=None, callbacks=()):
@@ -100,9 +106,14 @@ def tiny_model(**kwargs):
     """timm's tiny `test_efficientnet` (BatchNorm in every group) at 32 px; random unless `weights_file` is given."""
     from tl_lightning.models.module import TransferClassifier
 
-    options = {"backbone": "test_efficientnet", "num_classes": 3, "class_names": list(CLASSES),
-               "pretrained": "weights_file" in kwargs,
-               "image_size": 32, "crop_pct": 1.0} | kwargs  # fmt: skip
+    options = {
+        "backbone": "test_efficientnet",
+        "num_classes": 3,
+        "class_names": list(CLASSES),
+        "pretrained": "weights_file" in kwargs,
+        "image_size": 32,
+        "crop_pct": 1.0,
+    } | kwargs
     return TransferClassifier(**options)
 
 
@@ -117,6 +128,12 @@ def tiny_data(root: Path, model=None, **kwargs):
 def tiny_trainer(**kwargs):
     import lightning.pytorch as pl
 
-    options = {"accelerator": "cpu", "max_epochs": 2, "logger": False, "enable_checkpointing": False,
-               "enable_progress_bar": False, "enable_model_summary": False} | kwargs  # fmt: skip
+    options = {
+        "accelerator": "cpu",
+        "max_epochs": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    } | kwargs
     return pl.Trainer(**options)

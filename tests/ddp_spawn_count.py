@@ -15,10 +15,17 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     model = tiny_model(backbone="test_resnet")
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         callbacks=[LayerFinetuning(milestones={0: "all"})],
-    )  # fmt: skip
+    )
     datamodule = tiny_data(data, model, batch_size=4)
     trainer.fit(model, datamodule)
     counted = {"val": float(trainer.callback_metrics["val/samples"])}

@@ -16,9 +16,16 @@ if __name__ == "__main__":
     accelerator = sys.argv[4] if len(sys.argv) > 4 else "cpu"  # gpu: NCCL (tests/gpu)
     model = tiny_model()
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=2, strategy="ddp", max_epochs=3, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator=accelerator,
+        devices=2,
+        strategy="ddp",
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         callbacks=[LayerFinetuning(milestones={1: "all"})],
-    )  # fmt: skip
+    )
     trainer.fit(model, tiny_data(data, model, batch_size=2))
     torch.save(model.state_dict(), out / f"rank{trainer.global_rank}.pt")

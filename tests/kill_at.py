@@ -19,8 +19,14 @@ class KillAt(pl.Callback):
     pass of any module made while that file's code is running: from within work that no hook brackets, such as
     the feature cache's extraction in `setup`."""
 
-    def __init__(self, epoch: int = -1, batch: int = 0, signal: str = "SIGKILL", once: str | None = None,
-                 inside: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        epoch: int = -1,
+        batch: int = 0,
+        signal: str = "SIGKILL",
+        once: str | None = None,
+        inside: str | None = None,
+    ) -> None:
         self.epoch, self.batch, self.signal = epoch, batch, getattr(signal_module, signal)
         self.once = Path(once) if once else None
         if inside is not None:

@@ -77,8 +77,9 @@ def test_python_m_commands_run_the_app_modules(command: str, monkeypatch, capsys
 
 
 def test_python_m_audit_in_a_fresh_process_prints_no_runpy_warning(split_folder: Path):
-    done = subprocess.run([sys.executable, "-m", "tl_lightning.audit", str(split_folder)], capture_output=True,
-                          text=True, cwd=ROOT)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tl_lightning.audit", str(split_folder)], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usable images" in done.stdout
     assert "RuntimeWarning" not in done.stderr

@@ -21,9 +21,21 @@ CACHED = ["callbacks=[default,feature_cache]", "augment=none"]
 
 
 def train(data: Path, run: Path, *extra: str, multirun: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "train.py", *(["-m"] if multirun else []), "data=folder", f"data.root={data}",
-               "backbone=test_resnet", "model.image_size=32", "data.batch_size=8", *FAST, "trainer.max_epochs=4",
-               "callbacks.finetuning.unfreeze_epoch=2", f"hydra.run.dir={run}", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "train.py",
+        *(["-m"] if multirun else []),
+        "data=folder",
+        f"data.root={data}",
+        "backbone=test_resnet",
+        "model.image_size=32",
+        "data.batch_size=8",
+        *FAST,
+        "trainer.max_epochs=4",
+        "callbacks.finetuning.unfreeze_epoch=2",
+        f"hydra.run.dir={run}",
+        *extra,
+    ]
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
@@ -67,13 +79,25 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, r
         reference = request.getfixturevalue("straight_cached")
     epoch, batch = KILLS[kill]
     run = tmp_path / "run"
-    killed = train(data, run, *extra, "+callbacks.kill._target_=kill_at.KillAt", f"+callbacks.kill.epoch={epoch}",
-                   f"+callbacks.kill.batch={batch}")  # fmt: skip
+    killed = train(
+        data,
+        run,
+        *extra,
+        "+callbacks.kill._target_=kill_at.KillAt",
+        f"+callbacks.kill.epoch={epoch}",
+        f"+callbacks.kill.batch={batch}",
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (run / "metrics.json").exists()
     if extra:  # killed again while the resumed run rebuilds its feature cache, in the middle of the extraction
-        again = train(data, run, *extra, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                      "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.inside=feature_cache.py")  # fmt: skip
+        again = train(
+            data,
+            run,
+            *extra,
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+            "+callbacks.kill._target_=kill_at.KillAt",
+            "+callbacks.kill.inside=feature_cache.py",
+        )
         assert again.returncode == -signal.SIGKILL, again.stderr[-3000:]
         assert "FrozenFeatureCache:" not in again.stderr + again.stdout  # it died before the cache was complete
     resumed = train(data, run, *extra, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
@@ -90,8 +114,14 @@ def test_a_run_stopped_mid_epoch_resumes_on_the_next_sample_to_the_uninterrupted
     augmentations), not a fresh shuffle, and ends where the straight run did."""
     data, reference = straight
     run = tmp_path / "run"
-    stopped = train(data, run, "+callbacks.kill._target_=kill_at.KillAt", f"+callbacks.kill.epoch={epoch}",
-                    "+callbacks.kill.batch=0", "+callbacks.kill.signal=SIGTERM")  # fmt: skip
+    stopped = train(
+        data,
+        run,
+        "+callbacks.kill._target_=kill_at.KillAt",
+        f"+callbacks.kill.epoch={epoch}",
+        "+callbacks.kill.batch=0",
+        "+callbacks.kill.signal=SIGTERM",
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM: a stopped job, not a finished one
     assert not (run / "metrics.json").exists()
     step = 2 * epoch + 1  # Lightning acts on SIGTERM after the step under way: the epoch's first
@@ -111,10 +141,18 @@ def test_submitit_requeue_signal_saves_after_the_step_then_requeues_and_the_job_
     requeue; the requeued job resumes from that step in the same folder and finishes."""
     data, _ = straight
     sweep = tmp_path / "sweep"
-    done = train(data, tmp_path / "unused", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
-                 "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.epoch=2", "+callbacks.kill.batch=1",
-                 "+callbacks.kill.signal=SIGUSR2", f"+callbacks.kill.once={tmp_path / 'signalled'}",
-                 multirun=True)  # fmt: skip
+    done = train(
+        data,
+        tmp_path / "unused",
+        "hydra/launcher=submitit_local",
+        f"hydra.sweep.dir={sweep}",
+        "+callbacks.kill._target_=kill_at.KillAt",
+        "+callbacks.kill.epoch=2",
+        "+callbacks.kill.batch=1",
+        "+callbacks.kill.signal=SIGUSR2",
+        f"+callbacks.kill.once={tmp_path / 'signalled'}",
+        multirun=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     log = (sweep / "0" / "train.log").read_text()
     deferred, requeued = log.index("Received SIGUSR2: stopping after the step"), log.index("Requeued job")

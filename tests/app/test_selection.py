@@ -27,9 +27,20 @@ def test_a_tiny_validation_set_selects_on_loss(tmp_path: Path, caplog):
                 noisy = np.clip(pixels + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(noisy).save(root / split / name / f"{i}.png")
     out = tmp_path / "run"
-    overrides = ["data=folder", f"data.root={root}", "model.image_size=32", "augment=none", f"paths.output_dir={out}",
-                 *FAST, "logger=csv", "trainer.max_epochs=9", "model.lr=3e-3", "data.batch_size=4",
-                 "callbacks.finetuning.unfreeze_epoch=3", "trainer.limit_train_batches=null"]  # fmt: skip
+    overrides = [
+        "data=folder",
+        f"data.root={root}",
+        "model.image_size=32",
+        "augment=none",
+        f"paths.output_dir={out}",
+        *FAST,
+        "logger=csv",
+        "trainer.max_epochs=9",
+        "model.lr=3e-3",
+        "data.batch_size=4",
+        "callbacks.finetuning.unfreeze_epoch=3",
+        "trainer.limit_train_batches=null",
+    ]
     run(compose_train(overrides))
     with open(next(out.glob("csv/version_*/metrics.csv"))) as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/acc")]

@@ -18,9 +18,19 @@ EPOCHS = 3
 
 
 def train(data: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "train.py", "data=folder", f"data.root={data}", "backbone=test_resnet",
-               "model.image_size=32", "data.batch_size=8", *FAST, f"trainer.max_epochs={EPOCHS}",
-               f"hydra.run.dir={out}", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "train.py",
+        "data=folder",
+        f"data.root={data}",
+        "backbone=test_resnet",
+        "model.image_size=32",
+        "data.batch_size=8",
+        *FAST,
+        f"trainer.max_epochs={EPOCHS}",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -39,11 +49,23 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     log = base / "server.log"
     with log.open("w") as stderr:
         server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-             f"sqlite:///{base}/mlflow.db", "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{base}/mlflow.db",
+                "--artifacts-destination",
+                str(base / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 120
     while True:
         try:

@@ -48,8 +48,15 @@ def test_efficientnet_b4_on_plants_composes_and_trains_from_scratch(flat_folder:
     cfg = compose_train(["backbone=efficientnet_b4", "data=plants"])
     assert cfg.model.backbone == "efficientnet_b4" and cfg.model.pretrained is True
     assert cfg.data._target_ == "tl_lightning.data.datamodule.ImageFolderDataModule"
-    overrides = ["backbone=efficientnet_b4", "data=plants", "backbone.pretrained=false", f"data.root={flat_folder}",
-                 "model.image_size=32", f"paths.output_dir={tmp_path}", *FAST]  # fmt: skip
+    overrides = [
+        "backbone=efficientnet_b4",
+        "data=plants",
+        "backbone.pretrained=false",
+        f"data.root={flat_folder}",
+        "model.image_size=32",
+        f"paths.output_dir={tmp_path}",
+        *FAST,
+    ]
     metrics = run(compose_train(overrides))
     assert metrics["weights"] == "random-init" and "test/acc" in metrics
 

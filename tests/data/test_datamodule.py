@@ -53,8 +53,11 @@ def test_hidden_folders_and_non_images_are_not_classes(flat_folder: Path):
 def test_flat_folder_split_is_stratified_seeded_and_disjoint(flat_folder: Path, tmp_path: Path):
     dm = ImageFolderDataModule(flat_folder, val_fraction=0.2, test_fraction=0.2, seed=3)
     counts = {split: {c: len(files) for c, files in dm.splits[split].items()} for split in ("train", "val", "test")}
-    assert counts == {"train": dict.fromkeys(dm.class_names, 6), "val": dict.fromkeys(dm.class_names, 2),
-                      "test": dict.fromkeys(dm.class_names, 2)}  # fmt: skip
+    assert counts == {
+        "train": dict.fromkeys(dm.class_names, 6),
+        "val": dict.fromkeys(dm.class_names, 2),
+        "test": dict.fromkeys(dm.class_names, 2),
+    }
     files = [p for split in ("train", "val", "test") for p, _ in dm.samples(split)]
     assert len(files) == len(set(files)) == 30
     again = ImageFolderDataModule(flat_folder, val_fraction=0.2, test_fraction=0.2, seed=3)
@@ -164,8 +167,16 @@ def test_augmentation_presets_build_and_keep_eval_deterministic(preset: str, spl
     from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(Path(__file__).parents[2] / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"augment={preset}", "data=folder", f"data.root={split_folder}",
-                                          "data.num_workers=0", "paths.output_dir=unused"])  # fmt: skip
+        cfg = compose(
+            "train",
+            overrides=[
+                f"augment={preset}",
+                "data=folder",
+                f"data.root={split_folder}",
+                "data.num_workers=0",
+                "paths.output_dir=unused",
+            ],
+        )
     dm = instantiate(cfg.data, data_config=DATA_CONFIG)
     dm.setup("fit")
     x, _ = next(iter(dm.train_dataloader()))

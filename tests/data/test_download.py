@@ -83,8 +83,15 @@ def payload() -> bytes:
 
 
 def archive_for(urls: list[str], payload: bytes) -> Archive:
-    return Archive(name="leaves-v1", filename="leaves.zip", urls=urls, size=len(payload),
-                   sha256=sha256(payload).hexdigest(), inner=INNER, exclude=["Background_without_leaves"])  # fmt: skip
+    return Archive(
+        name="leaves-v1",
+        filename="leaves.zip",
+        urls=urls,
+        size=len(payload),
+        sha256=sha256(payload).hexdigest(),
+        inner=INNER,
+        exclude=["Background_without_leaves"],
+    )
 
 
 def test_first_use_downloads_verifies_and_extracts_then_trains_from_it(payload: bytes, tmp_path: Path):
@@ -149,8 +156,14 @@ def test_plants_without_data_or_network_fails_fast_in_one_message(tmp_path: Path
     """The card's command as typed, where the archive cannot be reached (a closed local port stands in for the
     internet, which tests never use): exit 2 within a minute, one message, no traceback."""
     url = f"http://127.0.0.1:{closed_port()}/Plant_leaf_diseases_dataset_without_augmentation.zip"
-    command = [sys.executable, "train.py", "backbone=efficientnet_b4", "data=plants", f"data.archive.urls=[{url}]",
-               f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "train.py",
+        "backbone=efficientnet_b4",
+        "data=plants",
+        f"data.archive.urls=[{url}]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     started = time.perf_counter()
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"TL_LIGHTNING_CACHE": str(tmp_path)}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
@@ -158,8 +171,14 @@ def test_plants_without_data_or_network_fails_fast_in_one_message(tmp_path: Path
     assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout
     message = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert len(message) == 1, done.stderr[-2000:]
-    for fact in (url, "868,032,562 bytes", "ac3432453984d02a86197987e775a5429d0d59e7cc7c35bcf5a8f50349b90ff0",
-                 "data.root=", INNER, "Background_without_leaves"):  # fmt: skip
+    for fact in (
+        url,
+        "868,032,562 bytes",
+        "ac3432453984d02a86197987e775a5429d0d59e7cc7c35bcf5a8f50349b90ff0",
+        "data.root=",
+        INNER,
+        "Background_without_leaves",
+    ):
         assert fact in message[0]
 
 

@@ -19,8 +19,13 @@ from tl_lightning.data.transforms import eval_transform
 
 
 def optimize(root: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tl_lightning.data.optimize", str(root), str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tl_lightning.data.optimize", str(root), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,9 @@ def modules(root: Path, out: Path, **kwargs) -> tuple:
     """The folder's datamodule and the stream's, both with the deterministic eval transform for training too."""
     config = dict(tiny_model().data_config)
     folder = tiny_data(root, train_transform=eval_transform)
-    stream = StreamingDataModule(str(out), batch_size=4, num_workers=0, train_transform=eval_transform,
-                                 data_config=config, **kwargs)  # fmt: skip
+    stream = StreamingDataModule(
+        str(out), batch_size=4, num_workers=0, train_transform=eval_transform, data_config=config, **kwargs
+    )
     return folder, stream
 
 
@@ -92,10 +98,21 @@ def test_two_gloo_ranks_read_disjoint_shares_of_the_training_split(chunks):
 
 
 def train(chunks: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "train.py", "data=streaming", f"data.input_dir={chunks}", "backbone=test_resnet",
-               "model.image_size=32", "data.batch_size=8", *FAST, "trainer.max_epochs=3",
-               "callbacks.finetuning.unfreeze_epoch=1", "trainer.limit_train_batches=null",
-               f"hydra.run.dir={run}", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "train.py",
+        "data=streaming",
+        f"data.input_dir={chunks}",
+        "backbone=test_resnet",
+        "model.image_size=32",
+        "data.batch_size=8",
+        *FAST,
+        "trainer.max_epochs=3",
+        "callbacks.finetuning.unfreeze_epoch=1",
+        "trainer.limit_train_batches=null",
+        f"hydra.run.dir={run}",
+        *extra,
+    ]
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
@@ -106,8 +123,14 @@ def test_a_streaming_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(c
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert (tmp_path / "straight" / "report" / "top_losses.png").is_file()  # test images read back from the chunks
     run = tmp_path / "run"
-    stopped = train(chunks[1], run, "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.epoch=1",
-                    "+callbacks.kill.batch=0", "+callbacks.kill.signal=SIGTERM")  # fmt: skip
+    stopped = train(
+        chunks[1],
+        run,
+        "+callbacks.kill._target_=kill_at.KillAt",
+        "+callbacks.kill.epoch=1",
+        "+callbacks.kill.batch=0",
+        "+callbacks.kill.signal=SIGTERM",
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 4  # 3 steps an epoch: inside epoch 1

@@ -66,9 +66,17 @@ def test_random_weights_are_probed_but_never_cached(split_folder: Path, tmp_path
 
 @pytest.mark.parametrize(
     ("accuracy", "preset"),
-    [(0.99, "feature_extraction"), (0.971, "feature_extraction"), (0.95, "lp_ft"), (0.88, "lp_ft"),
-     (0.72, "lp_ft"), (0.6, "lp_ft"), (0.5, "full"), (0.1, "full")],
-)  # fmt: skip
+    [
+        (0.99, "feature_extraction"),
+        (0.971, "feature_extraction"),
+        (0.95, "lp_ft"),
+        (0.88, "lp_ft"),
+        (0.72, "lp_ft"),
+        (0.6, "lp_ft"),
+        (0.5, "full"),
+        (0.1, "full"),
+    ],
+)
 def test_interpretation_table(accuracy: float, preset: str):
     assert f"finetuning={preset}" in interpret(accuracy)[1]
 

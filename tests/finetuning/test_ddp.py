@@ -24,8 +24,11 @@ def test_global_batch_is_split_per_device_or_refused(split_folder: Path):
     assert per_device_batch_size(32, 4) == 8
     with pytest.raises(ValueError, match=r"data\.batch_size=30 .* 4 devices; use e\.g\. data\.batch_size=28 or 32"):
         per_device_batch_size(30, 4)
-    dm = tiny_data(split_folder, batch_size=6, data_config={"input_size": (3, 32, 32), "mean": (0.5,) * 3,
-                                                             "std": (0.5,) * 3, "crop_pct": 1.0})  # fmt: skip
+    dm = tiny_data(
+        split_folder,
+        batch_size=6,
+        data_config={"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0},
+    )
     cpu = SimpleNamespace(root_device=torch.device("cpu"))
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1, lightning_module=None, strategy=cpu, current_epoch=0)
     dm.setup("fit")
@@ -62,8 +65,13 @@ def test_ddp_spawn_on_cpu_counts_every_sample_once(split_folder: Path, tmp_path:
     """Spawned processes share the module's CPU memory; metric states must not be summed by both at once."""
     script = Path(__file__).parents[1] / "ddp_spawn_count.py"
     env = os.environ | {"PYTHONPATH": str(script.parent)}
-    done = subprocess.run([sys.executable, str(script), str(split_folder), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), str(split_folder), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "counted.json").read_text()) == {"val": 9.0, "test": 9.0}
 
@@ -72,11 +80,24 @@ def test_ddp_spawn_on_cpu_counts_every_sample_once(split_folder: Path, tmp_path:
 def test_two_process_ddp_run_writes_one_folder_and_counts_every_sample_once(split_folder: Path, tmp_path: Path):
     runs = tmp_path / "runs"
     command = [
-        sys.executable, "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.precision=32-true", "data=folder", f"data.root={split_folder}", "backbone=test_resnet",
-        "model.image_size=32", "data.batch_size=4", "data.num_workers=0", "data.persistent_workers=false",
-        "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={runs}/ddp", "trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+        sys.executable,
+        "train.py",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "data=folder",
+        f"data.root={split_folder}",
+        "backbone=test_resnet",
+        "model.image_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        f"hydra.run.dir={runs}/ddp",
+        "trainer.enable_progress_bar=false",
+    ]
     env = os.environ | {"HYDRA_FULL_ERROR": "1"}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -141,8 +141,11 @@ def test_ddp_ranks_stay_identical_after_an_unfreeze(split_folder: Path, tmp_path
     env = os.environ | {"PYTHONPATH": str(script.parent)}
     done = subprocess.run(
         [sys.executable, str(script), str(split_folder), str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     pl.seed_everything(0)  # the script's seed: the weights both ranks started from
@@ -250,8 +253,9 @@ class FilteredOptimizer(TransferClassifier):
 
 
 def test_optimizer_without_the_frozen_parameters_is_refused(split_folder: Path):
-    model = FilteredOptimizer("test_efficientnet", num_classes=3, class_names=list(CLASSES), pretrained=False,
-                              image_size=32)  # fmt: skip
+    model = FilteredOptimizer(
+        "test_efficientnet", num_classes=3, class_names=list(CLASSES), pretrained=False, image_size=32
+    )
     with pytest.raises(MisconfigurationException, match=r"backbone parameters .* are in no optimizer param group"):
         tiny_trainer(max_epochs=1, callbacks=[LayerFinetuning()]).fit(model, tiny_data(split_folder, model))
 

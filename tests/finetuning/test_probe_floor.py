@@ -53,8 +53,12 @@ def _fit(folder: Path, out: Path, lr: float, epochs: int = 2):
     data = tiny_data(folder, model, batch_size=6)
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/score", mode="max")
     floor = ProbeFloor()
-    trainer = tiny_trainer(max_epochs=epochs, enable_checkpointing=True, num_sanity_val_steps=0,
-                           callbacks=[LayerFinetuning(milestones={1: "all"}), best, floor])  # fmt: skip
+    trainer = tiny_trainer(
+        max_epochs=epochs,
+        enable_checkpointing=True,
+        num_sanity_val_steps=0,
+        callbacks=[LayerFinetuning(milestones={1: "all"}), best, floor],
+    )
     model.connect_data(data)
     trainer.fit(model, data)
     return model, data, best, floor

@@ -74,10 +74,16 @@ def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Pa
         n: {c.key: c.value for c in automatic_choices(short_sides(f), len(f), 224, 32, 0.875, CROPS, None, measured)}
         for n, f in files.items()
     }
-    assert chosen["small"] == {"model.image_size": 128, "model.crop_pct": 1.0,
-                               "data.train_transform.crop_scale": [0.75, 1.0]}  # fmt: skip
-    assert chosen["large"] == {"model.image_size": 224, "model.crop_pct": 0.875,
-                               "data.train_transform.crop_scale": [0.35, 1.0]}  # fmt: skip
+    assert chosen["small"] == {
+        "model.image_size": 128,
+        "model.crop_pct": 1.0,
+        "data.train_transform.crop_scale": [0.75, 1.0],
+    }
+    assert chosen["large"] == {
+        "model.image_size": 224,
+        "model.crop_pct": 0.875,
+        "data.train_transform.crop_scale": [0.35, 1.0],
+    }
     # A resolution the user gave is what the crops are judged against; only the keys left auto are filled.
     only = automatic_choices(
         short_sides(files["large"]), len(files["large"]), 224, 32, 0.875, ["model.crop_pct"], image_size=512
@@ -138,8 +144,12 @@ def test_explicit_values_win_over_the_recipe(tmp_path: Path):
     from tl_lightning.app.train import prepare
 
     folder = write_images(tmp_path / "data", per_class=10, size=20)
-    overrides = [*folder_overrides(folder, tmp_path / "out"), "model.crop_pct=0.9", "model.lr_mult=7",
-                 "data.train_transform.crop_scale=[0.5,1.0]"]  # fmt: skip
+    overrides = [
+        *folder_overrides(folder, tmp_path / "out"),
+        "model.crop_pct=0.9",
+        "model.lr_mult=7",
+        "data.train_transform.crop_scale=[0.5,1.0]",
+    ]
     job = prepare(compose_train(overrides))
     assert job.model.data_config["input_size"][-1] == 32 and job.model.data_config["crop_pct"] == 0.9
     assert job.model.hparams.lr_mult == 7

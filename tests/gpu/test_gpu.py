@@ -73,8 +73,13 @@ def test_feature_cache_on_cuda_matches_training_on_images(split_folder: Path):
 def test_two_gpu_ddp_on_nccl_keeps_ranks_identical_across_an_unfreeze(split_folder: Path, tmp_path: Path):
     script = Path(__file__).parents[1] / "ddp_unfreeze.py"
     env = os.environ | {"PYTHONPATH": str(script.parent)}
-    done = subprocess.run([sys.executable, str(script), str(split_folder), str(tmp_path), "0", "gpu"],
-                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), str(split_folder), str(tmp_path), "0", "gpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert [k for k in rank0 if not torch.equal(rank0[k], rank1[k])] == []

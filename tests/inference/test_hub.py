@@ -33,8 +33,9 @@ assert not [name for name in sys.modules if name.startswith("tl_lightning.")]
 
 
 def export(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), "export", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=env)  # fmt: skip
+    return subprocess.run(
+        [str(SCRIPT), "export", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_timm_export_loads_without_tl_lightning_and_gives_the_checkpoint_logits(digits_run, tmp_path: Path):
@@ -46,8 +47,12 @@ def test_timm_export_loads_without_tl_lightning_and_gives_the_checkpoint_logits(
     model = TransferClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
     x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
     np.save(tmp_path / "x.npy", x.numpy())
-    loaded = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_US, str(out), str(tmp_path / "x.npy"),
-                             str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_US, str(out), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.startswith(f"EfficientNet 10 {tuple(model.data_config['input_size'])}"), loaded.stdout
     with torch.no_grad():
@@ -77,8 +82,16 @@ def test_a_head_with_hidden_layers_is_refused_in_one_sentence(tmp_path: Path):
 def test_push_to_hub_offline_says_so_in_one_line_and_keeps_the_export(digits_run, tmp_path: Path):
     out = tmp_path / "timm"
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    done = export(str(digits_run[0] / "checkpoints" / "best.ckpt"), "--format", "timm", "--out", str(out),
-                  "--push-to-hub", "someone/digits-lite0", env=env)  # fmt: skip
+    done = export(
+        str(digits_run[0] / "checkpoints" / "best.ckpt"),
+        "--format",
+        "timm",
+        "--out",
+        str(out),
+        "--push-to-hub",
+        "someone/digits-lite0",
+        env=env,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "someone/digits-lite0" in errors[0] and str(out) in errors[0], done.stderr

@@ -25,8 +25,18 @@ SCRIPT = Path(sys.executable).with_name("tl-lightning")
 def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path: Path):
     checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
     out = tmp_path / "export"
-    command = [str(SCRIPT), "export", str(checkpoint), "--format", "onnx", "--int8", "--out", str(out),
-               "--calibration-images", "64"]  # fmt: skip
+    command = [
+        str(SCRIPT),
+        "export",
+        str(checkpoint),
+        "--format",
+        "onnx",
+        "--int8",
+        "--out",
+        str(out),
+        "--calibration-images",
+        "64",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
@@ -36,10 +46,12 @@ def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
     weights = {t.name: t for t in graph.initializer}
     int8_weights = [
-        node for node in graph.node
-        if node.op_type == "DequantizeLinear" and node.input[0] in weights
+        node
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in weights
         and weights[node.input[0]].data_type == onnx.TensorProto.INT8
-    ]  # fmt: skip
+    ]
     assert int8_weights, "no int8 weights in the graph"
     assert all(len(weights[node.input[1]].dims) == 1 for node in int8_weights if len(weights[node.input[0]].dims) == 4)
     classifier = [node for node in graph.node if node.op_type == "Gemm"]  # kept in float: see inference/quantize.py

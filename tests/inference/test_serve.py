@@ -47,8 +47,11 @@ def multipart(path: Path, **fields: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     head = f"--{boundary}\r\nContent-Disposition: form-data; name="
     parts = [f'{head}"{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
-    parts.append(f'{head}"image"; filename="{path.name}"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")  # fmt: skip
+    parts.append(
+        f'{head}"image"; filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        + path.read_bytes()
+        + b"\r\n"
+    )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -101,15 +104,23 @@ def test_answers_equal_the_predict_cli_with_batching(served, tmp_path: Path):
     test = Path(os.environ["TL_LIGHTNING_CACHE"]) / "digits-v1" / "test"
     files = [sorted((test / name).iterdir())[0] for name in sorted(os.listdir(test))]  # one per class
     predictions = tmp_path / "p.csv"
-    cli = subprocess.run([str(SCRIPT), "predict", str(run / "checkpoints" / "best.ckpt"), *map(str, files), "--out",
-                          str(predictions)], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    cli = subprocess.run(
+        [str(SCRIPT), "predict", str(run / "checkpoints" / "best.ckpt"), *map(str, files), "--out", str(predictions)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     with open(predictions) as f:
         expected = {Path(row["path"]).name: row for row in csv.DictReader(f)}
 
     def as_json(path: Path) -> tuple[int, dict]:
-        return call(f"{url}/predict", json.dumps({"image": base64.b64encode(path.read_bytes()).decode()}).encode(),
-                    "application/json")  # fmt: skip
+        return call(
+            f"{url}/predict",
+            json.dumps({"image": base64.b64encode(path.read_bytes()).decode()}).encode(),
+            "application/json",
+        )
 
     with ThreadPoolExecutor(max_workers=len(files)) as pool:  # concurrent: the server batches them
         answers = list(pool.map(as_json, files))

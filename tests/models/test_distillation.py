@@ -19,8 +19,14 @@ def test_distillation_loss_blends_soft_and_hard_terms():
 def test_a_student_learns_from_a_teacher_checkpoint_without_carrying_it(split_folder: Path, tmp_path: Path):
     fit_with_checkpoints(tiny_model(image_size=32), split_folder, tmp_path / "teacher", max_epochs=1)
     teacher_path = tmp_path / "teacher" / "best.ckpt"
-    student = TransferClassifier("test_resnet", num_classes=3, class_names=["cat", "dog", "fox"], pretrained=False,
-                                 image_size=48, distillation={"teacher_checkpoint": str(teacher_path)})  # fmt: skip
+    student = TransferClassifier(
+        "test_resnet",
+        num_classes=3,
+        class_names=["cat", "dog", "fox"],
+        pretrained=False,
+        image_size=48,
+        distillation={"teacher_checkpoint": str(teacher_path)},
+    )
     assert not any(k.startswith("_teacher") for k in student.state_dict())
     x = torch.randn(2, 3, 48, 48)
     assert student.to_teacher_input(x).shape == (2, 3, 32, 32)  # resized to what the teacher was trained on
@@ -61,8 +67,17 @@ def test_distillation_run_on_digits_trains_a_student_from_a_teacher_checkpoint(t
 
     run(compose_train([f"paths.output_dir={tmp_path / 'teacher'}", *FAST]))  # Lite0 on digits, a few batches
     teacher = tmp_path / "teacher" / "checkpoints" / "best.ckpt"
-    student = run(compose_train([f"paths.output_dir={tmp_path / 'student'}", *FAST, "backbone=test_resnet",
-                                 "finetuning=full", f"model.distillation.teacher_checkpoint={teacher}"]))  # fmt: skip
+    student = run(
+        compose_train(
+            [
+                f"paths.output_dir={tmp_path / 'student'}",
+                *FAST,
+                "backbone=test_resnet",
+                "finetuning=full",
+                f"model.distillation.teacher_checkpoint={teacher}",
+            ]
+        )
+    )
     assert 0.0 <= student["test/acc"] <= 1.0 and student["weights"] == "random-init"
     saved = torch.load(tmp_path / "student" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["hyper_parameters"]["distillation"]["teacher_checkpoint"] == str(teacher)

@@ -9,19 +9,36 @@ from tl_lightning.models.groups import build_param_groups, discriminative_lrs, l
 FAMILIES = {
     "resnet18": ["conv1+bn1", "layer1", "layer2", "layer3", "layer4"],
     "tf_efficientnet_lite0": [
-        "conv_stem+bn1", "blocks.0.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5",
+        "conv_stem+bn1",
+        "blocks.0.0",
+        "blocks.1",
+        "blocks.2",
+        "blocks.3",
+        "blocks.4",
+        "blocks.5",
         "blocks.6.0+conv_head+bn2",
     ],
     "convnext_atto": ["stem", "stages.0.blocks", "stages.1", "stages.2", "stages.3", "head.norm"],
     "densenet121": [
-        "features.conv0+norm0", "features.denseblock1+transition1", "features.denseblock2+transition2",
-        "features.denseblock3+transition3", "features.denseblock4", "features.norm5",
+        "features.conv0+norm0",
+        "features.denseblock1+transition1",
+        "features.denseblock2+transition2",
+        "features.denseblock3+transition3",
+        "features.denseblock4",
+        "features.norm5",
     ],
     "mobilenetv3_small_050": [
-        "conv_stem+bn1", "blocks.0.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5.0", "conv_head",
+        "conv_stem+bn1",
+        "blocks.0.0",
+        "blocks.1",
+        "blocks.2",
+        "blocks.3",
+        "blocks.4",
+        "blocks.5.0",
+        "conv_head",
     ],
     "test_vit": ["cls_token+pos_embed+patch_embed.proj", *[f"blocks.{i}" for i in range(5)], "blocks.5+norm"],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -79,9 +79,13 @@ def test_resume_after_the_unfreeze_keeps_groups_lrs_step_and_optimizer_state(spl
     resumed = EpochStartRecorder()
     model = tiny_model()
     fit_with_checkpoints(
-        model, split_folder, tmp_path / "second", max_epochs=3,
-        ckpt_path=tmp_path / "first" / "last.ckpt", callbacks=[resumed],
-    )  # fmt: skip
+        model,
+        split_folder,
+        tmp_path / "second",
+        max_epochs=3,
+        ckpt_path=tmp_path / "first" / "last.ckpt",
+        callbacks=[resumed],
+    )
     assert list(resumed.seen) == [2]
     assert resumed.seen[2]["trainable"] == straight.seen[2]["trainable"] == [True] * 7
     assert resumed.seen[2]["step"] == straight.seen[2]["step"] == saved["global_step"]
@@ -142,8 +146,15 @@ def test_balanced_class_weights_come_from_the_training_split(tmp_path: Path):
     write_images(tmp_path / "data" / "train", classes=("cat",), per_class=12)
     write_images(tmp_path / "data" / "train", classes=("dog", "fox"), per_class=4, seed=1)
     write_images(tmp_path / "data" / "val", per_class=1, seed=2)
-    overrides = ["data=folder", f"data.root={tmp_path / 'data'}", "backbone=test_resnet", "model.image_size=32",
-                 f"paths.output_dir={tmp_path / 'out'}", "model.imbalance.class_weights=balanced", *FAST]  # fmt: skip
+    overrides = [
+        "data=folder",
+        f"data.root={tmp_path / 'data'}",
+        "backbone=test_resnet",
+        "model.image_size=32",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "model.imbalance.class_weights=balanced",
+        *FAST,
+    ]
     model = prepare(compose_train(overrides)).model
     # counts 12, 4, 4 -> inverse frequency normalised to mean 1
     assert model.class_weight.tolist() == pytest.approx([3 / 7, 9 / 7, 9 / 7])

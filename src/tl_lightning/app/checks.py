@@ -146,8 +146,10 @@ def check_epochs(max_epochs: Any, ckpt_path: Any) -> None:
             f"trainer.max_epochs={max_epochs!r} must be a whole number of epochs, e.g. trainer.max_epochs=30."
         )
     if max_epochs == 0 and not ckpt_path:
-        raise BadValue("trainer.max_epochs=0 trains nothing, and there is no checkpoint to evaluate: give at least "
-                       "one epoch, or ckpt_path=<run>/checkpoints/best.ckpt to test a trained model.")  # fmt: skip
+        raise BadValue(
+            "trainer.max_epochs=0 trains nothing, and there is no checkpoint to evaluate: give at least "
+            "one epoch, or ckpt_path=<run>/checkpoints/best.ckpt to test a trained model."
+        )
 
 
 def check_image_size(backbone: str, size: int, kwargs: dict[str, Any]) -> None:

@@ -54,6 +54,8 @@ def describe(trainer: pl.Trainer, datamodule: ImageFolderDataModule) -> dict[str
 
 def one_line(hardware: dict[str, Any]) -> str:
     h = hardware
-    return (f"Hardware: {h['devices']} x {h['device']} ({h['accelerator']}), precision {h['precision']}, "
-            f"{h['loader_workers']} loader workers per device of {h['usable_cpus']} usable CPUs, "
-            f"pin_memory={h['pin_memory']}")  # fmt: skip
+    return (
+        f"Hardware: {h['devices']} x {h['device']} ({h['accelerator']}), precision {h['precision']}, "
+        f"{h['loader_workers']} loader workers per device of {h['usable_cpus']} usable CPUs, "
+        f"pin_memory={h['pin_memory']}"
+    )

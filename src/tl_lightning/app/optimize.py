@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> None:
             f"Writing chunks needs LitData ({err.name} is missing): pip install 'tl_lightning[stream]'."
         ) from None
     setup_logging()
-    datamodule = ImageFolderDataModule(args.root, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                       seed=args.seed)  # fmt: skip
+    datamodule = ImageFolderDataModule(
+        args.root, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+    )
     _ = datamodule.splits  # scanning runs the audit: bad files are left out
     print(datamodule.audit_report.summary())
     counts = optimize_folder(datamodule, args.out, args.chunk_bytes, args.workers)

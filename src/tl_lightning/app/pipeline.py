@@ -115,8 +115,13 @@ def stopped(trainer: pl.Trainer, out: Path) -> None:
         if isinstance(callback, Preemption):
             callback.hand_over()  # submitit: requeue this job and exit
     last = out / "checkpoints" / "last.ckpt"
-    log.warning("Stopped by SIGTERM after step %d; %s holds that step. Run the same command again (same output "
-                "folder) to resume, or pass ckpt_path=%s.", trainer.global_step, last, last)  # fmt: skip
+    log.warning(
+        "Stopped by SIGTERM after step %d; %s holds that step. Run the same command again (same output "
+        "folder) to resume, or pass ckpt_path=%s.",
+        trainer.global_step,
+        last,
+        last,
+    )
     raise SystemExit(128 + signal.SIGTERM)
 
 
@@ -155,7 +160,16 @@ def evaluate_test(
     metrics = model.score(logits, targets, "test")
     files = [path for path, _ in datamodule.samples("test")]
     channels = int(model.data_config["input_size"][0])
-    scalars = write_report(out, logits, targets, model.class_names, files, float(model.temperature), channels,
-                           checkpoint=described or best, read_image=datamodule.read_image)  # fmt: skip
+    scalars = write_report(
+        out,
+        logits,
+        targets,
+        model.class_names,
+        files,
+        float(model.temperature),
+        channels,
+        checkpoint=described or best,
+        read_image=datamodule.read_image,
+    )
     log_report(trainer.loggers, metrics | scalars, out, trainer.global_step)
     return metrics | scalars

@@ -61,8 +61,12 @@ def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs: Any) -> W
         offline = not _wandb_login()
     logger = WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
     if offline:
-        log.info("W&B: no login found (WANDB_API_KEY or `wandb login`); logging offline under %s/wandb. Upload later "
-                 "with: wandb sync %s/wandb/offline-run-*", save_dir, save_dir)  # fmt: skip
+        log.info(
+            "W&B: no login found (WANDB_API_KEY or `wandb login`); logging offline under %s/wandb. Upload later "
+            "with: wandb sync %s/wandb/offline-run-*",
+            save_dir,
+            save_dir,
+        )
     return logger
 
 

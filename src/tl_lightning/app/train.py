@@ -65,8 +65,10 @@ def prepare(cfg: DictConfig) -> Job:
     scan = instantiate(cfg.data)
     scan.prepare_data()
     if scan.num_classes < 2:
-        raise BadValue(f"'{scan.root}' has one class ({scan.class_names[0]}): a classifier needs at least "
-                       "two class folders. Add a folder of images for each other class.")  # fmt: skip
+        raise BadValue(
+            f"'{scan.root}' has one class ({scan.class_names[0]}): a classifier needs at least "
+            "two class folders. Add a folder of images for each other class."
+        )
     if cfg.get("ckpt_path"):
         check_resume(cfg.ckpt_path, scan.class_names)
     started = time.perf_counter()
@@ -79,8 +81,9 @@ def prepare(cfg: DictConfig) -> Job:
     if cfg.model.get("imbalance", {}).get("class_weights") == "balanced":
         weights = balanced_class_weights(datamodule.class_counts()).tolist()
         overrides["imbalance"] = OmegaConf.to_container(cfg.model.imbalance) | {"class_weights": weights}
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
-                        _convert_="all", **overrides)  # fmt: skip
+    model = instantiate(
+        cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all", **overrides
+    )
     model.connect_data(datamodule)
     if rank_zero_only.rank == 0:  # what ran: the recipe's choices are in the config, their reasons above it
         reasons = "".join(f"# {choice.line()}\n" for choice in choices)
@@ -159,8 +162,12 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     result = linear_probe(job.model, job.datamodule, cache, c=cfg.probe.c).to_dict()
     write_metrics(job.out / "probe.json", result)
     scores = ", ".join(f"{split} {value:.4f}" for split, value in result["accuracy"].items())
-    log.info("Linear probe accuracy: %s\n%s\nStart with: python train.py %s",
-             scores, result["interpretation"], result["recommendation"])  # fmt: skip
+    log.info(
+        "Linear probe accuracy: %s\n%s\nStart with: python train.py %s",
+        scores,
+        result["interpretation"],
+        result["recommendation"],
+    )
     return result
 
 
@@ -217,8 +224,10 @@ def config_dir() -> Path:
     for folder in candidates:
         if (folder / "train.yaml").is_file():
             return folder.resolve()
-    raise SystemExit(f"No Hydra config found (looked for train.yaml in {', '.join(map(str, candidates))}). Run from "
-                     f"the repository, or set {CONF_ENV}=/path/to/conf.")  # fmt: skip
+    raise SystemExit(
+        f"No Hydra config found (looked for train.yaml in {', '.join(map(str, candidates))}). Run from "
+        f"the repository, or set {CONF_ENV}=/path/to/conf."
+    )
 
 
 def run_hydra(overrides: list[str]) -> None:

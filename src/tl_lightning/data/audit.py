@@ -85,8 +85,15 @@ def check_files(paths: Iterable[Path], progress: bool = True, cache: str | Path 
     known = stored.load() if stored is not None else {}
     keys = {path: os.path.abspath(path) for path in paths} if stored is not None else {}
     stamps = {path: _stamp(path) for path in paths} if stored is not None else {}
-    found = {p: FileCheck.from_dict(known[keys[p]]["check"]) for p in paths
-             if known.get(keys[p], {}).get("stamp") == stamps[p]} if known else {}  # fmt: skip
+    found = (
+        {
+            p: FileCheck.from_dict(known[keys[p]]["check"])
+            for p in paths
+            if known.get(keys[p], {}).get("stamp") == stamps[p]
+        }
+        if known
+        else {}
+    )
     todo = [p for p in paths if p not in found]
     if todo:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

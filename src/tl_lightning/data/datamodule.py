@@ -147,8 +147,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _scan(self) -> dict[str, dict[str, list[Path]]]:
         if self.root.is_file():
-            raise BadValue(f"data.root '{self.root}' is a file. Point data.root at the folder that holds the class "
-                           "folders (or train/ [val/] [test/] folders of class folders).")  # fmt: skip
+            raise BadValue(
+                f"data.root '{self.root}' is a file. Point data.root at the folder that holds the class "
+                "folders (or train/ [val/] [test/] folders of class folders)."
+            )
         if not self.root.is_dir():
             raise NotFound(
                 f"data.root '{self.root}' does not exist. Point data.root at your image folder "

@@ -77,8 +77,10 @@ class Archive:
         inner = f"/{self.inner}" if self.inner else ""
         exclude = f", delete its {', '.join(self.exclude)} folder(s)" if self.exclude else ""
         download = Path(cache_dir).expanduser() / "downloads" / self.filename
-        return (f"To use a copy you have, check its SHA-256 (`sha256sum {self.filename}`), unzip it{exclude} and pass "
-                f"data.root=<unzipped folder>{inner}; or put the zip at {download} and run again.")  # fmt: skip
+        return (
+            f"To use a copy you have, check its SHA-256 (`sha256sum {self.filename}`), unzip it{exclude} and pass "
+            f"data.root=<unzipped folder>{inner}; or put the zip at {download} and run again."
+        )
 
 
 def fetch_archive(archive: Archive, cache_dir: str | Path, progress: bool = True, timeout: float = 20.0) -> Path:
@@ -167,8 +169,14 @@ def _stream(url: str, partial: Path, done: int, size: int, progress: bool, timeo
     request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         resumed = done > 0 and response.status == 206  # a server that ignores Range sends everything again
-        bar = tqdm(total=size, initial=done if resumed else 0, unit="B", unit_scale=True,
-                   desc=partial.name.removesuffix(".part"), disable=not progress or None)  # fmt: skip
+        bar = tqdm(
+            total=size,
+            initial=done if resumed else 0,
+            unit="B",
+            unit_scale=True,
+            desc=partial.name.removesuffix(".part"),
+            disable=not progress or None,
+        )
         with open(partial, "ab" if resumed else "wb") as out, bar:
             while chunk := response.read(CHUNK):
                 out.write(chunk)

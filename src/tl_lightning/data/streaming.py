@@ -194,8 +194,9 @@ class StreamingDataModule(ImageFolderDataModule):
         if kwargs.get("balanced_sampling"):
             raise BadValue("data=streaming draws its order with LitData: balanced_sampling is not available.")
         kwargs |= {"audit": False}  # audited when optimized
-        super().__init__(input_dir, None, "~/.cache/tl_lightning", batch_size, num_workers, pin_memory,
-                         persistent_workers, **kwargs)  # fmt: skip
+        super().__init__(
+            input_dir, None, "~/.cache/tl_lightning", batch_size, num_workers, pin_memory, persistent_workers, **kwargs
+        )
         self.input_dir = str(input_dir).rstrip("/")
         self.root = self.input_dir  # type: ignore[assignment]  # a URL is not a Path; it only names the data
         self.stream_cache_dir = cache_dir

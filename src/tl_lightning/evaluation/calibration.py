@@ -49,8 +49,11 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     """
     logits, targets = logits.detach().float(), targets.detach()
     if len(targets) < MIN_CALIBRATION_IMAGES:
-        log.warning("Temperature scaling skipped (T = 1): %d validation images are too few to fit it on; "
-                    "probabilities stay as the model gives them.", len(targets))  # fmt: skip
+        log.warning(
+            "Temperature scaling skipped (T = 1): %d validation images are too few to fit it on; "
+            "probabilities stay as the model gives them.",
+            len(targets),
+        )
         return 1.0
     if bool((logits.argmax(-1) == targets).all()):
         log.warning(
@@ -72,9 +75,14 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     fitted = float(log_t.detach().exp())
     low, high = TEMPERATURE_RANGE
     if not low <= fitted <= high:
-        log.warning("Temperature scaling skipped (T = 1): the fitted temperature %.3g is outside [%s, %s]. The model's "
-                    "validation predictions are close to uninformative: check training before trusting its "
-                    "probabilities.", fitted, low, high)  # fmt: skip
+        log.warning(
+            "Temperature scaling skipped (T = 1): the fitted temperature %.3g is outside [%s, %s]. The model's "
+            "validation predictions are close to uninformative: check training before trusting its "
+            "probabilities.",
+            fitted,
+            low,
+            high,
+        )
         return 1.0
     return fitted
 

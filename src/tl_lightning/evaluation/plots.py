@@ -58,8 +58,15 @@ def plot_reliability(bins: Mapping[str, ReliabilityBins], eces: Mapping[str, flo
         used = b.count > 0
         centres = (b.edges[:-1] + width / 2)[used]
         ax.bar(centres, b.accuracy[used], width=width, edgecolor="black", label="accuracy")
-        ax.bar(centres, (b.confidence - b.accuracy)[used], bottom=b.accuracy[used], width=width, color="red",
-               alpha=0.3, label="gap")  # fmt: skip
+        ax.bar(
+            centres,
+            (b.confidence - b.accuracy)[used],
+            bottom=b.accuracy[used],
+            width=width,
+            color="red",
+            alpha=0.3,
+            label="gap",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{name}: ECE {eces[name]:.4f}")
         ax.legend(loc="upper left")
@@ -85,8 +92,11 @@ def plot_top_losses(
     for ax, file, image, target, p in zip(axes.flat, files, images, targets.tolist(), probs, strict=False):
         show_image(ax, image)
         predicted = int(p.argmax())
-        ax.set_title(f"{Path(file).name}\ntrue {class_names[target]} / pred {class_names[predicted]} "
-                     f"({float(p[predicted]):.2f})", fontsize=8)  # fmt: skip
+        ax.set_title(
+            f"{Path(file).name}\ntrue {class_names[target]} / pred {class_names[predicted]} "
+            f"({float(p[predicted]):.2f})",
+            fontsize=8,
+        )
     fig.tight_layout()
     save_figure(fig, path)
     return path

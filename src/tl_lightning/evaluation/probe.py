@@ -89,14 +89,20 @@ def linear_probe(model: Any, datamodule: Any, cache_dir: str | Path | None, c: f
     if random_init:
         log.warning("The backbone has random weights: the probe measures random features, and nothing is cached.")
     cache = None if random_init or cache_dir is None else FeatureCache(cache_dir)
-    key = cache_key(model.hparams.backbone, model.weights_info, model.data_config,
-                    {s: datamodule.samples(s) for s in splits})  # fmt: skip
+    key = cache_key(
+        model.hparams.backbone, model.weights_info, model.data_config, {s: datamodule.samples(s) for s in splits}
+    )
     features, from_cache = split_features(model.backbone, loaders, key, cache)
     probe = fit_probe(*features["train"], c=c)
     accuracy = {s: float(probe.score(f.numpy(), y.numpy())) for s, (f, y) in features.items()}
     meaning, preset = interpret(accuracy["val"])
     train_features = features["train"][0]
     return ProbeResult(
-        accuracy, meaning, preset, train_features.shape[1], len(train_features), from_cache,
+        accuracy,
+        meaning,
+        preset,
+        train_features.shape[1],
+        len(train_features),
+        from_cache,
         round(time.perf_counter() - started, 2),
-    )  # fmt: skip
+    )

@@ -140,12 +140,15 @@ def write_report(
     losses = F.cross_entropy(logits, targets, reduction="none")
     worst = losses.argsort(descending=True)[:top_losses].tolist()
     images = [read_image(files[i], channels) for i in worst]
-    plot_top_losses([files[i] for i in worst], images, targets[worst], probs[worst], class_names,
-                    folder / "top_losses.png")  # fmt: skip
+    plot_top_losses(
+        [files[i] for i in worst], images, targets[worst], probs[worst], class_names, folder / "top_losses.png"
+    )
     scalars = {"test/ece": ece, "test/ece_calibrated": ece_calibrated, "calibration/temperature": float(temperature)}
     scalars |= {f"test/{m}_weighted": v for m, v in report.averages()["weighted avg"].items()}
-    worst_rows = [(files[i], class_names[targets[i]], class_names[preds[i]], float(probs[i, preds[i]]),
-                   float(losses[i])) for i in worst]  # fmt: skip
+    worst_rows = [
+        (files[i], class_names[targets[i]], class_names[preds[i]], float(probs[i, preds[i]]), float(losses[i]))
+        for i in worst
+    ]
     table = [[str(f), t, p, f"{q:.6f}", f"{v:.6f}"] for f, t, p, q, v in worst_rows]
     write_csv(folder / "top_losses.csv", [["path", "true", "predicted", "probability", "loss"], *table])
     accuracy = float((preds == targets).float().mean())

@@ -59,8 +59,10 @@ class FrozenFeatureCache(Callback):
             return
         schedules = [c for c in trainer.callbacks if isinstance(c, LayerFinetuning)]
         if not schedules:
-            raise BadValue("FrozenFeatureCache needs a LayerFinetuning callback: it caches only while that keeps "
-                             "the whole backbone frozen.")  # fmt: skip
+            raise BadValue(
+                "FrozenFeatureCache needs a LayerFinetuning callback: it caches only while that keeps "
+                "the whole backbone frozen."
+            )
         schedule = schedules[0]
         self.frozen_epochs = schedule.frozen_epochs(trainer.max_epochs)
         if self.frozen_epochs <= trainer.current_epoch:
@@ -84,9 +86,15 @@ class FrozenFeatureCache(Callback):
             self.train_views = [extract_features(pl_module.backbone, loader) for _ in range(views)]
         self.val = extract_features(pl_module.backbone, datamodule.eval_dataloader("val"))
         self.extract_seconds = time.perf_counter() - started
-        log.info("FrozenFeatureCache: %d view(s) of %d training images and %d validation images in %.1f s; the head "
-                 "trains on them for %d epoch(s).", views, len(train_set), len(self.val[1]), self.extract_seconds,
-                 self.frozen_epochs - trainer.current_epoch)  # fmt: skip
+        log.info(
+            "FrozenFeatureCache: %d view(s) of %d training images and %d validation images in %.1f s; the head "
+            "trains on them for %d epoch(s).",
+            views,
+            len(train_set),
+            len(self.val[1]),
+            self.extract_seconds,
+            self.frozen_epochs - trainer.current_epoch,
+        )
         self._trainer, self._reload = trainer, trainer.reload_dataloaders_every_n_epochs
         trainer.reload_dataloaders_every_n_epochs = 1
         datamodule.loader_override = self.loader
@@ -118,14 +126,20 @@ class FrozenFeatureCache(Callback):
 
 def _check_cacheable(trainer: pl.Trainer, pl_module: pl.LightningModule, schedule: Any) -> None:
     if schedule.train_bn:
-        raise BadValue("FrozenFeatureCache needs a constant backbone, but finetuning.train_bn=true trains BatchNorm "
-                         "in frozen groups: set it to false, or drop the feature cache.")  # fmt: skip
+        raise BadValue(
+            "FrozenFeatureCache needs a constant backbone, but finetuning.train_bn=true trains BatchNorm "
+            "in frozen groups: set it to false, or drop the feature cache."
+        )
     if getattr(pl_module, "mixup", None) is not None or getattr(pl_module, "teacher", None) is not None:
-        raise BadValue("FrozenFeatureCache cannot be combined with Mixup/CutMix or distillation: both need "
-                         "images in every step. Turn one of them off.")  # fmt: skip
+        raise BadValue(
+            "FrozenFeatureCache cannot be combined with Mixup/CutMix or distillation: both need "
+            "images in every step. Turn one of them off."
+        )
     if not isinstance(trainer.datamodule, ImageFolderDataModule):
-        raise BadValue(f"FrozenFeatureCache serves features through an ImageFolderDataModule (or a subclass); "
-                         f"got {type(trainer.datamodule).__name__}.")  # fmt: skip
+        raise BadValue(
+            f"FrozenFeatureCache serves features through an ImageFolderDataModule (or a subclass); "
+            f"got {type(trainer.datamodule).__name__}."
+        )
 
 
 def _deterministic(dataset: Any, draws: int = 4) -> bool:

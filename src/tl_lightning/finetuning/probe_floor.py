@@ -99,10 +99,13 @@ class ProbeFloor(Callback):
         acc, loss = metrics["val/acc"], metrics["val/loss"]
         score = selection_score(acc, loss, max(1, len(val[1])), pl_module.hparams.get("score_accuracy_from", 0))
         self.probe_metrics = {"val/acc": acc, "val/loss": loss, SCORE: score}
-        log.info("recipe: the head starts from a converged linear probe (train acc %.3f, val acc %.3f, %.1f s) "
-                 "because fine-tuning from a half-trained head distorts the pretrained features (LP-FT)",
-                 probe.score(train[0].numpy(), train[1].numpy()), metrics["val/acc"],
-                 time.perf_counter() - started)  # fmt: skip
+        log.info(
+            "recipe: the head starts from a converged linear probe (train acc %.3f, val acc %.3f, %.1f s) "
+            "because fine-tuning from a half-trained head distorts the pretrained features (LP-FT)",
+            probe.score(train[0].numpy(), train[1].numpy()),
+            metrics["val/acc"],
+            time.perf_counter() - started,
+        )
         if self.keep_probe and (folder := _checkpoint_folder(trainer)) is not None:
             self.probe_path = str(folder / "probe.ckpt")
             trainer.save_checkpoint(self.probe_path)
@@ -118,8 +121,12 @@ class ProbeFloor(Callback):
             return
         self.kept = True
         best_text = f"{float(best):.4f}" if best is not None else "none"
-        log.warning("recipe: kept the linear probe's model because no fine-tuned epoch beat it on validation "
-                    "(val/score %.4f vs the best epoch's %s)", probe, best_text)  # fmt: skip
+        log.warning(
+            "recipe: kept the linear probe's model because no fine-tuned epoch beat it on validation "
+            "(val/score %.4f vs the best epoch's %s)",
+            probe,
+            best_text,
+        )
         if trainer.is_global_zero and monitored.best_model_path:
             with atomic_path(Path(monitored.best_model_path)) as tmp:
                 shutil.copyfile(self.probe_path, tmp)

@@ -74,16 +74,34 @@ def choose_crops(median_side: float, resolution: int, train_images: int, weights
     if median_side < resolution:
         return [
             Choice("model.crop_pct", 1.0, "small images have no border to spare: evaluate on the whole image"),
-            Choice("data.train_transform.crop_scale", [0.75, 1.0], "random crops of small images keep at least "
-                   "75% of the area, so the subject stays in view"),
-        ]  # fmt: skip
-    crop = Choice("model.crop_pct", weights_crop_pct, f"the images are at least the input resolution {resolution} "
-                  "px: the weights' own eval centre crop")  # fmt: skip
+            Choice(
+                "data.train_transform.crop_scale",
+                [0.75, 1.0],
+                "random crops of small images keep at least 75% of the area, so the subject stays in view",
+            ),
+        ]
+    crop = Choice(
+        "model.crop_pct",
+        weights_crop_pct,
+        f"the images are at least the input resolution {resolution} px: the weights' own eval centre crop",
+    )
     if train_images >= MANY_IMAGES:
-        return [crop, Choice("data.train_transform.crop_scale", [0.08, 1.0], f"{train_images} training images "
-                             f"(>= {MANY_IMAGES}) carry ImageNet-strength random crops")]  # fmt: skip
-    return [crop, Choice("data.train_transform.crop_scale", [0.35, 1.0], f"{train_images} training images "
-                         f"(< {MANY_IMAGES}): random crops keep at least 35% of the area")]  # fmt: skip
+        return [
+            crop,
+            Choice(
+                "data.train_transform.crop_scale",
+                [0.08, 1.0],
+                f"{train_images} training images (>= {MANY_IMAGES}) carry ImageNet-strength random crops",
+            ),
+        ]
+    return [
+        crop,
+        Choice(
+            "data.train_transform.crop_scale",
+            [0.35, 1.0],
+            f"{train_images} training images (< {MANY_IMAGES}): random crops keep at least 35% of the area",
+        ),
+    ]
 
 
 def automatic_choices(

@@ -90,8 +90,11 @@ class Preemption(pl.Callback):
                 signal.signal(signum, self._defer)
 
     def _defer(self, signum: int, frame: FrameType | None) -> None:
-        log.warning("Received %s: stopping after the step under way; the scheduler's handler (requeue) runs once "
-                    "last.ckpt is saved.", signal.Signals(signum).name)  # fmt: skip
+        log.warning(
+            "Received %s: stopping after the step under way; the scheduler's handler (requeue) runs once "
+            "last.ckpt is saved.",
+            signal.Signals(signum).name,
+        )
         self.deferred.append((self._replaced[signum], signum))
         signal.raise_signal(signal.SIGTERM)
 

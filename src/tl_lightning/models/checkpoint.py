@@ -50,9 +50,11 @@ def read_checkpoint(path: str | Path, role: str = "Checkpoint") -> dict[str, Any
     checkpoint = load_tensors(path, role, USE_A_RUN)
     keys = sorted(checkpoint) if isinstance(checkpoint, dict) else []
     if not {"state_dict", "hyper_parameters", "tl_lightning"} <= set(keys):
-        raise BadValue(f"{role} '{path}' is a PyTorch file but not a tl_lightning checkpoint (its top-level keys: "
-                       f"{keys[:8] or type(checkpoint).__name__}). {USE_A_RUN[:-1]}; for plain backbone weights use "
-                       "backbone.weights_file.")  # fmt: skip
+        raise BadValue(
+            f"{role} '{path}' is a PyTorch file but not a tl_lightning checkpoint (its top-level keys: "
+            f"{keys[:8] or type(checkpoint).__name__}). {USE_A_RUN[:-1]}; for plain backbone weights use "
+            "backbone.weights_file."
+        )
     return checkpoint
 
 
@@ -64,23 +66,29 @@ def load_tensors(path: Path, role: str, advice: str) -> Any:
     with path.open("rb") as file:
         head = file.read(8)
     if head and not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip; before 1.6, a pickle
-        raise BadValue(f"{role} '{path}' is not a PyTorch file (it starts with {head!r}; torch.save writes a zip "
-                       f"archive). {advice}")  # fmt: skip
+        raise BadValue(
+            f"{role} '{path}' is not a PyTorch file (it starts with {head!r}; torch.save writes a zip "
+            f"archive). {advice}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
-            raise BadValue(f"{role} '{path}' holds Python objects, not only tensors: it was not written by "
-                           f"tl_lightning (another library, or a full pickled model). {advice}") from None  # fmt: skip
+            raise BadValue(
+                f"{role} '{path}' holds Python objects, not only tensors: it was not written by "
+                f"tl_lightning (another library, or a full pickled model). {advice}"
+            ) from None
         raise _damaged(role, path, size, err) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
         raise _damaged(role, path, size, err) from None
 
 
 def _damaged(role: str, path: Path, size: int, err: BaseException) -> BadValue:
-    return BadValue(f"{role} '{path}' cannot be read: it is truncated or damaged ({size:,} bytes; "
-                    f"{str(err) or type(err).__name__}). An interrupted copy or a full disk does this; use another "
-                    "copy (a run's last.ckpt or best.ckpt) or copy it again.")  # fmt: skip
+    return BadValue(
+        f"{role} '{path}' cannot be read: it is truncated or damaged ({size:,} bytes; "
+        f"{str(err) or type(err).__name__}). An interrupted copy or a full disk does this; use another "
+        "copy (a run's last.ckpt or best.ckpt) or copy it again."
+    )
 
 
 def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:

@@ -91,7 +91,9 @@ def distillation_loss(
     The T^2 factor keeps the soft term's gradients on the scale of the hard term's whatever the temperature.
     """
     soft = F.kl_div(
-        F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
-        reduction="batchmean", log_target=True,
-    )  # fmt: skip
+        F.log_softmax(student / temperature, dim=-1),
+        F.log_softmax(teacher / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
     return alpha * temperature**2 * soft + (1 - alpha) * hard_loss

@@ -230,15 +230,23 @@ class TransferClassifier(pl.LightningModule):
         if stage == "train" and self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(self.to_teacher_input(x))
-            loss = distillation_loss(logits, teacher_logits, loss, self.distillation.temperature,
-                                     self.distillation.alpha)  # fmt: skip
+            loss = distillation_loss(
+                logits, teacher_logits, loss, self.distillation.temperature, self.distillation.alpha
+            )
         getattr(self, f"{stage}_metrics").update(logits, y)
         if stage != "train":
             self.samples[stage].update(len(y))
         if stage == "val":
             self.val_loss.update(loss.detach(), weight=len(y))
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
-                 sync_dist=stage != "train")  # fmt: skip
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "test",
+            batch_size=len(y),
+            sync_dist=stage != "train",
+        )
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -102,8 +102,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except SafetensorError as err:
-            raise BadValue(f"Weights file '{path}' is not a readable safetensors file ({err}). Copy it again, or "
-                           "point backbone.weights_file at another file.") from None  # fmt: skip
+            raise BadValue(
+                f"Weights file '{path}' is not a readable safetensors file ({err}). Copy it again, or "
+                "point backbone.weights_file at another file."
+            ) from None
     obj = load_tensors(path, "Weights file", "Point backbone.weights_file at a .pth/.pt/.safetensors state dict.")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
