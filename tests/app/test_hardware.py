@@ -17,10 +17,16 @@ from tl_lightning.data.distributed import MAX_AUTO_WORKERS, auto_num_workers
 def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch):
     assert hardware.auto_precision("cpu") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert hardware.auto_precision("auto") == "16-mixed"  # e.g. a T4 or V100
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert hardware.auto_precision("gpu") == "bf16-mixed"  # Ampere and later
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # emulation counts there
+    for capability, precision in (
+        ((7, 5), "16-mixed"),
+        ((7, 0), "16-mixed"),
+        ((8, 0), "bf16-mixed"),
+        ((9, 0), "bf16-mixed"),
+    ):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, cap=capability: cap)
+        assert hardware.auto_precision("auto") == precision, capability  # T4, V100, A100, H100
+    assert hardware.auto_precision("gpu") == "bf16-mixed"
     assert hardware.auto_precision("cpu") == "32-true"  # trainer=cpu forces the CPU whatever the machine has
 
 

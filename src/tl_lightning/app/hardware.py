@@ -25,7 +25,10 @@ def auto_precision(accelerator: str) -> str:
     cuda = accelerator in (AUTO, "gpu", "cuda") and torch.cuda.is_available()
     if not cuda:
         return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    # Compute capability 8.0 (Ampere) is where bfloat16 is native; `torch.cuda.is_bf16_supported()` is also true on
+    # T4 and V100 since torch 2.3, where bfloat16 is emulated and slower than fp16.
+    major, _ = torch.cuda.get_device_capability()
+    return "bf16-mixed" if major >= 8 else "16-mixed"
 
 
 def resolve(cfg: DictConfig) -> None:
