@@ -148,6 +148,7 @@ def test_ddp_ranks_stay_identical_after_an_unfreeze(split_folder: Path, tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert float(rank0.pop("largest_gradient_gap")) == 0.0 == float(rank1.pop("largest_gradient_gap"))
     pl.seed_everything(0)  # the script's seed: the weights both ranks started from
     initial = tiny_model().state_dict()
     assert rank0.keys() == rank1.keys()

@@ -82,6 +82,7 @@ def test_two_gpu_ddp_on_nccl_keeps_ranks_identical_across_an_unfreeze(split_fold
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert float(rank0.pop("largest_gradient_gap")) == 0.0 == float(rank1.pop("largest_gradient_gap"))
     assert [k for k in rank0 if not torch.equal(rank0[k], rank1[k])] == []
 
 

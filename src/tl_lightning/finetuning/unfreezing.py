@@ -16,7 +16,8 @@ Differs from Lightning's `BackboneFinetuning` where that one goes silently wrong
 - the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state;
 - under DDP, parameters that were frozen when DDP wrapped the model are not in its reducer, so their
   gradients would never be averaged and ranks would drift apart after the unfreeze (Lightning #20340);
-  the callback all-reduces those gradients itself, before clipping;
+  the callback all-reduces those gradients itself after each backward pass, before the fp16 GradScaler's
+  inf check and clipping;
 - newly unfrozen groups can be re-warmed: their LR ramps up over `rewarm_epochs`. The ramp scales the LR
   only inside `optimizer.step()` (torch step pre/post hooks), so the scheduler never sees it and any
   scheduler, chainable ones like `ReduceLROnPlateau` included, keeps its own arithmetic.
@@ -136,10 +137,10 @@ class LayerFinetuning(BaseFinetuning):
             handle.remove()
         self._hooks.clear()
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
-    ) -> None:
-        """Average, across ranks, the gradients that DDP does not know about (see module docstring)."""
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Average, across ranks, the gradients that DDP does not know about (see module docstring), right after
+        the backward pass as DDP does for the rest: with fp16 the GradScaler unscales and checks for infs after
+        this and before `on_before_optimizer_step`, so an inf from another rank is seen by every rank's check."""
         if self._ddp_registered is None or not dist.is_initialized() or dist.get_world_size() < 2:
             return
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None and id(p) not in self._ddp_registered]
