@@ -16,6 +16,8 @@ from conftest import tiny_data
 
 from tl_lightning.data.distributed import eval_sampler, per_device_batch_size
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
+from tl_lightning.inference.predict import predict_files
+from tl_lightning.models.module import TransferClassifier
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,3 +112,16 @@ def test_two_process_ddp_run_writes_one_folder_and_counts_every_sample_once(spli
         val_counts = [float(r["val/samples"]) for r in csv.DictReader(f) if r.get("val/samples")]
     assert val_counts == [9.0, 9.0]  # each of the 2 epochs
     assert (run / "report.md").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    # The test pass ran as two shards through the predict loop; gathered back, each file keeps its own answer.
+    with open(run / "report" / "top_losses.csv") as f:
+        reported = {row["path"]: (row["predicted"], float(row["loss"])) for row in csv.DictReader(f)}
+    best = TransferClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu")
+    alone = predict_files(best, sorted(Path(path) for path in reported))
+    names = best.class_names
+    expected = {
+        str(path): (names[int(p.argmax())], -float(p[names.index(path.parent.name)].log()))
+        for path, p in zip(alone.files, alone.probabilities, strict=True)
+    }
+    assert len(reported) == 9
+    assert {k: v[0] for k, v in reported.items()} == {k: v[0] for k, v in expected.items()}
+    assert {k: v[1] for k, v in reported.items()} == pytest.approx({k: v[1] for k, v in expected.items()}, rel=1e-3)

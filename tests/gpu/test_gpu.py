@@ -129,3 +129,18 @@ def test_the_loaders_keep_up_with_the_gpu(tmp_path: Path):
     train_rate = 5 * 64 / (time.perf_counter() - started)
     print(f"loaders {load_rate:.0f} img/s with {data.loader_workers} workers; model trains {train_rate:.0f} img/s")
     assert load_rate > 0.5 * train_rate
+
+
+def test_the_passes_after_fit_run_on_the_gpu_in_the_trainers_precision(split_folder: Path, tmp_path: Path):
+    """Lightning's teardown moves the module to the CPU when `fit` returns; calibration and the test split must
+    still run on the GPU, under the trainer's autocast."""
+    from tl_lightning.app.pipeline import train_and_evaluate
+
+    model = tiny_model()
+    seen: list[tuple[str, torch.dtype]] = []
+    model.head.register_forward_hook(lambda module, args, out: seen.append((out.device.type, out.dtype)))
+    trainer = tiny_trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_epochs=1)
+    trainer.callbacks.append(LayerFinetuning())
+    train_and_evaluate(model, tiny_data(split_folder, model), trainer, tmp_path)
+    after_fit = seen[-2:]  # the last batch of validation (temperature) and of the test split
+    assert after_fit == [("cuda", torch.bfloat16)] * 2

@@ -21,16 +21,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tl_lightning.app import hardware
 from tl_lightning.app.trackers import log_run_files
 from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.evaluation.calibration import (
-    MIN_CALIBRATION_IMAGES,
-    collect_logits,
-    fit_temperature,
-    store_temperature,
-)
+from tl_lightning.evaluation.calibration import MIN_CALIBRATION_IMAGES, fit_temperature, store_temperature
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import Preemption
 from tl_lightning.models.module import TransferClassifier
+from tl_lightning.models.outputs import predict_outputs
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +87,13 @@ def train_and_evaluate(
     if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
     metrics |= probe_floor_metrics(trainer)
-    metrics["calibration/temperature"] = calibrate(model, datamodule, best, trainer.is_global_zero)
+    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, best)
     if datamodule.has_test:
+        test = predict_outputs(trainer, model, datamodule.eval_dataloader("test"))  # every rank: its shard
         if trainer.is_global_zero:
             kept = " (the linear probe's model: no fine-tuned epoch beat it on validation)"
             described = best + (kept if metrics.get("selected") == "linear probe" else "")
-            metrics |= evaluate_test(model, datamodule, trainer, out, best, described)
+            metrics |= evaluate_test(model, datamodule, trainer, out, test, described)
     else:
         log.warning("No test split: metrics.json holds the best checkpoint's validation metrics instead.")
         metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0]
@@ -134,13 +131,14 @@ def probe_floor_metrics(trainer: pl.Trainer) -> dict[str, Any]:
     return probe | {"selected": "linear probe" if floors[0].kept else "fine-tuned"}
 
 
-def calibrate(model: TransferClassifier, datamodule: ImageFolderDataModule, best: str, write: bool) -> float:
-    """Load the best checkpoint's weights, fit a temperature on validation and store it there (when `write`)."""
+def calibrate(model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, best: str) -> float:
+    """Load the best checkpoint's weights, fit a temperature on validation (logits through the trainer's predict
+    loop, gathered on every rank, so every rank fits the same T) and store it in the checkpoint (rank 0)."""
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    temperature = fit_temperature(*collect_logits(model, datamodule.eval_dataloader("val")))
+    temperature = fit_temperature(*predict_outputs(trainer, model, datamodule.eval_dataloader("val")))
     model.temperature.fill_(temperature)
-    if best and write:
+    if best and trainer.is_global_zero:
         store_temperature(best, temperature)
     log.info("Temperature scaling fitted on validation: T = %.3f", temperature)
     return temperature
@@ -151,12 +149,12 @@ def evaluate_test(
     datamodule: ImageFolderDataModule,
     trainer: pl.Trainer,
     out: Path,
-    best: str,
-    described: str = "",
+    test: tuple[torch.Tensor, torch.Tensor],
+    checkpoint: str,
 ) -> dict[str, Any]:
-    """One pass over the whole test split: the module's test metrics and the report, both from the same logits.
-    `described` is the checkpoint as the report names it (default: its path)."""
-    logits, targets = collect_logits(model, datamodule.eval_dataloader("test"))
+    """The module's test metrics and the report, both from the same pass over the whole test split (`test`: its
+    logits and targets in split order). `checkpoint` is the model as the report names it."""
+    logits, targets = test
     metrics = model.score(logits, targets, "test")
     files = [path for path, _ in datamodule.samples("test")]
     channels = int(model.data_config["input_size"][0])
@@ -168,7 +166,7 @@ def evaluate_test(
         files,
         float(model.temperature),
         channels,
-        checkpoint=described or best,
+        checkpoint=checkpoint,
         read_image=datamodule.read_image,
     )
     log_report(trainer.loggers, metrics | scalars, out, trainer.global_step)
