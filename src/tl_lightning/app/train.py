@@ -8,6 +8,7 @@ can optimise one of them.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import sys
@@ -218,16 +219,18 @@ def _task(cfg: DictConfig) -> float | None:
 
 
 def config_dir() -> Path:
-    """The Hydra config folder: `$TL_LIGHTNING_CONF`, else `./conf`, else the `conf/` of the source checkout."""
-    candidates = [Path(os.environ[CONF_ENV])] if os.environ.get(CONF_ENV) else []
-    candidates += [Path.cwd() / "conf", Path(__file__).resolve().parents[3] / "conf"]
-    for folder in candidates:
-        if (folder / "train.yaml").is_file():
-            return folder.resolve()
-    raise SystemExit(
-        f"No Hydra config found (looked for train.yaml in {', '.join(map(str, candidates))}). Run from "
-        f"the repository, or set {CONF_ENV}=/path/to/conf."
-    )
+    """The Hydra config folder: `$TL_LIGHTNING_CONF` if set (a whole replacement: a copy of ours, edited), else the
+    configs shipped in the package (`tl_lightning.conf`: the repository's conf/, in a checkout or an install). To
+    add config options of your own beside ours (`data=my_set`), keep ours and pass `--config-dir MY_CONF`."""
+    if not os.environ.get(CONF_ENV):
+        return Path(str(importlib.resources.files("tl_lightning.conf")))
+    folder = Path(os.environ[CONF_ENV])
+    if not (folder / "train.yaml").is_file():
+        raise SystemExit(
+            f"{CONF_ENV}={folder} holds no train.yaml. Point it at a copy of tl_lightning's conf/ folder, or unset "
+            "it to use the configs that ship with the package (add your own with --config-dir)."
+        )
+    return folder.resolve()
 
 
 def run_hydra(overrides: list[str]) -> None:

@@ -1,0 +1,62 @@
+"""The built package works outside this checkout: the wheel holds every module and every config, and its
+console script runs from an empty folder, with a user's own config folder beside ours. (`.ci/run` also installs
+the wheel with its dependencies into a fresh virtual environment and trains there.)"""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", out, ROOT]
+    subprocess.run(command, check=True, capture_output=True, cwd=out)
+    return next(out.glob("tl_lightning-*.whl"))
+
+
+def test_the_wheel_holds_every_module_and_every_config(wheel: Path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {f"{p.relative_to(ROOT / 'src').as_posix()}" for p in (ROOT / "src").rglob("*.py")}
+    configs = {f"tl_lightning/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    assert len(configs) > 40
+    assert modules - names == set() and configs - names == set()
+
+
+def test_the_installed_console_script_runs_from_an_empty_folder_with_a_users_configs(wheel: Path, tmp_path: Path):
+    target, empty, mine = tmp_path / "site", tmp_path / "empty", tmp_path / "my_conf" / "data"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, wheel]
+    subprocess.run(install, check=True, capture_output=True)
+    empty.mkdir()
+    mine.mkdir(parents=True)
+    (mine / "small_digits.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - digits\n  - _self_\ndata:\n  batch_size: 17\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(target)}  # ahead of this checkout's editable install
+    env.pop("TL_LIGHTNING_CONF", None)
+
+    def run(*args: str) -> str:
+        done = subprocess.run(args, cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    where = run(
+        sys.executable,
+        "-c",
+        "import tl_lightning, importlib.resources as r; "
+        "print(tl_lightning.__file__); print(r.files('tl_lightning.conf'))",
+    )
+    assert all(line.startswith(str(target)) for line in where.split())
+    script = str(target / "bin" / "tl-lightning")
+    job = run(sys.executable, script, "train", "--cfg", "job")
+    assert "DigitsDataModule" in job and "efficientnet_lite0" in job
+    mine_job = run(
+        sys.executable, script, "train", "--config-dir", str(mine.parent), "data=small_digits", "--cfg", "job"
+    )
+    assert "batch_size: 17" in mine_job and "DigitsDataModule" in mine_job
+    assert list(empty.iterdir()) == []  # --cfg job writes nothing
