@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import compose_train, folder_overrides, tiny_data, tiny_model, tiny_trainer
@@ -59,12 +60,36 @@ def test_compile_wraps_the_backbone_in_place(split_folder: Path, tmp_path: Path)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
-def test_precision_and_layout_from_the_command_line(flat_folder: Path, tmp_path: Path):
+seen: dict[str, object] = {}
+
+
+class SeeHowItRuns(pl.Callback):
+    """What the first training step runs on: the backbone's input layout, its stem's weight layout and the head's
+    output dtype (read by the test below)."""
+
+    def on_train_start(self, trainer, pl_module):
+        def backbone_input(module, args):
+            seen.setdefault("input_channels_last", args[0].is_contiguous(memory_format=torch.channels_last))
+            stem = next(p for p in module.parameters() if p.dim() == 4)
+            seen.setdefault("weights_channels_last", stem.is_contiguous(memory_format=torch.channels_last))
+
+        def head_output(module, args, out):
+            seen.setdefault("head", out.dtype)
+
+        pl_module.backbone.register_forward_pre_hook(backbone_input)
+        pl_module.head.register_forward_hook(head_output)
+
+
+def test_precision_and_layout_from_the_command_line_are_what_trains(flat_folder: Path, tmp_path: Path):
     overrides = [
         *folder_overrides(flat_folder, tmp_path),
         "trainer.precision=bf16-mixed",
         "model.performance.channels_last=true",
+        "+callbacks.see._target_=test_precision.SeeHowItRuns",
     ]
     cfg = compose_train(overrides)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.model.performance.channels_last is True
-    assert 0.0 <= run(cfg)["test/acc"] <= 1.0
+    seen.clear()
+    metrics = run(cfg)
+    assert seen == {"head": torch.bfloat16, "input_channels_last": True, "weights_channels_last": True}
+    assert metrics["hardware/precision"] == "bf16-mixed" and metrics["test/samples"] > 0

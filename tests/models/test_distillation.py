@@ -82,3 +82,14 @@ def test_distillation_run_on_digits_trains_a_student_from_a_teacher_checkpoint(t
     saved = torch.load(tmp_path / "student" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["hyper_parameters"]["distillation"]["teacher_checkpoint"] == str(teacher)
     assert sum(v.numel() for v in saved["state_dict"].values()) < 1_000_000  # the Lite0 teacher is not inside
+    # The teacher is what changes the student's training loss: without it, the same batch gives plain cross-entropy.
+    last = tmp_path / "student" / "checkpoints" / "last.ckpt"
+    restored = TransferClassifier.load_from_checkpoint(last, distillation={"teacher_checkpoint": str(teacher)})
+    x = torch.rand(4, *restored.data_config["input_size"])
+    y = torch.tensor([0, 3, 5, 9])
+    with torch.no_grad():
+        distilled = restored._shared_step((x, y), "train")
+        restored._teachers.clear()
+        plain = restored._shared_step((x, y), "train")
+        assert torch.allclose(plain, restored.criterion(restored(x), y))
+    assert not torch.allclose(distilled, plain)
