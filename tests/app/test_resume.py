@@ -79,14 +79,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, r
         reference = request.getfixturevalue("straight_cached")
     epoch, batch = KILLS[kill]
     run = tmp_path / "run"
-    killed = train(
-        data,
-        run,
-        *extra,
+    # The same command, kill included (it fires once), resumes: a run resumes only under the config it started with.
+    once = f"+callbacks.kill.once={tmp_path / 'killed'}"
+    kill_args = [
         "+callbacks.kill._target_=kill_at.KillAt",
         f"+callbacks.kill.epoch={epoch}",
         f"+callbacks.kill.batch={batch}",
-    )
+        once,
+    ]
+    killed = train(data, run, *extra, *kill_args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (run / "metrics.json").exists()
     if extra:  # killed again while the resumed run rebuilds its feature cache, in the middle of the extraction
@@ -97,10 +98,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(kill: str, straight, r
             f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
             "+callbacks.kill._target_=kill_at.KillAt",
             "+callbacks.kill.inside=feature_cache.py",
+            "resume=force",  # its kill differs from the first run's: the config check would refuse it
         )
         assert again.returncode == -signal.SIGKILL, again.stderr[-3000:]
         assert "FrozenFeatureCache:" not in again.stderr + again.stdout  # it died before the cache was complete
-    resumed = train(data, run, *extra, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    forced = ["resume=force"] if extra else []  # the second kill's config is the folder's now
+    resumed = train(data, run, *extra, *kill_args, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *forced)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_result(reference, run)
 
@@ -114,21 +117,21 @@ def test_a_run_stopped_mid_epoch_resumes_on_the_next_sample_to_the_uninterrupted
     augmentations), not a fresh shuffle, and ends where the straight run did."""
     data, reference = straight
     run = tmp_path / "run"
-    stopped = train(
-        data,
-        run,
+    command = [
         "+callbacks.kill._target_=kill_at.KillAt",
         f"+callbacks.kill.epoch={epoch}",
         "+callbacks.kill.batch=0",
         "+callbacks.kill.signal=SIGTERM",
-    )
+        f"+callbacks.kill.once={tmp_path / 'stopped'}",
+    ]
+    stopped = train(data, run, *command)
     assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM: a stopped job, not a finished one
     assert not (run / "metrics.json").exists()
     step = 2 * epoch + 1  # Lightning acts on SIGTERM after the step under way: the epoch's first
     assert f"Stopped by SIGTERM after step {step}" in stopped.stderr + stopped.stdout
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == epoch and saved["global_step"] == step
-    resumed = train(data, run)
+    resumed = train(data, run, *command)  # the same command again, as a requeued job is
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(epoch {epoch}, step {step})" in resumed.stderr + resumed.stdout
     assert_same_result(reference, run)
@@ -161,3 +164,36 @@ def test_submitit_requeue_signal_saves_after_the_step_then_requeues_and_the_job_
     assert "(epoch 2, step 6)" in log[resumed:]  # the step the signal interrupted, saved before the requeue
     final = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["epoch"] == 3 and (sweep / "0" / "metrics.json").is_file()
+
+
+def test_a_rerun_with_another_config_refuses_to_resume_and_names_what_changed(straight, tmp_path: Path):
+    """An interrupted run's folder, rerun with another learning rate: its checkpoint's optimizer and schedule belong
+    to the old one, so it stops and says so; the epoch budget may change, and resume=force goes on anyway."""
+    data, _ = straight
+    run = tmp_path / "run"
+    kill = [
+        "+callbacks.kill._target_=kill_at.KillAt",
+        "+callbacks.kill.epoch=1",
+        f"+callbacks.kill.once={tmp_path / 'k'}",
+    ]
+    assert train(data, run, *kill).returncode == -signal.SIGKILL
+    changed = train(data, run, *kill, "model.lr=0.05")
+    assert changed.returncode == 2
+    assert "belongs to a run started with another config (model.lr: 0.001 then, 0.05 now)" in changed.stderr
+    assert "resume=force" in changed.stderr and "Traceback" not in changed.stderr
+    forced = train(data, run, *kill, "model.lr=0.05", "resume=force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "Resuming the interrupted run" in forced.stderr + forced.stdout
+
+
+def test_a_second_job_in_a_run_folder_in_use_stops_at_once_naming_the_other(straight, tmp_path: Path):
+    from tl_lightning.app.run_folder import hold
+
+    data, _ = straight
+    run = tmp_path / "run"
+    with hold(run):  # this process is the other job
+        second = train(data, run)
+    assert second.returncode == 2
+    assert f"The run folder {run} is in use by another job (pid={os.getpid()} host=" in second.stderr
+    assert not (run / "checkpoints").exists() and not (run / "config.yaml").exists()
+    assert train(data, run).returncode == 0  # free again once the first has finished

@@ -31,6 +31,7 @@ from tl_lightning.app._common import user_errors
 from tl_lightning.app.checks import check_command_line, check_config, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
 from tl_lightning.app.recipe import apply_recipe, plan_recipe
+from tl_lightning.app.run_folder import check_same_run, hold
 from tl_lightning.app.trackers import log_config
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.probe import linear_probe
@@ -54,6 +55,7 @@ class Job:
     datamodule: ImageFolderDataModule
     model: TransferClassifier
     recipe_seconds: float = 0.0  # spent measuring the data for the recipe's choices
+    resume_from: str | None = None  # the checkpoint a training run goes on from
 
 
 def prepare(cfg: DictConfig) -> Job:
@@ -86,10 +88,14 @@ def prepare(cfg: DictConfig) -> Job:
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all", **overrides
     )
     model.connect_data(datamodule)
+    resuming = resume_from(cfg, out) if cfg.get("task", "train") == "train" else None
+    previous = _config_of(resuming)
+    if resuming and previous is not None and cfg.get("resume") != "force":
+        check_same_run(previous, OmegaConf.to_container(cfg, resolve=True), resuming)
     if rank_zero_only.rank == 0:  # what ran: the recipe's choices are in the config, their reasons above it
         reasons = "".join(f"# {choice.line()}\n" for choice in choices)
         write_text(out / "config.yaml", reasons + OmegaConf.to_yaml(cfg, resolve=True))
-    return Job(out, datamodule, model, recipe_seconds)
+    return Job(out, datamodule, model, recipe_seconds, resuming)
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
@@ -132,23 +138,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     hardware.resolve(cfg)
     check_config(cfg)
     trainer = build_trainer(cfg)
+    with hold(Path(cfg.paths.output_dir), writer=rank_zero_only.rank == 0):
+        return _train(cfg, trainer)
+
+
+def _train(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any]:
     job = prepare(cfg)
     log_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), job.datamodule.class_names)
-    return train_and_evaluate(job.model, job.datamodule, trainer, job.out, resume_from(cfg, job), job.recipe_seconds)
+    if job.resume_from and not cfg.get("ckpt_path"):
+        where = check_resume(job.resume_from, job.datamodule.class_names)
+        log.info("Resuming the interrupted run in %s from %s (%s)", job.out, job.resume_from, where)
+    return train_and_evaluate(job.model, job.datamodule, trainer, job.out, job.resume_from, job.recipe_seconds)
 
 
-def resume_from(cfg: DictConfig, job: Job) -> str | None:
+def resume_from(cfg: DictConfig, out: Path) -> str | None:
     """`ckpt_path` if given; else the `last.ckpt` of an unfinished run in this output folder (no metrics.json), so
     a job that a scheduler stopped and started again (SLURM requeue through submitit keeps its folder) goes on
     where it was instead of starting over."""
     if cfg.get("ckpt_path"):
         return cfg.ckpt_path
-    last = job.out / "checkpoints" / "last.ckpt"
-    if last.is_file() and not (job.out / "metrics.json").exists():
-        where = check_resume(str(last), job.datamodule.class_names)
-        log.info("Resuming the interrupted run in %s from %s (%s)", job.out, last, where)
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file() and not (out / "metrics.json").exists():
         return str(last)
     return None
+
+
+def _config_of(checkpoint: str | None) -> Path | None:
+    """The config.yaml of the run folder `checkpoint` sits in (`<run>/checkpoints/<name>.ckpt`), if there is one."""
+    if checkpoint is None:
+        return None
+    config = Path(checkpoint).resolve().parent.parent / "config.yaml"
+    return config if config.is_file() else None
 
 
 def probe(cfg: DictConfig) -> dict[str, Any]:
@@ -157,11 +177,12 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     Features are cached under `paths.cache_dir/features`, so probing again (another `probe.c`) costs seconds.
     """
     check_config(cfg)
-    job = prepare(cfg)
-    job.datamodule.setup("fit")
-    cache = Path(cfg.paths.cache_dir) / "features"
-    result = linear_probe(job.model, job.datamodule, cache, c=cfg.probe.c).to_dict()
-    write_metrics(job.out / "probe.json", result)
+    with hold(Path(cfg.paths.output_dir), writer=rank_zero_only.rank == 0):
+        job = prepare(cfg)
+        job.datamodule.setup("fit")
+        cache = Path(cfg.paths.cache_dir) / "features"
+        result = linear_probe(job.model, job.datamodule, cache, c=cfg.probe.c).to_dict()
+        write_metrics(job.out / "probe.json", result)
     scores = ", ".join(f"{split} {value:.4f}" for split, value in result["accuracy"].items())
     log.info(
         "Linear probe accuracy: %s\n%s\nStart with: python train.py %s",
@@ -178,6 +199,11 @@ def find_lr(cfg: DictConfig) -> dict[str, Any]:
     Writes `lr_find.png` and `lr_find.json` (suggestions and the `model.lr=...` override for the next run).
     """
     check_config(cfg)
+    with hold(Path(cfg.paths.output_dir), writer=rank_zero_only.rank == 0):
+        return _find_lr(cfg)
+
+
+def _find_lr(cfg: DictConfig) -> dict[str, Any]:
     job = prepare(cfg)
     job.datamodule.setup("fit")
     finetuning = instantiate(cfg.callbacks.finetuning)
