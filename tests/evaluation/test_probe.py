@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST, compose_train, tiny_data, tiny_model
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 import tl_lightning.models.features as features
 from tl_lightning.app.train import probe
@@ -81,8 +82,21 @@ def test_interpretation_table(accuracy: float, preset: str):
     assert f"finetuning={preset}" in interpret(accuracy)[1]
 
 
+class CountingBar(TQDMProgressBar):
+    """The trainer's progress bar, counting the images its predict passes show."""
+
+    images = 0
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        CountingBar.images += len(batch[1])
+
+
 def test_probe_task_on_digits_writes_its_verdict(tmp_path: Path):
-    result = probe(compose_train(["task=probe", f"paths.output_dir={tmp_path}", *FAST]))
+    CountingBar.images = 0
+    bar = "+callbacks.bar._target_=test_probe.CountingBar"
+    result = probe(compose_train(["task=probe", f"paths.output_dir={tmp_path}", *FAST, bar]))
+    assert CountingBar.images == 500 + 297 + 1000  # every split, through the trainer's predict loop
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["accuracy"] == pytest.approx(result["accuracy"])
     assert set(saved["accuracy"]) == {"train", "val", "test"} and saved["train_images"] == 500

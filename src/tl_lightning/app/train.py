@@ -24,7 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tl_lightning.app import hardware
 from tl_lightning.app._common import user_errors
@@ -176,12 +176,16 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
     Features are cached under `paths.cache_dir/features`, so probing again (another `probe.c`) costs seconds.
     """
+    hardware.resolve(cfg)
     check_config(cfg)
+    with open_dict(cfg):  # features are cached for later probes: every image, even under debug=fast
+        cfg.trainer.limit_predict_batches = None
+    trainer = build_trainer(cfg)  # the features come through its predict loop: its device and precision
     with hold(Path(cfg.paths.output_dir), writer=rank_zero_only.rank == 0):
         job = prepare(cfg)
         job.datamodule.setup("fit")
         cache = Path(cfg.paths.cache_dir) / "features"
-        result = linear_probe(job.model, job.datamodule, cache, c=cfg.probe.c).to_dict()
+        result = linear_probe(job.model, job.datamodule, cache, c=cfg.probe.c, trainer=trainer).to_dict()
         write_metrics(job.out / "probe.json", result)
     scores = ", ".join(f"{split} {value:.4f}" for split, value in result["accuracy"].items())
     log.info(

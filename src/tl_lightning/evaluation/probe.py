@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import lightning.pytorch as pl
+
 from tl_lightning.models.features import FeatureCache, cache_key, fit_probe, split_features
+from tl_lightning.models.outputs import predict_outputs
 from tl_lightning.utils import BadValue
 
 log = logging.getLogger(__name__)
@@ -74,11 +78,15 @@ class ProbeResult:
         return asdict(self)
 
 
-def linear_probe(model: Any, datamodule: Any, cache_dir: str | Path | None, c: float = 1.0) -> ProbeResult:
+def linear_probe(
+    model: Any, datamodule: Any, cache_dir: str | Path | None, c: float = 1.0, trainer: pl.Trainer | None = None
+) -> ProbeResult:
     """Probe `model.backbone` on `datamodule`'s splits (eval preprocessing), caching features under `cache_dir`.
 
-    `model` is a `TransferClassifier`; `datamodule` an `ImageFolderDataModule` already set up. The verdict is
-    made on validation accuracy (test, if any, is reported beside it, never used to choose).
+    `model` is a `TransferClassifier`; `datamodule` an `ImageFolderDataModule` already set up. With a `trainer`,
+    the features come through its predict loop (its device, precision and progress bar; `task=probe` passes one),
+    else from a plain loop where the backbone is. The verdict is made on validation accuracy (test, if any, is
+    reported beside it, never used to choose).
     """
     started = time.perf_counter()
     splits = [s for s in ("train", "val", "test") if s in datamodule.splits and any(datamodule.splits[s].values())]
@@ -92,7 +100,8 @@ def linear_probe(model: Any, datamodule: Any, cache_dir: str | Path | None, c: f
     key = cache_key(
         model.hparams.backbone, model.weights_info, model.data_config, {s: datamodule.samples(s) for s in splits}
     )
-    features, from_cache = split_features(model.backbone, loaders, key, cache)
+    extract = None if trainer is None else partial(predict_outputs, trainer)
+    features, from_cache = split_features(model.backbone, loaders, key, cache, extract)
     probe = fit_probe(*features["train"], c=c)
     accuracy = {s: float(probe.score(f.numpy(), y.numpy())) for s, (f, y) in features.items()}
     meaning, preset = interpret(accuracy["val"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,12 +124,16 @@ def split_features(
     loaders: Mapping[str, DataLoader],
     key: str,
     cache: FeatureCache | None,
+    extract: Callable[[nn.Module, DataLoader], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], bool]:
-    """Features per split from `cache` under `key`, or extracted (and cached); also whether the cache had them."""
+    """Features per split from `cache` under `key`, or extracted by `extract` (default `extract_features`, a plain
+    loop where the backbone is; `outputs.predict_outputs` goes through a trainer) and cached; also whether the
+    cache had them."""
+    extract = extract or extract_features
     if cache is not None and (found := cache.load(key)) is not None and set(found) >= set(loaders):
         log.info("Features from the cache: %s", cache.path(key))
         return {split: found[split] for split in loaders}, True
-    features = {split: extract_features(backbone, loader) for split, loader in loaders.items()}
+    features = {split: extract(backbone, loader) for split, loader in loaders.items()}
     if cache is not None:
         log.info("Features cached in %s", cache.save(key, features))
     return features, False
