@@ -2,12 +2,14 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import FAST, compose_train, tiny_data, tiny_model
 
 from tl_lightning.app.train import find_lr
 from tl_lightning.finetuning.lr_finder import lr_range_test
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
+from tl_lightning.utils import BadValue
 
 
 def test_range_test_restores_weights_flags_and_modes(split_folder: Path):
@@ -49,3 +51,13 @@ def test_range_test_measures_the_optimizer_that_trains(split_folder: Path):
     data.setup("fit")
     result = lr_range_test(model, data.train_dataloader(), LayerFinetuning({0: "all"}), epoch=0, phase="x", steps=4)
     assert result.ratios == trained
+
+
+def test_a_range_test_that_diverges_at_once_says_so_instead_of_suggesting_nan(tmp_path: Path):
+    overrides = ["task=lr_find", "lr_find.min_lr=1e4", "lr_find.max_lr=1e8", f"paths.output_dir={tmp_path}", *FAST]
+    with pytest.raises(
+        BadValue, match=r"diverged after \d steps, at model.lr=.*Start it lower \(lr_find.min_lr, now 10000\)"
+    ):
+        find_lr(compose_train(overrides))
+    saved = json.loads((tmp_path / "lr_find.json").read_text())
+    assert saved["override"] is None and (tmp_path / "lr_find.png").stat().st_size > 0

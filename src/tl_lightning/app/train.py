@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import math
 import os
 import sys
 import time
@@ -219,8 +220,18 @@ def _find_lr(cfg: DictConfig) -> dict[str, Any]:
         tests.append(lr_range_test(job.model, loader, finetuning, epoch=last, phase=f"from epoch {last}", **options))
     plot_range_tests(tests, job.out / "lr_find.png")
     chosen = tests[-1].suggestion
-    result = {f"lr_find/{t.phase}": t.suggestion for t in tests} | {"override": f"model.lr={chosen:.2e}"}
+    diverged = [t for t in tests if not math.isfinite(t.suggestion)]
+    override = None if diverged else f"model.lr={chosen:.2e}"
+    result = {f"lr_find/{t.phase}": t.suggestion for t in tests} | {"override": override}
     write_metrics(job.out / "lr_find.json", result)
+    if diverged:  # the curve is kept (lr_find.png): where it broke off is what the user needs to see
+        test = diverged[0]
+        raise BadValue(
+            f"The LR range test ({test.phase}) diverged after {len(test.lrs)} steps, at model.lr={test.lrs[-1]:.2e}, "
+            f"too early to suggest a learning rate (curve in {job.out / 'lr_find.png'}). Start it lower "
+            f"(lr_find.min_lr, now {cfg.lr_find.min_lr:g}) or end it lower "
+            f"(lr_find.max_lr, now {cfg.lr_find.max_lr:g})."
+        )
     log.info("LR range test (model.lr is %s): %s", cfg.model.lr, result)
     log.info("Next run: python train.py %s", result["override"])
     return result
