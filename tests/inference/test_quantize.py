@@ -117,3 +117,22 @@ def test_a_vision_transformer_keeps_its_layer_norms_in_float_and_stays_close(tmp
     sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
     a, b = (np.concatenate([s.run(["logits"], {"image": x})[0] for x, _ in batches(model, files)]) for s in sessions)
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.12
+
+
+def test_int8_export_names_images_split_csv_lists_that_are_not_there_before_any_work(digits_run, tmp_path: Path):
+    """A run trained with a relative data.root lists relative paths; from another folder they do not resolve, and
+    scoring on none of them divided by zero."""
+    import shutil
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(digits_run[0] / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    rows = [line.split(",") for line in (digits_run[0] / "split.csv").read_text().splitlines()[1:]]
+    relative = [f"{split},{name},data/{Path(path).parent.name}/{Path(path).name}" for split, name, path in rows]
+    (run / "split.csv").write_text("\n".join(["split,class,path", *relative]) + "\n")
+    command = [str(SCRIPT), "export", str(run / "checkpoints" / "best.ckpt"), "--format", "onnx", "--int8"]
+    done = subprocess.run([*command, "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"{len(rows)} of the {len(rows)} images that {run / 'split.csv'} lists are not there" in done.stderr
+    assert "relative to the folder train.py ran in" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "model.onnx").exists()  # stopped before the export's work

@@ -14,7 +14,7 @@ import numpy as np
 
 from tl_lightning.app._common import load_model, run_cli
 from tl_lightning.app.checks import check_writable
-from tl_lightning.data.splits import read_split
+from tl_lightning.data.splits import check_split_files, read_split
 from tl_lightning.inference.export import FORMATS, export
 from tl_lightning.inference.hub import push_to_hub, save_timm
 from tl_lightning.inference.quantize import compare, quantize
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         raise BadValue(f"--calibration-images={args.calibration_images}: it must be at least 1.")
     check_writable("--out", args.out)  # before the model loads, not after the export ran
     model = load_model(args.checkpoint)
-    split = read_split(args.checkpoint.resolve().parent.parent / "split.csv") if args.int8 else {}  # before the work
+    split_csv = args.checkpoint.resolve().parent.parent / "split.csv"
+    split = read_split(split_csv) if args.int8 else {}  # before the work
+    check_split_files(split, split_csv)
     graphs = tuple(f for f in args.format if f != "timm")
     for item in export(model, args.out, graphs, args.tolerance) if graphs else []:
         check = "not run (pip install onnxruntime)" if item.max_abs_diff is None else f"{item.max_abs_diff:.2e}"

@@ -108,3 +108,21 @@ def read_split(path: str | Path) -> dict[str, list[tuple[Path, str]]]:
         for row in csv.DictReader(f):
             splits.setdefault(row["split"], []).append((Path(row["path"]), row["class"]))
     return splits
+
+
+def check_split_files(splits: dict[str, list[tuple[Path, str]]], source: str | Path) -> None:
+    """Stop with one sentence when images that `source` (a run's split.csv) lists are not where it says: a later
+    job on a run's images (int8 calibration and scoring) would otherwise quietly use fewer of them, or none."""
+    files = [file for rows in splits.values() for file, _ in rows]
+    missing = [file for file in files if not Path(file).is_file()]
+    if not missing:
+        return
+    relative = not Path(missing[0]).is_absolute()
+    where = (
+        f"its paths are relative to the folder train.py ran in, not {Path.cwd()}: run this from that folder"
+        if relative
+        else "the images were moved or deleted since the run: put them back where the run read them"
+    )
+    raise NotFound(
+        f"{len(missing)} of the {len(files)} images that {source} lists are not there (e.g. '{missing[0]}'); {where}."
+    )

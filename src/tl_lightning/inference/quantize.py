@@ -28,7 +28,7 @@ import numpy as np
 
 from tl_lightning.inference.export import METADATA_KEY
 from tl_lightning.inference.predict import image_batches
-from tl_lightning.utils import atomic_path
+from tl_lightning.utils import BadValue, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def accuracy(model: Any, path: Path, test: list[tuple[Path, int]]) -> float:
         predicted = session.run(["logits"], {"image": x})[0].argmax(-1)
         right += int((predicted == np.array([labels[file] for file in files])).sum())
         total += len(files)
+    if total == 0:
+        raise BadValue(f"None of the {len(test)} test images could be read (e.g. '{test[0][0]}'): nothing to score.")
     return right / total
 
 
