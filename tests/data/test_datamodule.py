@@ -143,6 +143,20 @@ def test_digits_are_written_once_with_the_documented_split(tmp_path: Path):
     assert load_rgb(first).shape == (8, 8, 3)
 
 
+def test_first_use_of_the_digits_by_four_processes_at_once_writes_them_once(tmp_path: Path):
+    """DDP ranks and jobs sharing a cache prepare the data together; each must find the whole set, none fail."""
+    import subprocess
+    import sys
+
+    code = "import sys; from tl_lightning.data.digits import DigitsDataModule; "
+    code += "DigitsDataModule(cache_dir=sys.argv[1]).prepare_data()"
+    jobs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE) for _ in range(4)]
+    errors = [job.communicate(timeout=300)[1].decode() for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0, 0], errors
+    assert len(list((tmp_path / "digits-v1").rglob("*.png"))) == 1797
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".digits-v1-")] == []  # no staging left
+
+
 def test_balanced_sampling_draws_every_class_equally_often(tmp_path: Path):
     from conftest import write_images
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from tl_lightning.data.datamodule import ImageFolderDataModule
@@ -73,6 +74,10 @@ class DigitsDataModule(ImageFolderDataModule):
         super().__init__(root=Path(cache_dir).expanduser() / "digits-v1", cache_dir=cache_dir, **kwargs)
 
     def prepare_data(self) -> None:
-        if not self.root.is_dir():
-            log.info("Writing the digits ImageFolder to %s", self.root)
-            write_digits(self.root)
+        # One writer at a time, across DDP ranks and separate jobs sharing the cache: without the lock, two first
+        # uses could both find no folder and the second rename would meet the first's ("directory not empty").
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root.parent / f".{self.root.name}.lock"):
+            if not self.root.is_dir():
+                log.info("Writing the digits ImageFolder to %s", self.root)
+                write_digits(self.root)
