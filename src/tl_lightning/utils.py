@@ -119,6 +119,15 @@ def write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> Path:
     return Path(path)
 
 
+def file_stamp(path: str | Path) -> list[int]:
+    """What says a file is unchanged without reading it, for the audit and feature caches: size, modification and
+    status-change times in nanoseconds, and the inode. A file replaced by another of the same size (a rename over
+    it gives a new inode and ctime) or rewritten with its old mtime restored (ctime moves anyway; `utime` cannot set
+    it) gets a new stamp, even on filesystems whose mtime has whole-second resolution."""
+    info = Path(path).stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask, as SLURM, containers or `taskset` set it), which can be
     far fewer than the machine's `os.cpu_count()`."""

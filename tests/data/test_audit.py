@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,18 @@ def test_audit_cache_rechecks_only_changed_files(tmp_path: Path, monkeypatch: py
     _ = third.splits
     assert checked == ["dog_0.png"]
     assert str(victim) in third.audit_report.bad
+
+    # Replaced by a broken file of the same size, its old modification time put back: still checked again
+    other = root / "train" / "dog" / "dog_1.png"
+    before = other.stat()
+    replacement = other.with_suffix(".tmp")
+    replacement.write_bytes(b"\0" * before.st_size)
+    os.replace(replacement, other)
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    checked.clear()
+    fourth = ImageFolderDataModule(root, audit_cache=tmp_path / "cache")
+    _ = fourth.splits
+    assert checked == ["dog_1.png"] and str(other) in fourth.audit_report.bad
 
     (tmp_path / "cache" / "audit.json").write_text("{not json")
     checked.clear()

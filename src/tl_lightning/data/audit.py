@@ -3,7 +3,7 @@
 Written here because no maintained library audits an ImageFolder: peers either crash hours into a run on a
 truncated JPEG or train silently on leaked duplicates. Files are fully decoded (truncation only shows then)
 in a thread pool (PIL releases the GIL while decoding), and hashed for exact duplicates. With a cache folder,
-each file's result is kept under its path, size and modification time, so a second run only stats the files
+each file's result is kept under its path and stat stamp (`utils.file_stamp`), so a second run only stats the files
 and decodes those that changed. The command line is `python -m tl_lightning.audit DATA_ROOT`.
 """
 
@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from tl_lightning.data.images import DECODE_ERRORS
-from tl_lightning.utils import write_json, write_text
+from tl_lightning.utils import file_stamp, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def check_files(paths: Iterable[Path], progress: bool = True, cache: str | Path 
     stored = AuditCache(cache) if cache is not None else None
     known = stored.load() if stored is not None else {}
     keys = {path: os.path.abspath(path) for path in paths} if stored is not None else {}
-    stamps = {path: _stamp(path) for path in paths} if stored is not None else {}
+    stamps = {path: file_stamp(path) for path in paths} if stored is not None else {}
     found = (
         {
             p: FileCheck.from_dict(known[keys[p]]["check"])
@@ -105,11 +105,6 @@ def check_files(paths: Iterable[Path], progress: bool = True, cache: str | Path 
     if stored is not None:
         log.info("Audit: %d files checked, %d unchanged since the cached audit", len(todo), len(paths) - len(todo))
     return {p: found[p] for p in paths}
-
-
-def _stamp(path: Path) -> list[int]:
-    info = path.stat()
-    return [info.st_size, info.st_mtime_ns]
 
 
 class AuditCache:

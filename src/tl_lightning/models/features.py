@@ -3,7 +3,8 @@
 A frozen backbone maps an image, preprocessed deterministically, to the same vector every epoch, so the linear
 probe (and the head on a frozen backbone) need one backbone pass per image, not one per epoch. The key hashes
 the backbone's name, its weights' provenance (SHA-256 or source), the preprocessing, and every file's path,
-label, size and modification time: change any of them and the features are extracted again.
+label and stat stamp (`utils.file_stamp`: size, times, inode): change any of them and the features are extracted
+again.
 `finetuning.FrozenFeatureCache` does the same in memory for training: the head trains on `Features` batches
 while the backbone is frozen.
 """
@@ -25,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tl_lightning.utils import atomic_path
+from tl_lightning.utils import atomic_path, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,12 @@ def cache_key(
     backbone: str, weights: Mapping[str, Any], data_config: Mapping[str, Any], splits: Mapping[str, Samples]
 ) -> str:
     """A hex digest of everything the features depend on (see the module docstring)."""
-    files = {split: [[str(path), label, *_stat(path)] for path, label in samples] for split, samples in splits.items()}
+    files = {
+        split: [[str(path), label, *file_stamp(path)] for path, label in samples] for split, samples in splits.items()
+    }
     provenance = {k: weights.get(k) for k in ("source", "sha256", "file", "tag") if weights.get(k) is not None}
     payload = {"backbone": backbone, "weights": provenance, "data_config": dict(data_config), "files": files}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    info = Path(path).stat()
-    return info.st_size, info.st_mtime_ns
 
 
 class FeatureCache:
