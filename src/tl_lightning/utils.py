@@ -10,9 +10,11 @@ trusts. Each writer goes to a temporary name in the same folder (so the rename s
 from __future__ import annotations
 
 import csv
+import errno
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +45,10 @@ class BadValue(UserError, ValueError):
     """A value (a setting, an argument, a file's content) that cannot work; still a `ValueError`."""
 
 
+class DiskFull(UserError, OSError):
+    """A write ran out of space (or quota); the file it was replacing is untouched."""
+
+
 class NotFound(UserError, FileNotFoundError):
     """A file or folder the user named that is not there; still a `FileNotFoundError`."""
 
@@ -61,6 +67,10 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
         return getattr(importlib.import_module(exports[name]), name)
 
     return __getattr__
+
+
+# Free bytes below which a failed write is put down to a full disk when the writer does not say (torch.save).
+FULL_BELOW = 1 << 20
 
 
 @contextmanager
@@ -82,6 +92,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        # torch.save's writer reports a full disk as a RuntimeError ("iostream error"): told apart by the space left
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(err, OSError) else free < FULL_BELOW
+        if not full:
+            raise
+        kept = f"; the previous {path.name} is untouched" if path.exists() else ""
+        raise DiskFull(
+            f"No space left to write {path}: {written / 2**20:.1f} MiB were written before the disk "
+            f"(or quota) ran out, {free / 2**20:.1f} MiB are free there{kept}. Free some space, or write "
+            "elsewhere (paths.output_dir=...).",
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -39,6 +39,7 @@ from tl_lightning.evaluation.probe import linear_probe
 from tl_lightning.evaluation.report import write_metrics
 from tl_lightning.finetuning.lr_finder import lr_range_test, plot_range_tests
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
+from tl_lightning.models.checkpoint import AtomicCheckpointIO
 from tl_lightning.models.losses import balanced_class_weights
 from tl_lightning.models.module import TransferClassifier
 from tl_lightning.utils import BadValue, write_text
@@ -106,11 +107,13 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     end in one sentence with Lightning's reason: they are the user's to change, not our bug."""
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    plugins: list[Any] = [AtomicCheckpointIO()]  # every checkpoint renamed into place, whole
     layer_sync = {}
     if cfg.trainer.get("sync_batchnorm"):  # Lightning's own converter would drop timm's fused activations
-        layer_sync = {"sync_batchnorm": False, "plugins": [TimmSyncBatchNorm()]}
+        layer_sync = {"sync_batchnorm": False}
+        plugins.append(TimmSyncBatchNorm())
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **layer_sync)
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **layer_sync)
     except InstantiationException as err:
         cause = err.__cause__
         refused = isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException))

@@ -1,7 +1,9 @@
-"""Checks on checkpoint files before and after loading: the one place that says what is wrong with one.
+"""Checkpoint files: written atomically, and checked before and after loading (the one place that says what is
+wrong with one).
 
 Every entry point that takes a checkpoint (prediction, export, Grad-CAM, a distillation teacher, resuming) goes
-through `check_checkpoint_file`, so a missing file gets the same sentence everywhere.
+through `check_checkpoint_file`, so a missing file gets the same sentence everywhere. Every checkpoint a run writes
+goes through `AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tl_lightning.utils import BadValue, NotFound
+from tl_lightning.utils import BadValue, NotFound, atomic_path
 
-__all__ = ["check_checkpoint_file", "check_same_classes", "load_tensors", "read_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "check_checkpoint_file", "check_same_classes", "load_tensors", "read_checkpoint"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, writing each local checkpoint to a temporary file beside it and renaming it into
+    place (`utils.atomic_path`).
+
+    Lightning's own writes through fsspec, whose local transaction stages the file in the system temp folder and
+    moves it: across filesystems that move is a copy, and a full disk left a truncated checkpoint under the final
+    name. Here the previous checkpoint stays whole whatever happens, and a full disk ends in one sentence
+    (`utils.DiskFull`). Remote paths (`s3://...`) keep fsspec's writer.
+
+    >>> from lightning.pytorch import Trainer
+    >>> Trainer(plugins=[AtomicCheckpointIO()], logger=False).strategy.checkpoint_io.__class__.__name__
+    'AtomicCheckpointIO'
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def check_checkpoint_file(path: str | Path, role: str = "Checkpoint") -> Path:
