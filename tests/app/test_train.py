@@ -19,7 +19,7 @@ from tl_lightning.models.module import TransferClassifier
 
 def test_run_writes_the_run_folder_and_tests_the_best_checkpoint(flat_folder: Path, tmp_path: Path):
     out = tmp_path / "run"
-    metrics = run(compose_train([*folder_overrides(flat_folder, out), "trainer.limit_predict_batches=null"]))
+    metrics = run(compose_train(folder_overrides(flat_folder, out)))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "probe.ckpt"]
     for name in ("config.yaml", "split.csv", "audit.json", "metrics.json", "report.md", "report/top_losses.png"):
         assert (out / name).stat().st_size > 0, name

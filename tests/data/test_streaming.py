@@ -123,18 +123,18 @@ def test_a_streaming_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(c
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert (tmp_path / "straight" / "report" / "top_losses.png").is_file()  # test images read back from the chunks
     run = tmp_path / "run"
-    stopped = train(
-        chunks[1],
-        run,
+    kill = [
         "+callbacks.kill._target_=kill_at.KillAt",
         "+callbacks.kill.epoch=1",
         "+callbacks.kill.batch=0",
         "+callbacks.kill.signal=SIGTERM",
-    )
+        f"+callbacks.kill.once={tmp_path / 'stopped'}",
+    ]
+    stopped = train(chunks[1], run, *kill)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 4  # 3 steps an epoch: inside epoch 1
-    resumed = train(chunks[1], run)
+    resumed = train(chunks[1], run, *kill)  # the same command again: a run resumes only under its own config
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = (json.loads((r / "metrics.json").read_text()) for r in (tmp_path / "straight", run))
     for key in ("test/acc", "test/loss", "val/acc_best"):

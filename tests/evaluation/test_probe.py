@@ -95,7 +95,8 @@ class CountingBar(TQDMProgressBar):
 def test_probe_task_on_digits_writes_its_verdict(tmp_path: Path):
     CountingBar.images = 0
     bar = "+callbacks.bar._target_=test_probe.CountingBar"
-    result = probe(compose_train(["task=probe", f"paths.output_dir={tmp_path}", *FAST, bar]))
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"  # features of an earlier probe in the session would be reused
+    result = probe(compose_train(["task=probe", f"paths.output_dir={tmp_path}", cache, *FAST, bar]))
     assert CountingBar.images == 500 + 297 + 1000  # every split, through the trainer's predict loop
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["accuracy"] == pytest.approx(result["accuracy"])
