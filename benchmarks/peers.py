@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from _results import RESULTS, machine, save_json, save_row
+from _results import RESULTS, machine, save_json, save_row, train_default
 from PIL import Image
 from report import peers as render_peers
 from sklearn.linear_model import LogisticRegressionCV
@@ -65,28 +63,13 @@ def files(folder: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
 
 def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     out = work / "ours"
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "data=folder",
-        f"data.root={folder}",
-        f"seed={seed}",
-        f"trainer.max_epochs={epochs}",
-        f"hydra.run.dir={out}",
-        "trainer.enable_progress_bar=false",
-    ]
-    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=os.environ | threads)
-    if done.returncode != 0:
-        raise RuntimeError(f"train.py failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = train_default(folder, seed, epochs, out)
     config = yaml.safe_load((out / "config.yaml").read_text())
     log = (out / "train.log").read_text()
     recipe = [line.split("recipe: ", 1)[1] for line in log.splitlines() if "recipe: " in line]
-    seconds = metrics["fit_seconds"] + metrics.get("recipe_seconds", 0.0)  # measuring the data is part of fitting
     return {
         "acc": metrics["test/acc"],
-        "seconds": round(seconds, 1),
+        "seconds": metrics["seconds"],
         "size": config["model"]["image_size"],
         "selected": metrics.get("selected"),
         "probe_val": metrics.get("probe/acc"),

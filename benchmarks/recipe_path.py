@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from _results import RESULTS, machine, save_json, save_row
+from _results import RESULTS, machine, save_json, save_row, train_default
 from suite import DEFAULT_ROOT, SUITE, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,27 +57,10 @@ STEPS: dict[str, tuple[str, list[str]]] = {
 
 
 def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:
-    out = work / "run"
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "data=folder",
-        f"data.root={folder}",
-        f"seed={seed}",
-        f"trainer.max_epochs={epochs}",
-        f"hydra.run.dir={out}",
-        "trainer.enable_progress_bar=false",
-        *STEPS[step][1],
-    ]
-    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=os.environ | threads)
-    if done.returncode != 0:
-        raise RuntimeError(f"train.py failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    seconds = metrics["fit_seconds"] + metrics.get("recipe_seconds", 0.0)
+    metrics = train_default(folder, seed, epochs, work / "run", *STEPS[step][1])
     return {
         "acc": metrics["test/acc"],
-        "seconds": round(seconds, 1),
+        "seconds": metrics["seconds"],
         "selected": metrics.get("selected"),
         "threads": torch.get_num_threads(),
     }
