@@ -47,12 +47,12 @@ def test_a_head_with_or_without_batchnorm_starts_as_the_probe_and_folds_back_int
     assert as_single_linear(create_head(8, 3, hidden=[4])) is None
 
 
-def _fit(folder: Path, out: Path, lr: float, epochs: int = 2):
+def _fit(folder: Path, out: Path, lr: float, epochs: int = 2, refit: bool = True):
     torch.manual_seed(0)
     model = tiny_model(lr=lr, lr_mult=1.0)
     data = tiny_data(folder, model, batch_size=6)
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/score", mode="max")
-    floor = ProbeFloor()
+    floor = ProbeFloor(refit=refit)
     trainer = tiny_trainer(
         max_epochs=epochs,
         enable_checkpointing=True,
@@ -66,11 +66,12 @@ def _fit(folder: Path, out: Path, lr: float, epochs: int = 2):
 
 def test_the_head_starts_as_the_probe_and_a_worse_fine_tuning_leaves_the_probe_as_best(split_folder: Path, tmp_path):
     # An absurd LR wrecks every fine-tuned epoch, so no epoch can beat the probe on validation.
-    _, data, best, floor = _fit(split_folder, tmp_path / "ckpt", lr=50.0)
+    _, data, best, floor = _fit(split_folder, tmp_path / "ckpt", lr=50.0, refit=False)
     probe = torch.load(tmp_path / "ckpt" / "probe.ckpt", weights_only=True)["state_dict"]
     kept = torch.load(best.best_model_path, weights_only=True)["state_dict"]
     assert floor.kept and best.best_model_score == pytest.approx(floor.probe_metrics["val/score"])
     assert all(torch.equal(probe[k], kept[k]) for k in probe)  # best.ckpt is now the probe's model, bit for bit
+    assert floor.holdout is None  # without refit, the kept model never saw validation
 
     # The probe's head is the logistic regression of the frozen features; the model in probe.ckpt computes it.
     fresh = tiny_model()
@@ -79,6 +80,46 @@ def test_the_head_starts_as_the_probe_and_a_worse_fine_tuning_leaves_the_probe_a
     expected = fit_probe(features, labels, c=cross_validate_probe(features, labels).c)  # ProbeFloor's own C
     logits = fresh.head(features)
     assert torch.equal(logits.argmax(-1), torch.as_tensor(expected.predict(features.numpy())))
+
+
+def test_the_kept_probe_is_refitted_on_train_and_val_and_fine_tuning_starts_from_the_train_only_one(
+    split_folder: Path, tmp_path
+):
+    from tl_lightning.app.pipeline import calibrate, kept_probe_holdout
+    from tl_lightning.evaluation.calibration import fit_temperature
+
+    model, data, best, floor = _fit(split_folder, tmp_path / "ckpt", lr=50.0, epochs=1)
+    kept = torch.load(best.best_model_path, weights_only=True)["state_dict"]
+    fresh = tiny_model()
+    fresh.load_state_dict(kept)
+    train = extract_features(fresh.backbone, data.eval_dataloader("train"))
+    val = extract_features(fresh.backbone, data.eval_dataloader("val"))
+    c = cross_validate_probe(*train).c
+    first = fit_probe(*train, c=c)
+    refitted = fit_probe(torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]), c=c)
+    assert floor.kept and kept_probe_holdout(model.trainer) is floor.holdout
+    # The kept model is the refitted probe (it differs from the first: it saw validation too) ...
+    assert not torch.equal(
+        torch.as_tensor(first.predict_proba(val[0].numpy())), torch.as_tensor(refitted.predict_proba(val[0].numpy()))
+    )
+    assert torch.allclose(
+        fresh.head(val[0]).softmax(-1), torch.as_tensor(refitted.predict_proba(val[0].numpy())).float(), atol=1e-4
+    )
+    # ... and its temperature comes from the first probe's validation logits, which validation did not train.
+    holdout_logits, holdout_targets = floor.holdout
+    assert torch.allclose(
+        holdout_logits.softmax(-1), torch.as_tensor(first.predict_proba(val[0].numpy())).float(), atol=1e-4
+    )
+    assert torch.equal(holdout_targets, val[1])
+    temperature = calibrate(model, data, model.trainer, best.best_model_path, floor.holdout)
+    assert temperature == pytest.approx(fit_temperature(*floor.holdout))
+    assert float(torch.load(best.best_model_path, weights_only=True)["state_dict"]["temperature"]) == pytest.approx(
+        temperature
+    )
+    # Fine-tuning started from the first probe: with a zero LR the live head ends as that probe.
+    still, *_ = _fit(split_folder, tmp_path / "still", lr=0.0, epochs=1)
+    started = still.head(val[0]).softmax(-1)
+    assert torch.allclose(started, torch.as_tensor(first.predict_proba(val[0].numpy())).float(), atol=1e-4)
 
 
 def test_the_run_never_ends_below_the_probe_on_validation(tmp_path: Path):

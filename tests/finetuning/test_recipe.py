@@ -13,13 +13,14 @@ from tl_lightning.data.transforms import eval_transform
 from tl_lightning.finetuning.measure import ProbeScore, best_resolution, cross_validate_probe, pixel_baseline
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
-    choose_crops,
+    choose_eval_view,
     choose_lr_mult,
     choose_resolution,
+    choose_train_crop,
     resolution_candidates,
 )
 
-CROPS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
+CROPS = ("model.image_size", "model.crop_pct", "model.crop_mode", "data.train_transform.crop_scale")
 
 
 def score(accuracy: float, stderr: float = 0.01) -> ProbeScore:
@@ -55,13 +56,36 @@ def test_the_cross_validated_probe_tells_separable_features_from_noise():
     assert cross_validate_probe(noise[:8], labels[:8] % 2).folds == 3  # k: the smallest class (3 of 8)
 
 
-def test_crops_are_mild_for_small_images_and_imagenet_strength_only_with_many_images():
-    small = {c.key: c.value for c in choose_crops(25, resolution=64, train_images=100, weights_crop_pct=0.875)}
-    assert small == {"model.crop_pct": 1.0, "data.train_transform.crop_scale": [0.75, 1.0]}
-    few = {c.key: c.value for c in choose_crops(500, resolution=224, train_images=800, weights_crop_pct=0.875)}
-    assert few == {"model.crop_pct": 0.875, "data.train_transform.crop_scale": [0.35, 1.0]}
-    many = {c.key: c.value for c in choose_crops(500, resolution=224, train_images=50_000, weights_crop_pct=0.9)}
-    assert many == {"model.crop_pct": 0.9, "data.train_transform.crop_scale": [0.08, 1.0]}
+def test_train_crops_are_mild_for_small_images_and_imagenet_strength_only_with_many_images():
+    assert choose_train_crop(25, resolution=64, train_images=100).value == [0.75, 1.0]
+    assert choose_train_crop(500, resolution=224, train_images=800).value == [0.35, 1.0]
+    assert choose_train_crop(500, resolution=224, train_images=50_000).value == [0.08, 1.0]
+
+
+def test_eval_sees_the_whole_image_unless_the_weights_crop_measures_better_by_a_standard_error():
+    def view(*choices):
+        return {c.key: c.value for c in choices}
+
+    whole = {"model.crop_pct": 1.0, "model.crop_mode": "squash"}
+    assert view(*choose_eval_view(25, 64, 0.875, score(0.5), score(0.9))) == whole  # small: nothing to crop
+    assert view(*choose_eval_view(500, 224, 0.875)) == whole  # large, unmeasured
+    assert view(*choose_eval_view(500, 224, 0.875, score(0.80, 0.02), score(0.81))) == whole  # within one SE
+    cropped = choose_eval_view(500, 224, 0.875, score(0.80, 0.02), score(0.83))
+    assert view(*cropped) == {"model.crop_pct": 0.875, "model.crop_mode": "center"}
+    assert "0.800 +- 0.020 on the whole image and 0.830 on the weights' 0.875 centre crop" in cropped[0].because
+
+
+def test_squash_evaluates_the_whole_image_where_the_centre_crop_cuts_its_sides():
+    import numpy as np
+
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, :16] = 255  # a white band on the left fifth, outside any centre crop of a 2:1 image
+    config = {"input_size": (3, 32, 32), "mean": (0.0,) * 3, "std": (1.0,) * 3, "crop_pct": 1.0}
+    squashed = eval_transform(config | {"crop_mode": "squash"})(image=image)["image"]
+    centred = eval_transform(config | {"crop_mode": "center"})(image=image)["image"]
+    assert squashed.shape == centred.shape == (3, 32, 32)
+    assert squashed[:, :, :5].mean() > 0.9 and centred.max() == 0.0
+    assert torch.equal(eval_transform(config)(image=image)["image"], centred)  # timm's default mode
 
 
 def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Path):
@@ -77,13 +101,17 @@ def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Pa
     assert chosen["small"] == {
         "model.image_size": 128,
         "model.crop_pct": 1.0,
+        "model.crop_mode": "squash",
         "data.train_transform.crop_scale": [0.75, 1.0],
     }
     assert chosen["large"] == {
         "model.image_size": 224,
-        "model.crop_pct": 0.875,
+        "model.crop_pct": 1.0,
+        "model.crop_mode": "squash",
         "data.train_transform.crop_scale": [0.35, 1.0],
     }
+    centre = automatic_choices(short_sides(files["large"]), 18, 224, 32, 0.875, CROPS, None, measured, score(0.99))
+    assert {c.key: c.value for c in centre}["model.crop_pct"] == 0.875  # measured better than the whole image
     # A resolution the user gave is what the crops are judged against; only the keys left auto are filled.
     only = automatic_choices(
         short_sides(files["large"]), len(files["large"]), 224, 32, 0.875, ["model.crop_pct"], image_size=512
@@ -125,6 +153,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         configs.append((tmp_path / f"out{attempt}" / "config.yaml").read_text())
         written = OmegaConf.create(configs[-1])
         assert written.model.image_size in (96, 128, 160) and written.model.crop_pct == 1.0  # test_resnet: 160 px
+        assert written.model.crop_mode == "squash" == job.model.data_config["crop_mode"]
         assert written.data.train_transform.crop_scale == [0.75, 1.0]
         assert written.model.lr_mult == job.model.hparams.lr_mult != "auto"
         # Built from the decided values, not patched afterwards: the model's input size, the datamodule's crops.
@@ -147,6 +176,7 @@ def test_explicit_values_win_over_the_recipe(tmp_path: Path):
     overrides = [
         *folder_overrides(folder, tmp_path / "out"),
         "model.crop_pct=0.9",
+        "model.crop_mode=center",
         "model.lr_mult=7",
         "data.train_transform.crop_scale=[0.5,1.0]",
     ]
@@ -169,3 +199,19 @@ def test_measuring_leaves_the_random_state_of_training_alone(tmp_path: Path):
     assert torch.equal(torch.rand(4), expected)
     assert {c.key for c in choices} == {*CROPS, "model.lr_mult"}
     assert cfg.model.image_size == "auto"  # the config is written by apply_recipe, not here
+
+
+def test_large_images_measure_the_weights_centre_crop_against_the_whole_image(tmp_path: Path, caplog):
+    from tl_lightning.app.recipe import plan_recipe
+    from tl_lightning.data.datamodule import ImageFolderDataModule
+
+    folder = write_images(tmp_path / "data", per_class=10, size=200)  # above test_resnet's 160 px
+    cfg = compose_train([o for o in folder_overrides(folder, tmp_path / "out") if "image_size" not in o])
+    with caplog.at_level(logging.INFO, logger="tl_lightning"):
+        choices = {c.key: c for c in plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))}
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("recipe: probe of the weights' 0.950 centre crop at 160 px") for line in logged)
+    assert any(line.startswith("recipe: probe at 160 px") for line in logged)  # the whole image, at the same size
+    assert choices["model.image_size"].value == 160
+    assert choices["model.crop_mode"].value in ("squash", "center")
+    assert "on the whole image and" in choices["model.crop_pct"].because

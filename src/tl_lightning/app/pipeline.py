@@ -87,11 +87,12 @@ def train_and_evaluate(
     if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
     metrics |= probe_floor_metrics(trainer)
-    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, best)
+    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, best, kept_probe_holdout(trainer))
     if datamodule.has_test:
         test = predict_outputs(trainer, model, datamodule.eval_dataloader("test"))  # every rank: its shard
         if trainer.is_global_zero:
-            kept = " (the linear probe's model: no fine-tuned epoch beat it on validation)"
+            refit = ", refitted on train and val" if kept_probe_holdout(trainer) is not None else ""
+            kept = f" (the linear probe's model{refit}: no fine-tuned epoch beat it on validation)"
             described = best + (kept if metrics.get("selected") == "linear probe" else "")
             metrics |= evaluate_test(model, datamodule, trainer, out, test, described)
     else:
@@ -131,12 +132,30 @@ def probe_floor_metrics(trainer: pl.Trainer) -> dict[str, Any]:
     return probe | {"selected": "linear probe" if floors[0].kept else "fine-tuned"}
 
 
-def calibrate(model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, best: str) -> float:
+def kept_probe_holdout(trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """When the run kept a probe refitted on validation too: the validation logits and targets of the probe
+    fitted without them, on which its temperature is fitted (`ProbeFloor.holdout`)."""
+    floors = [c for c in trainer.callbacks if isinstance(c, ProbeFloor) and c.kept]
+    return floors[0].holdout if floors else None
+
+
+def calibrate(
+    model: TransferClassifier,
+    datamodule: ImageFolderDataModule,
+    trainer: pl.Trainer,
+    best: str,
+    holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> float:
     """Load the best checkpoint's weights, fit a temperature on validation (logits through the trainer's predict
-    loop, gathered on every rank, so every rank fits the same T) and store it in the checkpoint (rank 0)."""
+    loop, gathered on every rank, so every rank fits the same T) and store it in the checkpoint (rank 0).
+
+    `holdout`: validation logits and targets to fit on instead, when the best model has trained on validation
+    (a kept probe refitted on it would look certain there) and these come from its twin that has not."""
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    temperature = fit_temperature(*predict_outputs(trainer, model, datamodule.eval_dataloader("val")))
+    if holdout is None:
+        holdout = predict_outputs(trainer, model, datamodule.eval_dataloader("val"))
+    temperature = fit_temperature(*holdout)
     model.temperature.fill_(temperature)
     if best and trainer.is_global_zero:
         store_temperature(best, temperature)

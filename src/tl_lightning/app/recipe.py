@@ -3,8 +3,9 @@
 The rules live in `finetuning.recipe` and the measurements in `finetuning.measure` (plain functions, usable without
 Hydra). This module finds which keys the config leaves `auto`, reads the training images through a datamodule
 built from the config as it is (a scan: its split and short sides), measures what the rules need on the pretrained
-backbone (a linear probe at candidate resolutions, an SVM on the raw pixels), and writes the answers into the
-config, so the datamodule and the model are then built from decided values and `config.yaml` holds what ran.
+backbone (a linear probe at candidate resolutions and under the weights' centre crop, an SVM on the raw pixels),
+and writes the answers into the config, so the datamodule and the model are then built from decided values and
+`config.yaml` holds what ran.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ from torch.utils.data import Subset
 
 from tl_lightning.app.checks import AUTO
 from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.finetuning.measure import PIXEL_SIDE, pixel_baseline, probe_at_resolutions
-from tl_lightning.finetuning.recipe import Choice, automatic_choices, choose_lr_mult, resolution_candidates
+from tl_lightning.finetuning.measure import PIXEL_SIDE, pixel_baseline, probe_at_resolutions, probe_centre_crop
+from tl_lightning.finetuning.recipe import (
+    Choice,
+    automatic_choices,
+    choose_lr_mult,
+    choose_resolution,
+    resolution_candidates,
+)
 from tl_lightning.models.backbones import Backbone, backbone_geometry, create_backbone
 
 log = logging.getLogger(__name__)
 
-DATA_KEYS = ("model.image_size", "model.crop_pct", "data.train_transform.crop_scale")
+DATA_KEYS = ("model.image_size", "model.crop_pct", "model.crop_mode", "data.train_transform.crop_scale")
+VIEW_KEYS = ("model.crop_pct", "model.crop_mode")
 LR_KEYS = ("model.lr_mult",)
 # At most this many training images (evenly spaced over the classes' sorted files) are measured.
 MEASURED_IMAGES = 1000
@@ -48,6 +56,7 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
     sides = scan.short_sides()
     median = statistics.median(sides or [native])
     size = cfg.model.get("image_size")
+    given = None if size == AUTO else size
     candidates = resolution_candidates(median, native, stride) if size == AUTO else []
     spread = _spread(len(scan.samples("train")), MEASURED_IMAGES)
 
@@ -55,17 +64,19 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
         return Subset(scan.dataset("train", train=False, data_config=config), spread)
 
     lr_wanted = [key for key in wanted if key in LR_KEYS]
-    backbone = _backbone(cfg) if candidates or lr_wanted else None
+    view_wanted = any(key in wanted for key in VIEW_KEYS)
+    backbone = _backbone(cfg) if candidates or lr_wanted or view_wanted else None
     measured = probe_at_resolutions(backbone.model, images, backbone.data_config, candidates) if candidates else {}
+    used = int(given or choose_resolution(median, native, measured or None).value)
+    centre = None
+    if backbone is not None and (lr_wanted or view_wanted) and used not in measured:
+        measured |= probe_at_resolutions(backbone.model, images, backbone.data_config, [used])
+    if backbone is not None and view_wanted and median >= used:
+        centre = probe_centre_crop(backbone.model, images, backbone.data_config, used)
     count = len(scan.samples("train"))
-    given = None if size == AUTO else size
     data_wanted = [key for key in wanted if key in DATA_KEYS]
-    choices = automatic_choices(sides, count, native, stride, crop_pct, data_wanted, given, measured or None)
+    choices = automatic_choices(sides, count, native, stride, crop_pct, data_wanted, given, measured or None, centre)
     if lr_wanted:
-        decided = {choice.key: choice.value for choice in choices}
-        image_size = int(decided.get("model.image_size", given or native))
-        if image_size not in measured:
-            measured |= probe_at_resolutions(backbone.model, images, backbone.data_config, [image_size])
         channels = int(backbone.data_config["input_size"][0])
         side = {"input_size": (channels, PIXEL_SIDE, PIXEL_SIDE), "crop_pct": 1.0, "interpolation": "area"}
         pixels = pixel_baseline(images(backbone.data_config | side))
@@ -74,7 +85,7 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
             pixels.accuracy,
             pixels.stderr,
         )
-        choices.append(choose_lr_mult(measured[image_size], pixels))
+        choices.append(choose_lr_mult(measured[used], pixels))
     return choices
 
 

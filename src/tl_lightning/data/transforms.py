@@ -14,6 +14,9 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+# How the eval resize may treat the aspect ratio (timm's `crop_mode` names; timm's "border" is not offered).
+CROP_MODES = ("center", "squash")
+
 _INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
@@ -120,14 +123,22 @@ def _rand_pool() -> list[A.BasicTransform]:
 
 
 def eval_transform(data_config: DataConfig) -> A.Compose:
-    """Resize the shorter side to `size / crop_pct`, centre-crop `size`, normalise (timm's eval protocol)."""
+    """timm's eval protocol: resize to `size / crop_pct`, then centre-crop `size`. `crop_mode` says how the resize
+    treats the aspect ratio, as in timm: ``"center"`` (the default) scales the shorter side, so the crop cuts the
+    longer one; ``"squash"`` scales both sides to the square, so with `crop_pct` 1 the whole image is seen
+    (fastai's `Resize`, BiT's eval). Any other mode a weights' config names (timm's "border") is taken as "center".
+
+    >>> config = DataConfig(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, crop_mode="squash")
+    >>> import numpy as np
+    >>> eval_transform(config)(image=np.zeros((40, 80, 3), np.uint8))["image"].shape
+    torch.Size([3, 32, 32])
+    """
     height, width, interpolation = _size_and_interpolation(data_config)
     crop_pct = float(data_config.get("crop_pct") or 1.0)
-    scale_size = math.floor(max(height, width) / crop_pct)
-    return A.Compose(
-        [
-            A.SmallestMaxSize(max_size=scale_size, interpolation=interpolation),
-            A.CenterCrop(height=height, width=width),
-            *_normalize(data_config),
-        ]
-    )
+    if data_config.get("crop_mode") == "squash":
+        resize: A.BasicTransform = A.Resize(
+            height=math.floor(height / crop_pct), width=math.floor(width / crop_pct), interpolation=interpolation
+        )
+    else:
+        resize = A.SmallestMaxSize(max_size=math.floor(max(height, width) / crop_pct), interpolation=interpolation)
+    return A.Compose([resize, A.CenterCrop(height=height, width=width), *_normalize(data_config)])

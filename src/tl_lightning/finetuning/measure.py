@@ -92,6 +92,28 @@ def pixel_baseline(images: Dataset, seed: int = 0) -> ProbeScore:
     return ProbeScore(1.0, float(np.mean(accuracies)), float(np.std(accuracies) / math.sqrt(folds)), folds)
 
 
+def whole_image(data_config: DataConfig, size: int) -> DataConfig:
+    """`data_config` at `size` px, evaluating on the whole image squashed to the square (`crop_mode` squash)."""
+    channels = int(data_config["input_size"][0])
+    return DataConfig(**data_config) | {"input_size": (channels, size, size), "crop_pct": 1.0, "crop_mode": "squash"}
+
+
+def centre_crop(data_config: DataConfig, size: int) -> DataConfig:
+    """`data_config` at `size` px with the weights' own eval centre crop (timm's protocol)."""
+    channels = int(data_config["input_size"][0])
+    crop = float(data_config.get("crop_pct") or 1.0)
+    return DataConfig(**data_config) | {"input_size": (channels, size, size), "crop_pct": crop, "crop_mode": "center"}
+
+
+def probe_under(
+    backbone: nn.Module, images: Callable[[DataConfig], Dataset], config: DataConfig, batch_size: int = 64
+) -> ProbeScore:
+    """The cross-validated probe of the training images under `config`'s eval preprocessing (`images(config)`
+    gives them so), BatchNorm statistics fixed."""
+    loader = DataLoader(images(config), batch_size=batch_size)
+    return cross_validate_probe(*extract_features(backbone, loader))
+
+
 def probe_at_resolutions(
     backbone: nn.Module,
     images: Callable[[DataConfig], Dataset],
@@ -99,15 +121,10 @@ def probe_at_resolutions(
     sizes: Sequence[int],
     batch_size: int = 64,
 ) -> dict[int, ProbeScore]:
-    """The cross-validated probe of the training images at each input size in `sizes`: `images(config)` gives
-    them under `config`'s eval preprocessing, which here is the whole image (no crop) at that size with the weights'
-    normalisation; BatchNorm statistics fixed."""
+    """The cross-validated probe of the whole training images (`whole_image`) at each input size in `sizes`."""
     scores = {}
-    channels = int(data_config["input_size"][0])
     for size in sizes:
-        config = DataConfig(**data_config) | {"input_size": (channels, size, size), "crop_pct": 1.0}
-        loader = DataLoader(images(config), batch_size=batch_size)
-        scores[size] = cross_validate_probe(*extract_features(backbone, loader))
+        scores[size] = probe_under(backbone, images, whole_image(data_config, size), batch_size)
         log.info(
             "recipe: probe at %d px: cross-validated accuracy %.3f +- %.3f (C=%g)",
             size,
@@ -116,6 +133,23 @@ def probe_at_resolutions(
             scores[size].c,
         )
     return scores
+
+
+def probe_centre_crop(
+    backbone: nn.Module, images: Callable[[DataConfig], Dataset], data_config: DataConfig, size: int
+) -> ProbeScore:
+    """The cross-validated probe of the training images under the weights' eval centre crop at `size` px, to set
+    against the whole image's (`probe_at_resolutions`)."""
+    score = probe_under(backbone, images, centre_crop(data_config, size))
+    log.info(
+        "recipe: probe of the weights' %.3f centre crop at %d px: cross-validated accuracy %.3f +- %.3f (C=%g)",
+        float(data_config.get("crop_pct") or 1.0),
+        size,
+        score.accuracy,
+        score.stderr,
+        score.c,
+    )
+    return score
 
 
 def best_resolution(scores: dict[int, ProbeScore]) -> int:

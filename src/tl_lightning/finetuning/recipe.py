@@ -67,41 +67,54 @@ def choose_resolution(median_side: float, native: int, measured: Mapping[int, Pr
     return Choice(key, size, because)
 
 
-def choose_crops(median_side: float, resolution: int, train_images: int, weights_crop_pct: float) -> list[Choice]:
-    """Eval crop and train crop scale: none and mild for images smaller than the input resolution (the whole
-    image is the subject); the weights' eval crop and a moderate train crop for larger ones; ImageNet's
-    `RandomResizedCrop(0.08, 1)` only with many images."""
+def choose_eval_view(
+    median_side: float,
+    resolution: int,
+    weights_crop_pct: float,
+    whole: ProbeScore | None = None,
+    centre: ProbeScore | None = None,
+) -> list[Choice]:
+    """Evaluate on the whole image squashed to the input square (`crop_mode` squash, `crop_pct` 1), as fastai's
+    `Resize` and BiT's eval do; the weights' centre crop only where the images are at least the input resolution
+    and a cross-validated probe of the training images under that crop beats the whole image's by more than one
+    standard error. timm's crop assumes an ImageNet photo with the subject in the middle and a border to spare;
+    on the suite's clip art and radio galaxies the probe prefers the whole image (BENCHMARKS.md), while a
+    data set of photos framed like ImageNet's can still earn the crop."""
+    keys = ("model.crop_pct", "model.crop_mode")
     if median_side < resolution:
-        return [
-            Choice("model.crop_pct", 1.0, "small images have no border to spare: evaluate on the whole image"),
-            Choice(
-                "data.train_transform.crop_scale",
-                [0.75, 1.0],
-                "random crops of small images keep at least 75% of the area, so the subject stays in view",
-            ),
-        ]
-    crop = Choice(
-        "model.crop_pct",
-        weights_crop_pct,
-        f"the images are at least the input resolution {resolution} px: the weights' own eval centre crop",
+        because = "small images have no border to spare: evaluate on the whole image"
+        return [Choice(keys[0], 1.0, because), Choice(keys[1], "squash", because)]
+    if whole is None or centre is None:
+        because = "the whole image is evaluated (fastai, BiT) unless a measured centre crop beats it"
+        return [Choice(keys[0], 1.0, because), Choice(keys[1], "squash", because)]
+    measured = (
+        f"a cross-validated linear probe scores {whole.accuracy:.3f} +- {whole.stderr:.3f} on the whole image "
+        f"and {centre.accuracy:.3f} on the weights' {weights_crop_pct:g} centre crop"
     )
+    if centre.accuracy > whole.accuracy + whole.stderr:
+        because = measured + ": the crop is better by more than a standard error"
+        return [Choice(keys[0], weights_crop_pct, because), Choice(keys[1], "center", because)]
+    because = measured + ": the crop is not better by more than a standard error"
+    return [Choice(keys[0], 1.0, because), Choice(keys[1], "squash", because)]
+
+
+def choose_train_crop(median_side: float, resolution: int, train_images: int) -> Choice:
+    """The random crop's smallest area: mild for images smaller than the input resolution (the whole image is the
+    subject), moderate for larger ones; ImageNet's `RandomResizedCrop(0.08, 1)` only with many images."""
+    key = "data.train_transform.crop_scale"
+    if median_side < resolution:
+        return Choice(
+            key, [0.75, 1.0], "random crops of small images keep at least 75% of the area, so the subject stays in view"
+        )
     if train_images >= MANY_IMAGES:
-        return [
-            crop,
-            Choice(
-                "data.train_transform.crop_scale",
-                [0.08, 1.0],
-                f"{train_images} training images (>= {MANY_IMAGES}) carry ImageNet-strength random crops",
-            ),
-        ]
-    return [
-        crop,
-        Choice(
-            "data.train_transform.crop_scale",
-            [0.35, 1.0],
-            f"{train_images} training images (< {MANY_IMAGES}): random crops keep at least 35% of the area",
-        ),
-    ]
+        return Choice(
+            key, [0.08, 1.0], f"{train_images} training images (>= {MANY_IMAGES}) carry ImageNet-strength random crops"
+        )
+    return Choice(
+        key,
+        [0.35, 1.0],
+        f"{train_images} training images (< {MANY_IMAGES}): random crops keep at least 35% of the area",
+    )
 
 
 def automatic_choices(
@@ -113,19 +126,23 @@ def automatic_choices(
     wanted: Sequence[str],
     image_size: int | None = None,
     measured: Mapping[int, ProbeScore] | None = None,
+    centre: ProbeScore | None = None,
 ) -> list[Choice]:
     """The choices for the config keys in `wanted` (those left `auto`), deterministic for a given folder.
 
     `train_sides` are the shorter sides of (a sample of) the `train_count` training images
-    (`ImageFolderDataModule.short_sides`); `measured` the probe at each of `resolution_candidates`. Crops are
-    judged against the resolution the run uses: `image_size` when given, else the chosen one.
+    (`ImageFolderDataModule.short_sides`); `measured` the whole image's probe at each of `resolution_candidates`
+    (and at the resolution used, for large images); `centre` the probe under the weights' centre crop at that
+    resolution. Crops are judged against the resolution the run uses: `image_size` when given, else the chosen one.
     """
     if not wanted:
         return []
     median = statistics.median(train_sides or [native])
     resolution = choose_resolution(median, native, measured)
     used = image_size or resolution.value
-    choices = [resolution, *choose_crops(median, used, train_count, weights_crop_pct)]
+    whole = (measured or {}).get(used)
+    view = choose_eval_view(median, used, weights_crop_pct, whole, centre)
+    choices = [resolution, *view, choose_train_crop(median, used, train_count)]
     return [choice for choice in choices if choice.key in wanted]
 
 

@@ -60,6 +60,7 @@ def metadata(model: Any) -> dict[str, Any]:
             "std": list(config["std"]),
             "interpolation": config.get("interpolation"),
             "crop_pct": config.get("crop_pct"),
+            "crop_mode": config.get("crop_mode") or "center",
             "pixel_range": "RGB (or the channels given) scaled to 0..1, then (x - mean) / std",
         },
         "temperature": float(model.temperature),

@@ -141,11 +141,15 @@ def _is_network_error(err: BaseException) -> bool:
     return False
 
 
-def with_overrides(config: Mapping[str, Any], image_size: int | None, crop_pct: float | None) -> DataConfig:
+def with_overrides(
+    config: Mapping[str, Any], image_size: int | None, crop_pct: float | None, crop_mode: str | None = None
+) -> DataConfig:
     """The data config with another input resolution and eval crop, where given."""
     config = DataConfig(**config)
     if image_size is not None:
         config["input_size"] = (config["input_size"][0], image_size, image_size)
     if crop_pct is not None:
         config["crop_pct"] = crop_pct
+    if crop_mode is not None:
+        config["crop_mode"] = crop_mode
     return config

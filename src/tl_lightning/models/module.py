@@ -16,7 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric, SumMetric
 
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.drift import InputStatistics
-from tl_lightning.data.transforms import DataConfig
+from tl_lightning.data.transforms import CROP_MODES, DataConfig
 from tl_lightning.models.backbones import create_backbone, with_overrides
 from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
 from tl_lightning.models.features import Features
@@ -56,6 +56,8 @@ class TransferClassifier(pl.LightningModule):
         backbone_kwargs: extra `timm.create_model` arguments (e.g. `drop_path_rate`).
         image_size: input resolution, overriding the weights' native one (e.g. 64 for 8x8 digits).
         crop_pct: eval centre-crop fraction, overriding the weights' own.
+        crop_mode: how the eval resize treats the aspect ratio, overriding the weights' own: ``"center"`` (shorter
+            side) or ``"squash"`` (the whole image to the square; `data.transforms.eval_transform`).
         head_hidden: hidden sizes of an MLP head; empty for a linear head.
         head_dropout: dropout before the head's last linear layer.
         head_norm: a `BatchNorm1d` before each of the head's linear layers (fastai's head; see `create_head`).
@@ -93,6 +95,7 @@ class TransferClassifier(pl.LightningModule):
         backbone_kwargs: Mapping[str, Any] | None = None,
         image_size: int | None = None,
         crop_pct: float | None = None,
+        crop_mode: str | None = None,
         head_hidden: Sequence[int] = (),
         head_dropout: float = 0.0,
         head_norm: bool = False,
@@ -111,6 +114,8 @@ class TransferClassifier(pl.LightningModule):
         super().__init__()
         if lr_spread not in SPREADS:
             raise BadValue(f"model.lr_spread must be one of {', '.join(SPREADS)}, got {lr_spread!r}.")
+        if crop_mode not in (None, *CROP_MODES):
+            raise BadValue(f"model.crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}.")
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
             raise BadValue(f"{len(class_names)} class_names given for num_classes={num_classes}.")
@@ -129,7 +134,7 @@ class TransferClassifier(pl.LightningModule):
         self.backbone = created.model
         self.head = create_head(created.num_features, num_classes, head_hidden, head_dropout, head_norm)
         self.weights_info = created.weights
-        self.data_config: DataConfig = with_overrides(created.data_config, image_size, crop_pct)
+        self.data_config: DataConfig = with_overrides(created.data_config, image_size, crop_pct, crop_mode)
         reg = self.regularization
         self.mixup = create_mixup(reg.mixup_alpha, reg.cutmix_alpha, reg.mixup_prob, reg.label_smoothing, num_classes)
         check_combinations(self.regularization, self.imbalance, self.distillation)
