@@ -130,3 +130,29 @@ def test_the_run_never_ends_below_the_probe_on_validation(tmp_path: Path):
     assert float(best.best_model_score) >= floor.probe_metrics["val/score"]
     assert floor.kept == (float(best.best_model_score) == pytest.approx(floor.probe_metrics["val/score"]))
     assert Path(best.best_model_path).name == "best.ckpt"
+
+
+def test_fine_tuning_must_beat_the_probe_by_more_than_its_standard_error_on_validation(split_folder: Path, tmp_path):
+    from tl_lightning.finetuning.probe_floor import SCORE, STDERR
+
+    model, _, best, floor = _fit(split_folder, tmp_path / "ckpt", lr=50.0, epochs=1)
+    n = len(floor.holdout[1])
+    assert floor.probe_metrics[STDERR] > 0 and n < model.hparams.score_accuracy_from  # the loss's spread, on 6 images
+    losses = torch.nn.functional.cross_entropy(
+        floor.holdout[0], floor.holdout[1], reduction="none", label_smoothing=0.1
+    )
+    assert floor.probe_metrics[STDERR] == pytest.approx(float(losses.std()) / n**0.5, rel=1e-4)
+
+    # A fine-tuned epoch ahead of the probe by less than the standard error does not replace it ...
+    ahead = floor.probe_metrics[SCORE] + 0.5 * floor.probe_metrics[STDERR]
+    best.best_model_path = str(tmp_path / "ckpt" / "tuned.ckpt")
+    model.trainer.save_checkpoint(best.best_model_path)
+    best.best_model_score, floor.kept = torch.tensor(ahead), False
+    floor.on_fit_end(model.trainer, model)
+    probe = (tmp_path / "ckpt" / "probe.ckpt").read_bytes()
+    assert floor.kept and (tmp_path / "ckpt" / "tuned.ckpt").read_bytes() == probe
+    # ... one ahead by more does.
+    model.trainer.save_checkpoint(best.best_model_path)
+    best.best_model_score, floor.kept = torch.tensor(ahead + floor.probe_metrics[STDERR]), False
+    floor.on_fit_end(model.trainer, model)
+    assert not floor.kept and (tmp_path / "ckpt" / "tuned.ckpt").read_bytes() != probe

@@ -5,7 +5,9 @@ LP-FT as Kumar et al. define it (ICLR 2022, "Fine-Tuning can Distort Pretrained 
 unfreeze and distorts the features it is meant to reuse. A few epochs of SGD on the head do not converge a probe;
 a logistic regression on the frozen features does, in seconds. And on small data, fine-tuning can still end below
 that probe (on held-out faces our old default did, 0.89 vs 0.98), so the probe is also the floor: its model is
-saved as `probe.ckpt` and, if no fine-tuned epoch scores higher on validation, it becomes the best checkpoint.
+saved as `probe.ckpt` and, unless a fine-tuned epoch scores higher on validation by more than the probe's standard
+error there, it becomes the best checkpoint: the one-standard-error rule (Breiman et al.) the recipe also chooses
+the resolution by, preferring the simpler model where a few dozen validation images cannot tell the two apart.
 
 Once validation has chosen the probe, it has no more choosing to do, so the kept probe is refitted on the training
 and validation images together (scikit-learn's `refit` after model selection): on the suite's small sets a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +43,7 @@ from tl_lightning.utils import atomic_path
 log = logging.getLogger(__name__)
 
 SCORE = "val/score"
+STDERR = "val/score_stderr"  # the probe's score's standard error over the validation images
 
 
 class ProbeFloor(Callback):
@@ -107,8 +111,20 @@ class ProbeFloor(Callback):
         pl_module.head.train(pl_module.training)
         metrics = pl_module.score(logits, val[1], "val")
         acc, loss = metrics["val/acc"], metrics["val/loss"]
-        score = selection_score(acc, loss, max(1, len(val[1])), pl_module.hparams.get("score_accuracy_from", 0))
-        self.probe_metrics = {"val/acc": acc, "val/loss": loss, SCORE: score}
+        samples = max(1, len(val[1]))
+        accuracy_from = pl_module.hparams.get("score_accuracy_from", 0)
+        score = selection_score(acc, loss, samples, accuracy_from)
+        if samples < accuracy_from:  # the score is the negative mean loss: its spread over the images
+            losses = torch.stack(
+                [
+                    pl_module.criterion(row[None], y[None])
+                    for row, y in zip(logits, val[1].to(logits.device), strict=True)
+                ]
+            )
+            stderr = float(losses.std()) / math.sqrt(samples) if samples > 1 else 0.0
+        else:  # the score is an accuracy
+            stderr = math.sqrt(acc * (1 - acc) / samples)
+        self.probe_metrics = {"val/acc": acc, "val/loss": loss, SCORE: score, STDERR: stderr}
         log.info(
             "recipe: the head starts from a converged linear probe (train acc %.3f, val acc %.3f, %.1f s) "
             "because fine-tuning from a half-trained head distorts the pretrained features (LP-FT)",
@@ -133,17 +149,24 @@ class ProbeFloor(Callback):
         if not self.keep_probe or not self.probe_path or monitored is None or not Path(self.probe_path).is_file():
             return
         best = monitored.best_model_score
-        probe = self.probe_metrics[SCORE]
-        if best is not None and float(best) >= probe:
-            log.info("Fine-tuning beat the linear probe on validation (val/score %.4f vs %.4f).", float(best), probe)
+        probe, stderr = self.probe_metrics[SCORE], self.probe_metrics.get(STDERR, 0.0)
+        if best is not None and float(best) > probe + stderr:
+            log.info(
+                "Fine-tuning beat the linear probe on validation by more than a standard error "
+                "(val/score %.4f vs %.4f +- %.4f).",
+                float(best),
+                probe,
+                stderr,
+            )
             return
         self.kept = True
         best_text = f"{float(best):.4f}" if best is not None else "none"
         log.warning(
-            "recipe: kept the linear probe's model%s because no fine-tuned epoch beat it on validation "
-            "(val/score %.4f vs the best epoch's %s)",
+            "recipe: kept the linear probe's model%s because no fine-tuned epoch beat it on validation by more than "
+            "a standard error (val/score %.4f +- %.4f vs the best epoch's %s)",
             ", refitted on the training and validation images," if self.holdout is not None else "",
             probe,
+            stderr,
             best_text,
         )
         if trainer.is_global_zero and monitored.best_model_path:
