@@ -215,6 +215,30 @@ def recipe_path(r: dict) -> list[str]:
     return lines
 
 
+def probe_views(r: dict) -> list[str]:
+    lines = [
+        "## The probe's eval view and its refit on train + val",
+        "",
+        f"`python benchmarks/probe_views.py` on {r['machine']}: {r['backbone']} features through the library's own "
+        "data module and eval transform, at the resolution the default recipe uses for each set; a logistic probe "
+        "with C by cross-validation on the training features. *whole*: the whole image squashed to the square "
+        "(`model.crop_mode=squash`, `crop_pct=1`); *centre*: the weights' centre crop (timm's protocol). CV is what "
+        "the recipe sees (training images only); test what it earns, fitted on train alone and refitted on train + "
+        "val (what the probe floor keeps).",
+        "",
+        "| data | px | view | CV acc | test acc (train) | test acc (train + val) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in r["table"].items():
+        for view, v in row["views"].items():
+            lines.append(
+                f"| {name} | {row['size']} | {view} ({v['crop_mode']}, {v['crop_pct']:g}) | "
+                f"{v['cv_acc']:.3f} +- {v['cv_stderr']:.3f} | {v['test_acc_train']:.3f} | "
+                f"{v['test_acc_train_val']:.3f} |"
+            )
+    return lines
+
+
 def serve(r: dict) -> list[str]:
     command = "python benchmarks/serve.py" + (" --device cuda" if r["device"] == "cuda" else "")
     rows = [
@@ -273,6 +297,7 @@ def main() -> None:
     renderers = {
         "peers": peers,
         "recipe_path": recipe_path,
+        "probe_views": probe_views,
         "overhead": overhead,
         "feature_cache": feature_cache,
         "time_to_accuracy": time_to_accuracy,

@@ -197,3 +197,28 @@ def test_a_second_job_in_a_run_folder_in_use_stops_at_once_naming_the_other(stra
     assert f"The run folder {run} is in use by another job (pid={os.getpid()} host=" in second.stderr
     assert not (run / "checkpoints").exists() and not (run / "config.yaml").exists()
     assert train(data, run).returncode == 0  # free again once the first has finished
+
+
+def test_a_finished_run_is_never_trained_over_unless_told_to(straight, tmp_path: Path):
+    """A rerun in a finished run's folder would overwrite its checkpoints and report: it stops before writing
+    anything, and resume=overwrite replaces the run."""
+    data, _ = straight
+    run = tmp_path / "run"
+    assert train(data, run).returncode == 0
+
+    def written() -> dict[Path, int]:  # the run's own files (Hydra rewrites .hydra/ and appends to train.log first)
+        hydras = {"run.lock", "train.log"}
+        files = [p for p in run.rglob("*") if p.is_file() and p.name not in hydras and ".hydra" not in p.parts]
+        return {path: path.stat().st_mtime_ns for path in files}
+
+    before = written()
+    again = train(data, run)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"{run} holds a finished run (metrics.json of " in again.stderr and "resume=overwrite" in again.stderr
+    assert written() == before and run / "checkpoints" / "best.ckpt" in before  # nothing written, nothing lost
+    replaced = train(data, run, "resume=overwrite", "seed=7")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert (run / "metrics.json").stat().st_mtime_ns > before[run / "metrics.json"]
+    assert "seed: 7" in (run / "config.yaml").read_text()
+    typo = train(data, run, "resume=forse")
+    assert typo.returncode == 2 and "resume must be one of null, force, overwrite; got 'forse'" in typo.stderr

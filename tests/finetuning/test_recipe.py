@@ -56,10 +56,11 @@ def test_the_cross_validated_probe_tells_separable_features_from_noise():
     assert cross_validate_probe(noise[:8], labels[:8] % 2).folds == 3  # k: the smallest class (3 of 8)
 
 
-def test_train_crops_are_mild_for_small_images_and_imagenet_strength_only_with_many_images():
-    assert choose_train_crop(25, resolution=64, train_images=100).value == [0.75, 1.0]
-    assert choose_train_crop(500, resolution=224, train_images=800).value == [0.35, 1.0]
-    assert choose_train_crop(500, resolution=224, train_images=50_000).value == [0.08, 1.0]
+def test_train_crops_pair_with_the_eval_view_and_are_imagenet_strength_only_with_many_images():
+    assert choose_train_crop(25, resolution=64, train_images=100, eval_view="center").value == [0.75, 1.0]
+    assert choose_train_crop(500, resolution=224, train_images=800, eval_view="squash").value == [0.75, 1.0]
+    assert choose_train_crop(500, resolution=224, train_images=800, eval_view="center").value == [0.35, 1.0]
+    assert choose_train_crop(500, resolution=224, train_images=50_000, eval_view="center").value == [0.08, 1.0]
 
 
 def test_eval_sees_the_whole_image_unless_the_weights_crop_measures_better_by_a_standard_error():
@@ -108,10 +109,14 @@ def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Pa
         "model.image_size": 224,
         "model.crop_pct": 1.0,
         "model.crop_mode": "squash",
-        "data.train_transform.crop_scale": [0.35, 1.0],
+        "data.train_transform.crop_scale": [0.75, 1.0],
     }
     centre = automatic_choices(short_sides(files["large"]), 18, 224, 32, 0.875, CROPS, None, measured, score(0.99))
-    assert {c.key: c.value for c in centre}["model.crop_pct"] == 0.875  # measured better than the whole image
+    centred = {c.key: c.value for c in centre}  # measured better than the whole image: timm's protocol
+    assert centred["model.crop_pct"] == 0.875 and centred["data.train_transform.crop_scale"] == [0.35, 1.0]
+    # A view the user gave is what the train crop pairs with.
+    given = automatic_choices(short_sides(files["large"]), 18, 224, 32, 0.875, CROPS, None, measured, None, "center")
+    assert {c.key: c.value for c in given}["data.train_transform.crop_scale"] == [0.35, 1.0]
     # A resolution the user gave is what the crops are judged against; only the keys left auto are filled.
     only = automatic_choices(
         short_sides(files["large"]), len(files["large"]), 224, 32, 0.875, ["model.crop_pct"], image_size=512

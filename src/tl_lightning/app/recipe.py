@@ -75,7 +75,11 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
         centre = probe_centre_crop(backbone.model, images, backbone.data_config, used)
     count = len(scan.samples("train"))
     data_wanted = [key for key in wanted if key in DATA_KEYS]
-    choices = automatic_choices(sides, count, native, stride, crop_pct, data_wanted, given, measured or None, centre)
+    mode = cfg.model.get("crop_mode")
+    given_mode = None if mode in (None, AUTO) else str(mode)
+    choices = automatic_choices(
+        sides, count, native, stride, crop_pct, data_wanted, given, measured or None, centre, given_mode
+    )
     if lr_wanted:
         channels = int(backbone.data_config["input_size"][0])
         side = {"input_size": (channels, PIXEL_SIDE, PIXEL_SIDE), "crop_pct": 1.0, "interpolation": "area"}

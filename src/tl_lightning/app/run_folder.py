@@ -9,11 +9,14 @@
   but the epoch budget, logging and hardware counts as a change, since the checkpoint's optimizer, schedule and
   epoch belong to the old one. A changed config stops with the changed keys and the two ways on (a new folder, or
   `resume=force`).
+- **A finished run stays**: training again in a folder whose run finished (its `metrics.json` is there) would
+  overwrite its checkpoints, metrics and report; it stops with one sentence unless `resume=overwrite` says to.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -26,7 +29,8 @@ from filelock import FileLock, Timeout
 
 from tl_lightning.utils import BadValue, UserError, write_text
 
-LOCK, OWNER, CONFIG = "run.lock", "run.owner", "config.yaml"
+LOCK, OWNER, CONFIG, FINISHED = "run.lock", "run.owner", "config.yaml", "metrics.json"
+RESUME_CHOICES = (None, "force", "overwrite")
 # Keys a resumed run may change: how long it trains, what it logs and where, and the hardware it runs on.
 MAY_CHANGE = (
     "trainer.max_epochs",
@@ -85,6 +89,42 @@ def hold(folder: Path, writer: bool = True) -> Iterator[None]:
     finally:
         (folder / OWNER).unlink(missing_ok=True)
         lock.release()
+
+
+def check_not_finished(folder: Path, resume: str | None) -> None:
+    """Refuse to train in `folder` when a finished run is there, unless `resume` is "overwrite"; then its
+    `metrics.json` and checkpoints go first, so the new run neither resumes the old one's `last.ckpt` nor finds
+    Lightning versioning its checkpoints beside the old ones (`best-v1.ckpt`). Rank 0's to call.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> check_not_finished(folder, None)  # nothing there yet
+    >>> _ = (folder / FINISHED).write_text("{}")
+    >>> try:
+    ...     check_not_finished(folder, None)
+    ... except BadValue as err:
+    ...     print(str(err).split(":")[0] == f"{folder} holds a finished run ({FINISHED} of {time.strftime('%Y-%m-%d')}")
+    True
+    >>> check_not_finished(folder, "overwrite")
+    >>> (folder / FINISHED).exists()
+    False
+    """
+    if resume not in RESUME_CHOICES:
+        shown = ", ".join("null" if choice is None else choice for choice in RESUME_CHOICES)
+        raise BadValue(f"resume must be one of {shown}; got {resume!r}.")
+    finished = folder / FINISHED
+    if not finished.is_file():
+        return
+    if resume == "overwrite":
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        finished.unlink()
+        return
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(finished.stat().st_mtime))
+    raise BadValue(
+        f"{folder} holds a finished run ({FINISHED} of {when}): training here again would overwrite its "
+        "checkpoints, metrics and report. Give this run its own folder (hydra.run.dir=...), or replace that run "
+        "with resume=overwrite."
+    )
 
 
 def check_same_run(previous: Path, config: Mapping[str, Any], checkpoint: str) -> None:

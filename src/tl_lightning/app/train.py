@@ -32,7 +32,7 @@ from tl_lightning.app._common import user_errors
 from tl_lightning.app.checks import check_command_line, check_config, check_resume, check_task
 from tl_lightning.app.pipeline import train_and_evaluate
 from tl_lightning.app.recipe import apply_recipe, plan_recipe
-from tl_lightning.app.run_folder import check_same_run, hold
+from tl_lightning.app.run_folder import check_not_finished, check_same_run, hold
 from tl_lightning.app.trackers import log_config
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.probe import linear_probe
@@ -142,7 +142,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     hardware.resolve(cfg)
     check_config(cfg)
     trainer = build_trainer(cfg)
-    with hold(Path(cfg.paths.output_dir), writer=rank_zero_only.rank == 0):
+    out = Path(cfg.paths.output_dir)
+    with hold(out, writer=rank_zero_only.rank == 0):
+        if not cfg.get("ckpt_path") and rank_zero_only.rank == 0:  # an explicit checkpoint continues a run on purpose
+            check_not_finished(out, cfg.get("resume"))
         return _train(cfg, trainer)
 
 

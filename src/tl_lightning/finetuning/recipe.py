@@ -98,23 +98,27 @@ def choose_eval_view(
     return [Choice(keys[0], 1.0, because), Choice(keys[1], "squash", because)]
 
 
-def choose_train_crop(median_side: float, resolution: int, train_images: int) -> Choice:
-    """The random crop's smallest area: mild for images smaller than the input resolution (the whole image is the
-    subject), moderate for larger ones; ImageNet's `RandomResizedCrop(0.08, 1)` only with many images."""
+def choose_train_crop(median_side: float, resolution: int, train_images: int, eval_view: str = "squash") -> Choice:
+    """The random crop's smallest area, paired with what evaluation sees. Random crops magnify the subject during
+    training; evaluating on the whole image shows it smaller than training did (Touvron et al. 2019, "Fixing the
+    train-test resolution discrepancy"), so a whole-image eval (`eval_view` squash) goes with mild crops, 75-100%
+    of the area (fastai pairs its whole-image `Resize` with a zoom of at most 1.1). timm's centre crop goes with
+    its protocol: crops down to 35% of the area on a few thousand images, ImageNet's 8% from `MANY_IMAGES` on.
+    Small images (under the input resolution) always get mild crops: the whole image is the subject."""
     key = "data.train_transform.crop_scale"
     if median_side < resolution:
-        return Choice(
-            key, [0.75, 1.0], "random crops of small images keep at least 75% of the area, so the subject stays in view"
+        because = "random crops of small images keep at least 75% of the area, so the subject stays in view"
+        return Choice(key, [0.75, 1.0], because)
+    if eval_view == "squash":
+        because = (
+            "evaluation sees the whole image, so random crops keep at least 75% of it (train and test scales agree)"
         )
+        return Choice(key, [0.75, 1.0], because)
     if train_images >= MANY_IMAGES:
-        return Choice(
-            key, [0.08, 1.0], f"{train_images} training images (>= {MANY_IMAGES}) carry ImageNet-strength random crops"
-        )
-    return Choice(
-        key,
-        [0.35, 1.0],
-        f"{train_images} training images (< {MANY_IMAGES}): random crops keep at least 35% of the area",
-    )
+        because = f"{train_images} training images (>= {MANY_IMAGES}) carry ImageNet-strength random crops"
+        return Choice(key, [0.08, 1.0], because)
+    because = f"{train_images} training images (< {MANY_IMAGES}) and a centre-cropped eval: crops keep at least 35%"
+    return Choice(key, [0.35, 1.0], because)
 
 
 def automatic_choices(
@@ -127,13 +131,15 @@ def automatic_choices(
     image_size: int | None = None,
     measured: Mapping[int, ProbeScore] | None = None,
     centre: ProbeScore | None = None,
+    crop_mode: str | None = None,
 ) -> list[Choice]:
     """The choices for the config keys in `wanted` (those left `auto`), deterministic for a given folder.
 
     `train_sides` are the shorter sides of (a sample of) the `train_count` training images
     (`ImageFolderDataModule.short_sides`); `measured` the whole image's probe at each of `resolution_candidates`
     (and at the resolution used, for large images); `centre` the probe under the weights' centre crop at that
-    resolution. Crops are judged against the resolution the run uses: `image_size` when given, else the chosen one.
+    resolution. Crops are judged against the resolution the run uses: `image_size` when given, else the chosen one,
+    and the train crop pairs with the eval view the run uses: `crop_mode` when given, else the chosen one.
     """
     if not wanted:
         return []
@@ -142,7 +148,8 @@ def automatic_choices(
     used = image_size or resolution.value
     whole = (measured or {}).get(used)
     view = choose_eval_view(median, used, weights_crop_pct, whole, centre)
-    choices = [resolution, *view, choose_train_crop(median, used, train_count)]
+    mode = crop_mode or next(choice.value for choice in view if choice.key == "model.crop_mode")
+    choices = [resolution, *view, choose_train_crop(median, used, train_count, mode)]
     return [choice for choice in choices if choice.key in wanted]
 
 
