@@ -1,4 +1,5 @@
-"""Write BENCHMARKS.md from the JSON figures under benchmarks/results/, so the page never drifts from them.
+"""Write BENCHMARKS.md (and the docs site's copy) from the JSON figures under benchmarks/results/, so the pages
+never drift from them.
 
 python benchmarks/report.py
 """
@@ -319,8 +320,9 @@ def main() -> None:
             "No GPU was available to this project's sessions so far: GPU throughput is still to measure "
             "(`python benchmarks/throughput.py --device cuda`).",
         ]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(sections) + "\n")
-    print(f"-> {ROOT / 'BENCHMARKS.md'}")
+    for page in (ROOT / "BENCHMARKS.md", ROOT / "docs" / "benchmarks.md"):  # the repository's page and the site's
+        page.write_text("\n".join(sections) + "\n")
+        print(f"-> {page}")
 
 
 if __name__ == "__main__":

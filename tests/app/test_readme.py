@@ -1,14 +1,19 @@
-"""The README's library example must run as written."""
+"""The README's library example runs as written, and the guide in docs/ says what the code does."""
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+
+
+def _python_block(path: Path, after: str) -> str:
+    section = path.read_text().split(after, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_readme_lightning_example_runs(tmp_path, monkeypatch):
-    section = README.read_text().split("## Use it in your own Lightning project", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = _python_block(README, "## Use it in your own Lightning project")
     monkeypatch.chdir(tmp_path)  # lightning_logs/ and checkpoints land here
     monkeypatch.setenv("HOME", str(tmp_path))  # DigitsDataModule's default cache lives under ~
     namespace: dict = {}
@@ -17,10 +22,29 @@ def test_readme_lightning_example_runs(tmp_path, monkeypatch):
     assert len(namespace["probabilities"]) == 32  # batches of the 1,000 test digits
 
 
-def test_readme_probe_table_is_the_verdicts_the_probe_gives():
+def test_the_guides_library_example_is_the_one_the_readme_runs():
+    guide = _python_block(ROOT / "docs" / "library.md", "# Use it in your own Lightning project")
+    assert guide == _python_block(README, "## Use it in your own Lightning project")
+
+
+def test_the_probe_table_is_the_verdicts_the_probe_gives():
     from tl_lightning.evaluation.probe import VERDICTS
 
-    section = README.read_text().split("| val accuracy | meaning | start with |", 1)[1].split("\n\n", 1)[0]
+    page = (ROOT / "docs" / "probe.md").read_text()
+    section = page.split("| val accuracy | meaning | start with |", 1)[1].split("\n\n", 1)[0]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.strip().splitlines()[1:]]
     expected = [[f"> {v.lowest:.2f}" if v.lowest else "below", v.meaning, v.preset.replace("`", "")] for v in VERDICTS]
     assert [[lowest, meaning, preset.replace("`", "")] for lowest, meaning, preset in rows] == expected
+
+
+def test_every_guide_page_is_in_the_site_and_linked_from_the_readme():
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    site = (ROOT / "mkdocs.yml").read_text()
+    readme = README.read_text()
+    assert [p for p in pages if p not in site] == []
+    generated = {"index.md", "api.md", "benchmarks.md"}  # the site's own pages
+    assert [p for p in pages if p not in generated and f"](docs/{p})" not in readme] == []
+
+
+def test_the_sites_benchmarks_page_is_benchmarks_md():
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == (ROOT / "BENCHMARKS.md").read_text()

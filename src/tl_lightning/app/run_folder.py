@@ -103,7 +103,7 @@ def check_not_finished(folder: Path, resume: str | None) -> None:
     >>> try:
     ...     check_not_finished(folder, None)
     ... except BadValue as err:
-    ...     print(str(err).split(":")[0] == f"{folder} holds a finished run ({FINISHED} of {time.strftime('%Y-%m-%d')}")
+    ...     print(str(err).startswith(f"{folder} holds a finished run ({FINISHED} of {time.strftime('%Y-%m-%d')}"))
     True
     >>> check_not_finished(folder, "overwrite")
     >>> (folder / FINISHED).exists()

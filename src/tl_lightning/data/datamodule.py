@@ -64,7 +64,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         on_bad_image: ``"skip"`` unreadable files (counted in the report) or ``"raise"`` an error listing them.
         balanced_sampling: draw training batches with a `WeightedRandomSampler` (with replacement) so every class
             is seen equally often; an epoch stays the size of the training split.
-        train_transform, eval_transform: called with the data config to build each pipeline.
+        train_transform: called with the data config to build the training pipeline.
+        eval_transform: called with the data config to build the deterministic validation / test pipeline.
         data_config: the model's preprocessing (`TransferClassifier.data_config`: input size, mean, std, ...). It
             may be set later, as the attribute, since the class count that builds the model comes from here.
 

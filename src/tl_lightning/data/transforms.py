@@ -70,8 +70,10 @@ def train_transform(
         hflip: probability of a horizontal flip; 0 for orientation-sensitive data (digits, text).
         color_jitter: brightness/contrast/saturation strength; 0 turns it off. Skipped, like `rand_ops`, for
             inputs that are not 3-channel RGB.
-        affine_degrees, affine_scale, affine_translate: rotation (+-degrees), scale (+-fraction) and
-            shift (+-fraction of size) of a random affine applied with probability 1; all 0 turns it off.
+        affine_degrees: rotation (+-degrees) of a random affine applied with probability 1 when any of the three
+            affine arguments is non-zero.
+        affine_scale: its scale (+-fraction).
+        affine_translate: its shift (+-fraction of size).
         vflip: probability of a vertical flip (aerial, microscopy and other orientation-free images).
         rand_ops: apply this many ops drawn from a RandAugment-style pool (equalize, posterize, solarize,
             sharpen, contrast, shear, ...) to every image; albumentations has no RandAugment of its own.

@@ -33,7 +33,7 @@ class Verdict(NamedTuple):
 
 # Best first. Calibrated on the peers suite (benchmarks/peers.py): a probe at 0.88 on digits still left 10 points
 # to fine-tuning (0.985), so feature extraction is suggested only above 0.97, and the default (which starts from
-# this probe and keeps it as its floor) everywhere else. README's table is this one (tests/app/test_readme.py).
+# this probe and keeps it as its floor) everywhere else. docs/probe.md's table is this one (tests/app/test_readme.py).
 VERDICTS = (
     Verdict(
         0.97,

@@ -70,7 +70,10 @@ class TransferClassifier(pl.LightningModule):
             (`metrics.selection_score`); 0 always selects on accuracy.
         lr_factors: explicit per-group LR factors (backbone groups input -> output, then the head), instead of
             `lr_mult`'s geometric spread; each group's LR is `lr * factor`.
-        regularization, imbalance, distillation, performance: the grouped options (see `options.py`).
+        regularization: label smoothing, Mixup / CutMix (`Regularization`, or a dict of its fields).
+        imbalance: class weights and the loss (`Imbalance`).
+        distillation: a teacher checkpoint to distil from (`Distillation`).
+        performance: channels-last and `torch.compile` (`Performance`).
         optimizer: called with the named param groups; a partial carries e.g. `weight_decay`.
         scheduler: called with the optimizer (and `total_steps` when it takes one, then stepped per batch;
             otherwise per epoch, with `val/loss` monitored for `ReduceLROnPlateau`). `None` for constant LRs.

@@ -23,8 +23,9 @@ class Regularization:
 
     Args:
         label_smoothing: label smoothing of the loss.
-        mixup_alpha, cutmix_alpha: batch-level Mixup / CutMix (timm's `Mixup`, label-smoothing aware); 0 is off.
-            Training batches then have soft targets, so train accuracy is not logged.
+        mixup_alpha: batch-level Mixup (timm's `Mixup`, label-smoothing aware); 0 is off. Training batches then
+            have soft targets, so train accuracy is not logged.
+        cutmix_alpha: batch-level CutMix, likewise; 0 is off.
         mixup_prob: probability of mixing a batch.
     """
 
