@@ -8,6 +8,7 @@ import torch
 from conftest import compose_train, folder_overrides, tiny_data, tiny_model, tiny_trainer
 
 from tl_lightning.app.train import run
+from tl_lightning.data.transforms import eval_transform
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
 
 
@@ -93,3 +94,20 @@ def test_precision_and_layout_from_the_command_line_are_what_trains(flat_folder:
     metrics = run(cfg)
     assert seen == {"head": torch.bfloat16, "input_channels_last": True, "weights_channels_last": True}
     assert metrics["hardware/precision"] == "bf16-mixed" and metrics["test/samples"] > 0
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)])
+def test_the_probe_and_the_feature_cache_extract_in_the_trainers_precision(
+    split_folder: Path, precision: str, dtype: torch.dtype
+):
+    from tl_lightning.finetuning.feature_cache import FrozenFeatureCache
+    from tl_lightning.finetuning.probe_floor import ProbeFloor
+
+    model = tiny_model()
+    seen: list[torch.dtype] = []  # the backbone's outputs while it is in eval mode: the extraction passes
+    model.backbone.register_forward_hook(lambda m, i, out: None if m.training else seen.append(out.dtype))
+    data = tiny_data(split_folder, model, train_transform=lambda config: eval_transform(config))
+    callbacks = [LayerFinetuning(milestones={2: "all"}), ProbeFloor(keep_probe=False), FrozenFeatureCache()]
+    trainer = tiny_trainer(max_epochs=1, precision=precision, num_sanity_val_steps=0, callbacks=callbacks)
+    trainer.fit(model, data)
+    assert len(seen) >= 4 and set(seen) == {dtype}  # the probe's train + val passes, then the cache's

@@ -82,9 +82,11 @@ class FrozenFeatureCache(Callback):
         views = 1 if deterministic else int(self.views)
         loader = datamodule.make_loader(train_set, train=False, distributed=False)  # in order, all images, per view
         pl_module.to(trainer.strategy.root_device)  # where the strategy would put it next anyway
-        with torch.random.fork_rng(devices=[]):  # augmented views draw from their own stream, not training's
+        # In the trainer's precision (its autocast), as the frozen phase without the cache would run the backbone;
+        # augmented views draw from their own random stream, not training's.
+        with trainer.precision_plugin.forward_context(), torch.random.fork_rng(devices=[]):
             self.train_views = [extract_features(pl_module.backbone, loader) for _ in range(views)]
-        self.val = extract_features(pl_module.backbone, datamodule.eval_dataloader("val"))
+            self.val = extract_features(pl_module.backbone, datamodule.eval_dataloader("val"))
         self.extract_seconds = time.perf_counter() - started
         log.info(
             "FrozenFeatureCache: %d view(s) of %d training images and %d validation images in %.1f s; the head "

@@ -88,8 +88,11 @@ class ProbeFloor(Callback):
             return
         started = time.perf_counter()
         datamodule = trainer.datamodule
-        train = extract_features(pl_module.backbone, datamodule.eval_dataloader("train"))
-        val = extract_features(pl_module.backbone, datamodule.eval_dataloader("val"))
+        # On the trainer's device (fit has moved the module there) and in its precision (its autocast). Every rank
+        # extracts every image: each needs the same head, and one probe costs one pass over train and val.
+        with trainer.precision_plugin.forward_context():
+            train = extract_features(pl_module.backbone, datamodule.eval_dataloader("train"))
+            val = extract_features(pl_module.backbone, datamodule.eval_dataloader("val"))
         weights = pl_module.class_weight.cpu()
         class_weight = None if torch.all(weights == 1) else dict(enumerate(weights.tolist()))
         c = self.c
