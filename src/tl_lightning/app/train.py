@@ -209,6 +209,7 @@ def find_lr(cfg: DictConfig) -> dict[str, Any]:
 
     Writes `lr_find.png` and `lr_find.json` (suggestions and the `model.lr=...` override for the next run).
     """
+    hardware.resolve(cfg)
     check_config(cfg)
     with hold(Path(cfg.paths.output_dir), writer=rank_zero_only.rank == 0):
         return _find_lr(cfg)
@@ -216,14 +217,15 @@ def find_lr(cfg: DictConfig) -> dict[str, Any]:
 
 def _find_lr(cfg: DictConfig) -> dict[str, Any]:
     job = prepare(cfg)
-    job.datamodule.setup("fit")
     finetuning = instantiate(cfg.callbacks.finetuning)
-    loader = job.datamodule.train_dataloader()
-    options = dict(cfg.lr_find)
-    tests = [lr_range_test(job.model, loader, finetuning, epoch=0, phase="frozen phase", **options)]
+    # The run's trainer settings (device, strategy, precision, clipping): the steps are training's own.
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
+    options = dict(cfg.lr_find) | {"trainer_options": trainer | {"sync_batchnorm": False}}
+    data = job.datamodule
+    tests = [lr_range_test(job.model, data, finetuning, epoch=0, phase="frozen phase", **options)]
     last = finetuning.last_change_epoch(job.model, cfg.trainer.max_epochs)
     if last > 0:
-        tests.append(lr_range_test(job.model, loader, finetuning, epoch=last, phase=f"from epoch {last}", **options))
+        tests.append(lr_range_test(job.model, data, finetuning, epoch=last, phase=f"from epoch {last}", **options))
     plot_range_tests(tests, job.out / "lr_find.png")
     chosen = tests[-1].suggestion
     diverged = [t for t in tests if not math.isfinite(t.suggestion)]

@@ -8,7 +8,7 @@ SyncBatchNorm, and the LR range test.
 from tl_lightning.finetuning.early_stopping import PhaseAwareEarlyStopping
 from tl_lightning.finetuning.ema import EMAEvaluation
 from tl_lightning.finetuning.feature_cache import FrozenFeatureCache
-from tl_lightning.finetuning.lr_finder import RangeTest, lr_range_test
+from tl_lightning.finetuning.lr_finder import LRRangeTest, RangeTest, lr_range_test
 from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import Preemption, ResumeRNG
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
@@ -17,6 +17,7 @@ from tl_lightning.finetuning.unfreezing import LayerFinetuning, gradual, lp_ft, 
 __all__ = [
     "EMAEvaluation",
     "FrozenFeatureCache",
+    "LRRangeTest",
     "LayerFinetuning",
     "PhaseAwareEarlyStopping",
     "Preemption",

@@ -2,9 +2,11 @@
 
 Written here because Lightning's `Tuner.lr_find` sets every param group to one LR (erasing the ratios between
 layer groups) and breaks beside finetuning callbacks (Lightning #14674). This one scales all groups together
-(the head's LR sweeps `min_lr` -> `max_lr`) in the optimizer `TransferClassifier.build_optimizer` gives, the one
-that trains (`lr_mult` or `lr_factors`), runs for a given phase of the finetuning schedule (head on the frozen
-backbone, or the unfrozen backbone), and restores weights, `requires_grad` and BatchNorm modes after.
+(the head's LR sweeps `min_lr` -> `max_lr`) in the optimizer `TransferClassifier.configure_optimizers` gives, the
+one that trains (`lr_mult` or `lr_factors`), runs for a given phase of the finetuning schedule (head on the frozen
+backbone, or the unfrozen backbone), and restores weights, `requires_grad` and BatchNorm modes after. It is a
+callback run by `trainer.fit`, so the steps are training's own: the trainer's device, precision, gradient clipping
+and DDP (each step's loss averaged over the ranks, so all stop together), and the module's `training_step`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
 from tl_lightning.models.module import TransferClassifier
@@ -36,58 +41,99 @@ class RangeTest:
     ratios: dict[str, float] = field(default_factory=dict)
 
 
+class LRRangeTest(Callback):
+    """Sets every group's LR before each training step (the head's rising exponentially from `min_lr` to `max_lr`,
+    the others in the optimizer's own ratios), records the smoothed loss, and stops the fit once it exceeds four
+    times its best. The trainable state is `finetuning`'s at `epoch`. `result` holds the curve."""
+
+    def __init__(
+        self,
+        finetuning: LayerFinetuning,
+        epoch: int,
+        phase: str,
+        min_lr: float = 1e-6,
+        max_lr: float = 1.0,
+        steps: int = 100,
+    ) -> None:
+        self.finetuning, self.epoch = finetuning, epoch
+        self.min_lr, self.max_lr, self.steps = min_lr, max_lr, steps
+        self.result = RangeTest(phase)
+        self._ratios: list[float] = []
+        self._smoothed, self._best = 0.0, math.inf
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        groups = trainer.optimizers[0].param_groups
+        self._ratios = [g["lr"] / pl_module.hparams.lr for g in groups]
+        self.result.ratios = {g["name"]: r for g, r in zip(groups, self._ratios, strict=True)}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finetuning.apply(pl_module, self.epoch)  # requires_grad and BN modes of that phase
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        step = len(self.result.lrs)
+        lr = self.min_lr * (self.max_lr / self.min_lr) ** (step / max(1, self.steps - 1))
+        for group, ratio in zip(trainer.optimizers[0].param_groups, self._ratios, strict=True):
+            group["lr"] = lr * ratio  # after the schedule's step: this is the LR the coming step takes
+        self.result.lrs.append(lr)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        loss = float(trainer.strategy.reduce(loss.detach().float(), reduce_op="mean"))
+        step = len(self.result.losses)
+        self._smoothed = 0.98 * self._smoothed + 0.02 * loss
+        value = self._smoothed / (1 - 0.98 ** (step + 1))  # bias-corrected, as fastai
+        self.result.losses.append(value)
+        self._best = min(self._best, value)
+        if not math.isfinite(value) or value > 4 * self._best:
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.result.lrs = self.result.lrs[: len(self.result.losses)]
+        self.result.suggestion = _steepest(self.result.lrs, self.result.losses)
+
+
+# Trainer settings a range test replaces: it takes `steps` optimizer steps and nothing else.
+RANGE_TEST_TRAINER = {
+    "max_epochs": -1,
+    "limit_val_batches": 0,
+    "num_sanity_val_steps": 0,
+    "enable_checkpointing": False,
+    "logger": False,
+    "enable_model_summary": False,
+}
+
+
 def lr_range_test(
     model: TransferClassifier,
-    loader: torch.utils.data.DataLoader,
+    datamodule: pl.LightningDataModule,
     finetuning: LayerFinetuning,
     epoch: int,
     phase: str,
     min_lr: float = 1e-6,
     max_lr: float = 1.0,
     steps: int = 100,
+    trainer_options: Mapping[str, Any] | None = None,
 ) -> RangeTest:
-    """Train for `steps` batches with exponentially rising LRs in the trainable state of `epoch`, then undo it.
-
-    Stops early once the smoothed loss exceeds four times its best.
-    """
+    """Train for `steps` batches with exponentially rising LRs in the trainable state of `epoch` under a Lightning
+    Trainer built from `trainer_options` (the run's accelerator, devices, strategy, precision, clipping), then undo
+    it: weights, `requires_grad` flags and train/eval modes are as they were."""
     saved_state = copy.deepcopy(model.state_dict())
     saved_flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.train()
-    finetuning.apply(model, epoch)  # requires_grad and BN modes of that phase
-    optimizer = model.build_optimizer()
-    ratios = [g["lr"] / model.hparams.lr for g in optimizer.param_groups]
-    result = RangeTest(phase, ratios={g["name"]: r for g, r in zip(optimizer.param_groups, ratios, strict=True)})
-    smoothed, best, batches = 0.0, math.inf, iter(_cycle(loader))
+    saved_modes = [m.training for m in model.modules()]
+    test = LRRangeTest(finetuning, epoch, phase, min_lr, max_lr, steps)
+    options = dict(trainer_options or {}) | RANGE_TEST_TRAINER | {"max_steps": steps}
+    trainer = pl.Trainer(**options, callbacks=[test])
     try:
-        for step in range(steps):
-            lr = min_lr * (max_lr / min_lr) ** (step / max(1, steps - 1))
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            x, y = next(batches)
-            loss = model.criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            smoothed = 0.98 * smoothed + 0.02 * loss.item()
-            value = smoothed / (1 - 0.98 ** (step + 1))  # bias-corrected, as fastai
-            result.lrs.append(lr)
-            result.losses.append(value)
-            best = min(best, value)
-            if not math.isfinite(value) or value > 4 * best:
-                break
+        trainer.fit(model, datamodule=datamodule)
     finally:
         model.load_state_dict(saved_state)
         for param, flag in zip(model.parameters(), saved_flags, strict=True):
             param.requires_grad = flag
-        model.train(was_training)
-    result.suggestion = _steepest(result.lrs, result.losses)
-    return result
-
-
-def _cycle(loader):
-    while True:
-        yield from loader
+        for module, training in zip(model.modules(), saved_modes, strict=True):
+            module.training = training
+    return test.result
 
 
 def _steepest(lrs: list[float], losses: list[float]) -> float:
