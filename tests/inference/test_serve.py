@@ -5,6 +5,7 @@ import base64
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,31 +58,13 @@ def multipart(path: Path, **fields: str) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-@pytest.fixture(scope="module")
-def served(digits_run, tmp_path_factory):
-    """The digits checkpoint served with dynamic batching (4 requests, 0.3 s) and a 0.1 MiB request limit."""
-    out, _ = digits_run
+@contextmanager
+def serving(checkpoint: Path, log: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`tl-lightning serve checkpoint *flags` on a free local port, until healthy; stopped with its workers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    command = [
-        str(SCRIPT),
-        "serve",
-        str(out / "checkpoints" / "best.ckpt"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--max-batch-size",
-        "4",
-        "--batch-timeout",
-        "0.3",
-        "--max-request-mb",
-        "0.1",
-        "--top-k",
-        "3",
-    ]
+    command = [str(SCRIPT), "serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port), *flags]
     with open(log, "w") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -93,10 +78,20 @@ def served(digits_run, tmp_path_factory):
             time.sleep(0.5)
         else:
             pytest.fail(f"the server did not become healthy:\n{log.read_text()[-3000:]}")
-        yield url, out
+        yield url, process
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # the server and LitServe's worker processes
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(digits_run, tmp_path_factory):
+    """The digits checkpoint served with dynamic batching (4 requests, 0.3 s) and a 0.1 MiB request limit."""
+    out, _ = digits_run
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    flags = ["--max-batch-size", "4", "--batch-timeout", "0.3", "--max-request-mb", "0.1", "--top-k", "3"]
+    with serving(out / "checkpoints" / "best.ckpt", log, *flags) as (url, _):
+        yield url, out
 
 
 def test_answers_equal_the_predict_cli_with_batching(served, tmp_path: Path):

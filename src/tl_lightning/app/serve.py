@@ -29,11 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", default="auto", help="how many GPUs, or auto")
     parser.add_argument("--max-request-mb", type=float, default=20.0, help="larger requests are answered 413")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait before a 504")
+    parser.add_argument(
+        "--max-pending", type=int, default=64, help="requests in flight beyond which new ones get 503 + Retry-After"
+    )
     args = parser.parse_args(argv)
     for name in ("top_k", "max_batch_size", "workers_per_device"):
         if getattr(args, name) < 1:
             raise BadValue(f"--{name.replace('_', '-')}={getattr(args, name)}: it must be at least 1.")
-    for name in ("batch_timeout", "max_request_mb", "timeout"):
+    for name in ("batch_timeout", "max_request_mb", "timeout", "max_pending"):
         if not getattr(args, name) >= 0:
             raise BadValue(f"--{name.replace('_', '-')}={getattr(args, name)}: it must be 0 or more.")
     devices = args.devices if args.devices == "auto" else _count("--devices", args.devices)
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         max_request_mb=args.max_request_mb,
         timeout=args.timeout,
         model_metadata=metadata,
+        max_pending=args.max_pending,
     ).run(host=args.host, port=args.port, generate_client_file=False)
 
 

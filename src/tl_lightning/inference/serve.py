@@ -12,7 +12,9 @@ Two things are written here rather than taken from LitServe, each for a reason:
   travels as a `Rejected` answer beside the others.
 - `RequestGate` checks the body before it reaches the queue: a size limit (413), a content type that can carry
   an image (415) and JSON that parses (400). LitServe's own `max_payload_size` and its JSON parsing answer
-  500 to the last two.
+  500 to the last two. It also bounds the requests in flight (`max_pending`): beyond them a request is answered
+  503 with `Retry-After` at once, rather than queued until LitServe's timeout answers it (a 504 after 30 s, with
+  memory growing meanwhile). A client that drops mid-upload leaves nothing queued: its body never reaches a worker.
 """
 
 from __future__ import annotations
@@ -151,12 +153,17 @@ class RequestGate:
     """Checks a POST body before it is queued for a worker: size, content type, JSON syntax (see the module's
     docstring for why). The body is read here once, in chunks, and replayed to the app."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, path: str = "/predict") -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path: str = "/predict", max_pending: int = 0) -> None:
         self.app, self.max_bytes, self.path = app, max_bytes, path
+        self.max_pending = max_pending  # 0: no bound
+        self.pending = 0  # requests passed on to LitServe and not answered yet (one event loop: no lock needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
+        if self.max_pending and self.pending >= self.max_pending:
+            busy = f"The server is busy ({self.pending} requests in flight, at most {self.max_pending}); retry shortly."
+            return await _answer(send, 503, busy, retry_after=1)
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in ("application/json", "multipart/form-data"):
@@ -186,16 +193,22 @@ class RequestGate:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        return await self.app(scope, replay, send)
+        self.pending += 1
+        try:
+            return await self.app(scope, replay, send)
+        finally:
+            self.pending -= 1
 
     def _too_large(self) -> str:
         limit = f"{self.max_bytes / 2**20:.3g} MiB"
         return f"The request is larger than {limit}. Send a smaller image, or serve with a larger --max-request-mb."
 
 
-async def _answer(send: Send, status: int, message: str) -> None:
+async def _answer(send: Send, status: int, message: str, retry_after: int | None = None) -> None:
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -212,8 +225,10 @@ def server(
     max_request_mb: float = 20.0,
     timeout: float = 30.0,
     model_metadata: dict | None = None,
+    max_pending: int = 64,
 ) -> ls.LitServer:
-    """The `LitServer` for `checkpoint`; `.run(port=...)` starts it."""
+    """The `LitServer` for `checkpoint`; `.run(port=...)` starts it. `max_pending`: requests in flight beyond
+    which new ones are answered 503 with `Retry-After` (0: no bound)."""
     os.environ["TL_SERVE_WORKERS"] = str(workers_per_device)  # read by each worker's `setup`
     api = ClassifierAPI(checkpoint, top_k, max_batch_size, batch_timeout)
     return ls.LitServer(
@@ -223,5 +238,5 @@ def server(
         workers_per_device=workers_per_device,
         timeout=timeout,
         model_metadata=model_metadata,
-        middlewares=[(RequestGate, {"max_bytes": int(max_request_mb * 2**20)})],
+        middlewares=[(RequestGate, {"max_bytes": int(max_request_mb * 2**20), "max_pending": max_pending})],
     )
