@@ -11,7 +11,8 @@ the resolution by, preferring the simpler model where a few dozen validation ima
 
 Once validation has chosen the probe, it has no more choosing to do, so the kept probe is refitted on the training
 and validation images together (scikit-learn's `refit` after model selection): on the suite's small sets a
-fifth more images gave the probe 1.5 to 5 points of test accuracy (BENCHMARKS.md). Its temperature is fitted on the
+fifth more images gave the whole-image probe 1 to 3 points of test accuracy on four sets and cost 1 on the
+fifth (BENCHMARKS.md, "The probe's eval view and its refit"). Its temperature is fitted on the
 held-out validation logits of the probe trained on the training images alone, since the refit one has seen them.
 
 Written here because neither Lightning nor timm has a probe-initialised head; the probe itself is

@@ -78,8 +78,8 @@ def choose_eval_view(
     `Resize` and BiT's eval do; the weights' centre crop only where the images are at least the input resolution
     and a cross-validated probe of the training images under that crop beats the whole image's by more than one
     standard error. timm's crop assumes an ImageNet photo with the subject in the middle and a border to spare;
-    on the suite's clip art and radio galaxies the probe prefers the whole image (BENCHMARKS.md), while a
-    data set of photos framed like ImageNet's can still earn the crop."""
+    on the suite's clip art and few-shot sets the probe prefers the whole image, on the radio galaxies it ties
+    (BENCHMARKS.md, "The probe's eval view"), while photos framed like ImageNet's can still earn the crop."""
     keys = ("model.crop_pct", "model.crop_mode")
     if median_side < resolution:
         because = "small images have no border to spare: evaluate on the whole image"
