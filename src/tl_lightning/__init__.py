@@ -15,8 +15,14 @@ import importlib.abc
 import importlib.util
 import sys
 from importlib.machinery import ModuleSpec
+from importlib.metadata import PackageNotFoundError, version
 
 from tl_lightning.utils import lazy_exports
+
+try:  # pyproject.toml's version, as installed: the one place it is written
+    __version__ = version("tl_lightning")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # Names -> the module that defines them, imported on first use (`utils.lazy_exports` says why).
 _EXPORTS = {

@@ -60,3 +60,13 @@ def test_the_installed_console_script_runs_from_an_empty_folder_with_a_users_con
     )
     assert "batch_size: 17" in mine_job and "DigitsDataModule" in mine_job
     assert list(empty.iterdir()) == []  # --cfg job writes nothing
+
+
+def test_the_package_says_its_version_and_the_changelog_has_it(wheel: Path):
+    import tomllib
+
+    import tl_lightning
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert tl_lightning.__version__ == declared and f"-{declared}-" in wheel.name
+    assert f"## {declared}" in (ROOT / "CHANGELOG.md").read_text()
