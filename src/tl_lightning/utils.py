@@ -49,6 +49,26 @@ class DiskFull(UserError, OSError):
     """A write ran out of space (or quota); the file it was replacing is untouched."""
 
 
+class NotWritable(UserError, OSError):
+    """A folder this run must write to is read-only or not this user's to write; nothing was written there."""
+
+
+def not_writable(path: Path, err: OSError) -> NotWritable:
+    """The one sentence for a write to `path` refused by the file system (`EROFS`) or its permissions."""
+    if err.errno == errno.EROFS:
+        why = "its file system is read-only"
+    else:
+        why = f"this user may not write there ({err.strerror})"
+    kept = f"; the previous {path.name} is untouched" if path.exists() else ""
+    return NotWritable(
+        f"Cannot write {path}: {why}{kept}. Write the run to storage you can write to (hydra.run.dir=..., "
+        "paths.output_dir=...), or remount it read-write."
+    )
+
+
+REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)  # what a file system answers to a write it will not take
+
+
 class NotFound(UserError, FileNotFoundError):
     """A file or folder the user named that is not there; still a `FileNotFoundError`."""
 
@@ -84,8 +104,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ...     tmp.write_text("done")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if err.errno in REFUSED:
+            raise not_writable(path, err) from None
+        raise
     os.close(handle)
     tmp = Path(name)
     try:

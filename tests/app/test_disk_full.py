@@ -12,7 +12,7 @@ import torch
 from conftest import FAST, ROOT, write_images
 
 from tl_lightning.models.checkpoint import AtomicCheckpointIO
-from tl_lightning.utils import DiskFull, atomic_path
+from tl_lightning.utils import DiskFull, NotWritable, atomic_path, write_text
 
 
 @pytest.fixture
@@ -71,3 +71,29 @@ def test_a_run_on_a_full_disk_stops_with_one_sentence_and_a_nonzero_exit(small_d
     assert not any(p.name.endswith(".tmp") for p in run.rglob("*"))
     for checkpoint in run.rglob("*.ckpt"):  # whatever was written under a final name is whole
         torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+
+def test_read_only_storage_ends_in_one_sentence_before_and_during_a_run(small_disk: Path, tmp_path: Path):
+    """A run folder on a read-only mount is refused before Hydra would make it (its traceback); storage that turns
+    read-only mid-run (a remount after an error) refuses the next write with one sentence, the old file kept."""
+    kept = small_disk / "checkpoints" / "last.ckpt"
+    write_text(kept, "previous")
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+    if remount.returncode != 0:
+        pytest.skip(f"cannot remount the tmpfs read-only ({remount.stderr.strip()})")
+    refused = rf"Cannot write {kept}: its file system is read-only; the previous last"
+    with pytest.raises(NotWritable, match=refused), atomic_path(kept) as tmp:
+        tmp.write_text("new")
+    assert kept.read_text() == "previous"
+
+    data = write_images(tmp_path / "data", per_class=6)
+    overrides = ["data=folder", f"data.root={data}", *FAST]
+    for where in (f"hydra.run.dir={small_disk / 'run'}", f"hydra.sweep.dir={small_disk / 'sweep'}"):
+        multirun = ["-m", "seed=1,2"] if "sweep" in where else []
+        command = [sys.executable, "train.py", *multirun[:1], *overrides, *multirun[1:], where]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        key = where.split("=", 1)[0]
+        assert (
+            f"Error: {key}='{small_disk}/" in done.stderr and "is not writable (Read-only file system)" in done.stderr
+        )

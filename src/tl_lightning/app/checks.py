@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tl_lightning.app._common import user_errors
 from tl_lightning.utils import BadValue, UserError
@@ -85,6 +85,9 @@ def check_jobs(config_dir: Path, argv: list[str]) -> None:
         with initialize_config_dir(str(config_dir), version_base="1.3"):
             fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
             base = compose(name, overrides=fixed, return_hydra_config=True)
+            if not (args.cfg or args.resolve):  # a run or sweep folder is about to be created
+                key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+                check_writable(key, Path(str(OmegaConf.select(base, key))), create=False)
             jobs = [fixed]
             if args.multirun and base.hydra.sweeper._target_.endswith("BasicSweeper"):
                 jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
@@ -165,8 +168,19 @@ def check_image_size(backbone: str, size: int, kwargs: dict[str, Any]) -> None:
         )
 
 
-def check_writable(name: str, folder: Path) -> None:
-    """`folder` exists or can be made, and a file can be written in it."""
+def check_writable(name: str, folder: Path, create: bool = True) -> None:
+    """`folder` exists or can be made, and a file can be written in it. `create=False` makes nothing: the nearest
+    folder that exists must take writes (for a folder another tool creates next, as Hydra its run folder; a
+    read-only mount there ends Hydra's start in a traceback otherwise)."""
+    if not create:
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK):
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+            why = "Read-only file system" if read_only else "Permission denied"
+            raise BadValue(f"{name}='{folder}' is not writable ({why}); point it at a folder you can write to.")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
