@@ -87,11 +87,11 @@ def train_and_evaluate(
     if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
     metrics |= probe_floor_metrics(trainer)
-    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, best, kept_probe_holdout(trainer))
+    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, best, fit=not kept_refit_probe(trainer))
     if datamodule.has_test:
         test = predict_outputs(trainer, model, datamodule.eval_dataloader("test"))  # every rank: its shard
         if trainer.is_global_zero:
-            refit = ", refitted on train and val" if kept_probe_holdout(trainer) is not None else ""
+            refit = ", refitted on train and val" if kept_refit_probe(trainer) else ""
             kept = f" (the linear probe's model{refit}: no fine-tuned epoch beat it on validation)"
             described = best + (kept if metrics.get("selected") == "linear probe" else "")
             metrics |= evaluate_test(model, datamodule, trainer, out, test, described)
@@ -132,34 +132,30 @@ def probe_floor_metrics(trainer: pl.Trainer) -> dict[str, Any]:
     return probe | {"selected": "linear probe" if floors[0].kept else "fine-tuned"}
 
 
-def kept_probe_holdout(trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """When the run kept a probe refitted on validation too: the validation logits and targets of the probe
-    fitted without them, on which its temperature is fitted (`ProbeFloor.holdout`)."""
-    floors = [c for c in trainer.callbacks if isinstance(c, ProbeFloor) and c.kept]
-    return floors[0].holdout if floors else None
+def kept_refit_probe(trainer: pl.Trainer) -> bool:
+    """Whether the run kept a probe refitted on validation too (`ProbeFloor.refitted`)."""
+    return any(isinstance(c, ProbeFloor) and c.kept and c.refitted for c in trainer.callbacks)
 
 
 def calibrate(
-    model: TransferClassifier,
-    datamodule: ImageFolderDataModule,
-    trainer: pl.Trainer,
-    best: str,
-    holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, best: str, fit: bool = True
 ) -> float:
     """Load the best checkpoint's weights, fit a temperature on validation (logits through the trainer's predict
     loop, gathered on every rank, so every rank fits the same T) and store it in the checkpoint (rank 0).
 
-    `holdout`: validation logits and targets to fit on instead, when the best model has trained on validation
-    (a kept probe refitted on it would look certain there) and these come from its twin that has not."""
+    `fit=False` keeps T = 1: for a model that has trained on validation (a kept probe refitted on it), which would
+    look certain there; the probe's C, chosen by cross-validated log loss, calibrates it instead."""
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    if holdout is None:
-        holdout = predict_outputs(trainer, model, datamodule.eval_dataloader("val"))
-    temperature = fit_temperature(*holdout)
+    if fit:
+        temperature = fit_temperature(*predict_outputs(trainer, model, datamodule.eval_dataloader("val")))
+        log.info("Temperature scaling fitted on validation: T = %.3f", temperature)
+    else:
+        temperature = 1.0
+        log.info("The kept probe has trained on validation too: its temperature stays 1 (its C calibrates it).")
     model.temperature.fill_(temperature)
     if best and trainer.is_global_zero:
         store_temperature(best, temperature)
-    log.info("Temperature scaling fitted on validation: T = %.3f", temperature)
     return temperature
 
 

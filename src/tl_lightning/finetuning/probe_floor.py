@@ -12,8 +12,8 @@ the resolution by, preferring the simpler model where a few dozen validation ima
 Once validation has chosen the probe, it has no more choosing to do, so the kept probe is refitted on the training
 and validation images together (scikit-learn's `refit` after model selection): on the suite's small sets a
 fifth more images gave the whole-image probe 1 to 3 points of test accuracy on four sets and cost 1 on the
-fifth (BENCHMARKS.md, "The probe's eval view and its refit"). Its temperature is fitted on the
-held-out validation logits of the probe trained on the training images alone, since the refit one has seen them.
+fifth (BENCHMARKS.md, "The probe's eval view and its refit"). Its temperature stays 1: validation cannot fit one
+for a model that has seen it, and the probe's C, chosen by cross-validated log loss, already calibrates it.
 
 Written here because neither Lightning nor timm has a probe-initialised head; the probe itself is
 scikit-learn's `LogisticRegression` (`models.features.fit_probe`).
@@ -65,8 +65,8 @@ class ProbeFloor(Callback):
             strength differs by data set (it chose 0.03 on the suite's clip art, where C=1 ended 6.5 points lower,
             BENCHMARKS.md).
         keep_probe: make the probe the best checkpoint when fine-tuning does not beat it on validation.
-        refit: the kept probe is the one refitted on training and validation images (same C); `holdout` keeps the
-            validation logits of the probe fitted on training images alone, for the temperature.
+        refit: the kept probe is the one refitted on training and validation images (same C); `refitted` says
+            the saved probe is that one, so the run does not fit a temperature on validation for it.
 
     A head with hidden layers is left as it is (a probe is one linear layer); a resumed fit does not probe again
     (the checkpoint holds the head), but still compares against the probe it saved.
@@ -78,7 +78,7 @@ class ProbeFloor(Callback):
         self.refit = refit
         self.probe_metrics: dict[str, float] = {}
         self.probe_path: str = ""
-        self.holdout: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.refitted = False
         self.kept = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -141,7 +141,7 @@ class ProbeFloor(Callback):
             if not self.refit:
                 trainer.save_checkpoint(self.probe_path)
                 return
-            self.holdout = (logits.float().cpu(), val[1].cpu())
+            self.refitted = True
             started_head = copy.deepcopy(pl_module.head.state_dict())
             both = torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]])
             start_head(pl_module.head, fit_probe(*both, c=c, class_weight=class_weight), pl_module.hparams.num_classes)
@@ -168,7 +168,7 @@ class ProbeFloor(Callback):
         log.warning(
             "recipe: kept the linear probe's model%s because no fine-tuned epoch beat it on validation by more than "
             "a standard error (val/score %.4f +- %.4f vs the best epoch's %s)",
-            ", refitted on the training and validation images," if self.holdout is not None else "",
+            ", refitted on the training and validation images," if self.refitted else "",
             probe,
             stderr,
             best_text,
@@ -180,12 +180,12 @@ class ProbeFloor(Callback):
         monitored.best_model_path = monitored.best_model_path or self.probe_path
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probe_metrics": self.probe_metrics, "probe_path": self.probe_path, "holdout": self.holdout}
+        return {"probe_metrics": self.probe_metrics, "probe_path": self.probe_path, "refitted": self.refitted}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.probe_metrics = dict(state_dict.get("probe_metrics", {}))
         self.probe_path = state_dict.get("probe_path", "")
-        self.holdout = state_dict.get("holdout")
+        self.refitted = bool(state_dict.get("refitted", False))
 
 
 @torch.no_grad()
