@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT
 
 from tl_lightning.app.serve import main as serve_main
@@ -132,7 +133,9 @@ def test_answers_equal_the_predict_cli_with_batching(served, tmp_path: Path):
     status, answer = call(f"{url}/predict", *multipart(files[0], top_k="1"))  # a file upload, top_k per request
     assert status == 200 and [item["class"] for item in answer["top_k"]] == [expected[files[0].name]["class"]]
     status, info = call(f"{url}/info")
-    assert info["model"]["classes"] == [str(i) for i in range(10)] and info["model"]["temperature"] != 1.0
+    saved = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert info["model"]["classes"] == [str(i) for i in range(10)]
+    assert info["model"]["temperature"] == pytest.approx(float(saved["state_dict"]["temperature"]))  # the calibrated T
 
 
 def test_bad_requests_get_their_own_4xx_and_spare_their_batch(served, tmp_path: Path):
