@@ -2,16 +2,16 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 from conftest import FAST
 
 import tl_lightning
 from tl_lightning.app.cli import COMMANDS, main
 
-SCRIPT = Path(sys.executable).with_name("tl-lightning")
+SCRIPT = preloaded.CONSOLE_SCRIPT
 
 
 def test_help_lists_every_job_with_one_line():
@@ -31,7 +31,7 @@ def test_train_runs_the_default_from_any_folder(tmp_path: Path):
     """The default config (digits, shipped Lite0), a few batches, started outside the repository."""
     run_dir = tmp_path / "run"
     command = [SCRIPT, "train", *FAST, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = preloaded.run(command, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["weights"] == "package:efficientnet_lite0" and metrics["test/samples"] > 0
@@ -39,6 +39,6 @@ def test_train_runs_the_default_from_any_folder(tmp_path: Path):
 
 
 def test_subcommands_take_their_own_arguments(split_folder: Path):
-    done = subprocess.run([SCRIPT, "audit", str(split_folder)], capture_output=True, text=True, timeout=300)
+    done = preloaded.run([str(SCRIPT), "audit", str(split_folder)], cwd=split_folder)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usable images" in done.stdout

@@ -1,5 +1,6 @@
 """Bad input through the real command lines: one sentence on stderr, exit status 2, no traceback; or, for bad
-files, a finished job that names what it skipped. Each row runs the CLI in a subprocess, two at a time."""
+files, a finished job that names what it skipped. Each row runs the CLI in a process of its own (a fork of a server
+that has imported torch and Lightning once: `preloaded`), two at a time."""
 
 import os
 import shutil
@@ -9,10 +10,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import preloaded
 import pytest
 from conftest import FAST, ROOT, fit_with_checkpoints, tiny_model, write_images
 
-SCRIPT = Path(sys.executable).with_name("tl-lightning")
+SCRIPT = preloaded.CONSOLE_SCRIPT
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +144,7 @@ def free_port() -> int:
 
 def run_case(command: list[str]) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return preloaded.run(command, cwd=ROOT, env=env)
 
 
 @pytest.fixture(scope="module")

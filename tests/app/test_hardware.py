@@ -1,10 +1,10 @@
 """Hardware by default: `trainer: auto`, precision and loader workers resolved at run start, explicit values win."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import torch
 from conftest import ROOT, compose_train, folder_overrides, tiny_data, tiny_trainer
@@ -65,7 +65,7 @@ def test_the_run_records_its_hardware(flat_folder: Path, tmp_path: Path):
 
 def test_cfg_job_shows_the_auto_hardware_for_the_plants_recipe():
     command = [sys.executable, "train.py", "backbone=efficientnet_b4", "data=plants", "--cfg", "job"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = preloaded.run(command, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "accelerator: auto" in done.stdout and "precision: auto" in done.stdout
     assert "num_workers: null" in done.stdout and "pin_memory: null" in done.stdout  # chosen at run start

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import torch
 from conftest import FAST, ROOT, write_images
@@ -37,7 +38,7 @@ def train(data: Path, run: Path, *extra: str, multirun: bool = False) -> subproc
         *extra,
     ]
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return preloaded.run(command, cwd=ROOT, env=env)
 
 
 @pytest.fixture(scope="module")

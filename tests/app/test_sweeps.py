@@ -3,10 +3,10 @@
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import yaml
 from conftest import FAST, ROOT, folder_overrides
@@ -18,7 +18,7 @@ from tl_lightning.app.sweeps import summarise
 def sweep(overrides: list[str], sweep_dir: Path) -> None:
     command = [sys.executable, "train.py", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     env = os.environ | {"HYDRA_FULL_ERROR": "1"}
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    done = preloaded.run(command, cwd=ROOT, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import preloaded
 import pytest
 from conftest import FAST, ROOT, write_images
 
@@ -31,7 +32,7 @@ def train(data: Path, out: Path, *extra: str, env: dict | None = None) -> subpro
         f"hydra.run.dir={out}",
         *extra,
     ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return preloaded.run(command, cwd=ROOT, env=env)
 
 
 @pytest.fixture(scope="module")

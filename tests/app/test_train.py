@@ -3,10 +3,10 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import torch
 from conftest import FAST, ROOT, compose_train, folder_overrides
@@ -89,7 +89,7 @@ def test_multirun_sweeps_two_learning_rates(flat_folder: Path, tmp_path: Path):
     overrides = [o for o in folder_overrides(flat_folder, tmp_path) if not o.startswith("paths.")]
     command = [sys.executable, "train.py", "-m", "model.lr=1e-3,3e-4", f"hydra.sweep.dir={sweep}", *overrides]
     env = os.environ | {"HYDRA_FULL_ERROR": "1"}
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    done = preloaded.run(command, cwd=ROOT, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"]

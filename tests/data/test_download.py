@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import preloaded
 import pytest
 from conftest import ROOT
 from PIL import Image
@@ -166,7 +167,7 @@ def test_plants_without_data_or_network_fails_fast_in_one_message(tmp_path: Path
     ]
     started = time.perf_counter()
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"TL_LIGHTNING_CACHE": str(tmp_path)}
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    done = preloaded.run(command, cwd=ROOT, timeout=120, env=env)
     assert time.perf_counter() - started < 60
     assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout
     message = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]

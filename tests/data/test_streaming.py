@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,13 +20,7 @@ from tl_lightning.data.transforms import eval_transform
 
 
 def optimize(root: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tl_lightning.data.optimize", str(root), str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return preloaded.run([sys.executable, "-m", "tl_lightning.data.optimize", str(root), str(out)], cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +109,7 @@ def train(chunks: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
         *extra,
     ]
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return preloaded.run(command, cwd=ROOT, env=env)
 
 
 @pytest.mark.slow

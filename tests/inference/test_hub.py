@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import preloaded
 import torch
 from conftest import ROOT, fit_with_checkpoints, tiny_model, write_images
 
 from tl_lightning.inference.export import InferenceModel
 from tl_lightning.models.module import TransferClassifier
 
-SCRIPT = Path(sys.executable).with_name("tl-lightning")
+SCRIPT = preloaded.CONSOLE_SCRIPT
 
 # Run in a fresh interpreter with tl_lightning made unimportable: only timm, torch and the exported folder.
 LOAD_WITHOUT_US = """
@@ -33,9 +34,7 @@ assert not [name for name in sys.modules if name.startswith("tl_lightning.")]
 
 
 def export(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(SCRIPT), "export", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
-    )
+    return preloaded.run([str(SCRIPT), "export", *args], cwd=ROOT, env=env)
 
 
 def test_timm_export_loads_without_tl_lightning_and_gives_the_checkpoint_logits(digits_run, tmp_path: Path):

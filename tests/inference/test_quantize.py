@@ -3,13 +3,12 @@ the run's training images, smaller than fp32 and close to it on the test split; 
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
+import preloaded
 import pytest
 import torch
 from conftest import ROOT, tiny_model, write_images
@@ -19,7 +18,7 @@ from tl_lightning.inference.export import export, read_metadata
 from tl_lightning.inference.quantize import batches, compare, quantize
 from tl_lightning.models.module import TransferClassifier
 
-SCRIPT = Path(sys.executable).with_name("tl-lightning")
+SCRIPT = preloaded.CONSOLE_SCRIPT
 
 
 def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path: Path):
@@ -37,7 +36,7 @@ def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path
         "--calibration-images",
         "64",
     ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = preloaded.run(command, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     fp32, int8 = out / "model.onnx", out / "model.int8.onnx"
     assert read_metadata(int8) == read_metadata(fp32)  # the same input contract and classes
@@ -131,7 +130,7 @@ def test_int8_export_names_images_split_csv_lists_that_are_not_there_before_any_
     relative = [f"{split},{name},data/{Path(path).parent.name}/{Path(path).name}" for split, name, path in rows]
     (run / "split.csv").write_text("\n".join(["split,class,path", *relative]) + "\n")
     command = [str(SCRIPT), "export", str(run / "checkpoints" / "best.ckpt"), "--format", "onnx", "--int8"]
-    done = subprocess.run([*command, "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True)
+    done = preloaded.run([*command, "--out", str(tmp_path / "out")], cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"{len(rows)} of the {len(rows)} images that {run / 'split.csv'} lists are not there" in done.stderr
     assert "relative to the folder train.py ran in" in done.stderr and "Traceback" not in done.stderr
