@@ -287,6 +287,26 @@ def int8(r: dict) -> list[str]:
     ]
 
 
+def formats(r: dict) -> list[str]:
+    rows = []
+    for name, v in r["rows"].items():
+        size = "in memory" if v["size_mib"] is None else f"{v['size_mib']:.1f}"
+        rows.append(f"| {name} | {size} | {v['batch1_ms']:.2f} | {v['test_accuracy']:.4f} |")
+    versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+    return [
+        "## Every format side by side: size, batch-1 latency, accuracy",
+        "",
+        f"`python benchmarks/formats.py --checkpoint CKPT` on {r['machine']} ({versions}): {r['model']}, exported "
+        "by `export --format onnx torchscript executorch --int8` (int8 calibrated on 256 training images); every "
+        f"file runs in its own runtime on the run's {r['test_images']} test images, one image per call as a phone "
+        "classifies a photo; latency is the median of repeated calls on one image after warm-up.",
+        "",
+        "| format (runtime) | size MiB | batch 1 ms | test accuracy |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
 def main() -> None:
     sections = [
         "# Benchmarks",
@@ -307,6 +327,7 @@ def main() -> None:
         "serve": serve,
         "serve_gpu": serve,
         "int8": int8,
+        "formats": formats,
     }
     for name, render in renderers.items():
         if (result := load(name)) is not None:

@@ -1,7 +1,8 @@
-"""`python -m tl_lightning.export CKPT [--format onnx torchscript timm] [--out export/] [--int8] [--push-to-hub ID]`:
-ONNX and TorchScript files with their metadata, checked against PyTorch (`inference.export`); an int8 ONNX beside
-the fp32 one, with both files' size and test accuracy (`inference.quantize`); timm's own format with a model card,
-for `timm.create_model("hf-hub:...")` (`inference.hub`)."""
+"""`python -m tl_lightning.export CKPT [--format onnx torchscript executorch timm] [--out export/] [--int8]
+[--push-to-hub ID]`: ONNX and TorchScript files with their metadata, checked against PyTorch (`inference.export`);
+ExecuTorch programs for phones, checked in ExecuTorch's runtime (`inference.on_device`); with `--int8`, an int8 file
+beside each fp32 ONNX or ExecuTorch one, with both files' size and test accuracy (`inference.quantize`); timm's own
+format with a model card, for `timm.create_model("hf-hub:...")` (`inference.hub`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 from tl_lightning.app._common import load_model, run_cli
 from tl_lightning.app.checks import check_writable
 from tl_lightning.data.splits import check_split_files, read_split
-from tl_lightning.inference.export import FORMATS, export
+from tl_lightning.inference import on_device
+from tl_lightning.inference.export import FORMATS, export, metadata
 from tl_lightning.inference.hub import push_to_hub, save_timm
 from tl_lightning.inference.quantize import compare, quantize
 from tl_lightning.utils import BadValue, write_json
@@ -24,31 +26,37 @@ from tl_lightning.utils import BadValue, write_json
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tl_lightning.export", description="Export a checkpoint.")
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--format", nargs="+", default=list(FORMATS), choices=[*FORMATS, "timm"])
+    parser.add_argument("--format", nargs="+", default=list(FORMATS), choices=[*FORMATS, "executorch", "timm"])
     parser.add_argument("--out", type=Path, default=Path("export"))
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the timm export to this Hub repository")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
-    parser.add_argument("--int8", action="store_true", help="also model.int8.onnx, statically quantized")
+    parser.add_argument(
+        "--int8", action="store_true", help="also model.int8.onnx / model.int8.pte, statically quantized"
+    )
     parser.add_argument("--calibration-images", type=int, default=256, help="training images that calibrate int8")
     args = parser.parse_args(argv)
     if args.push_to_hub and "timm" not in args.format:
         parser.error("--push-to-hub uploads the timm format: add --format timm")
-    if args.int8 and "onnx" not in args.format:
-        parser.error("--int8 quantizes the ONNX export: add --format onnx")
+    if args.int8 and not {"onnx", "executorch"} & set(args.format):
+        parser.error("--int8 quantizes the ONNX and ExecuTorch exports: add --format onnx or executorch")
     if args.calibration_images < 1:
         raise BadValue(f"--calibration-images={args.calibration_images}: it must be at least 1.")
+    if "executorch" in args.format:
+        on_device.require_executorch()
     check_writable("--out", args.out)  # before the model loads, not after the export ran
     model = load_model(args.checkpoint)
     split_csv = args.checkpoint.resolve().parent.parent / "split.csv"
     split = read_split(split_csv) if args.int8 else {}  # before the work
     check_split_files(split, split_csv)
-    graphs = tuple(f for f in args.format if f != "timm")
+    graphs = tuple(f for f in args.format if f in FORMATS)
     for item in export(model, args.out, graphs, args.tolerance) if graphs else []:
         check = "not run (pip install onnxruntime)" if item.max_abs_diff is None else f"{item.max_abs_diff:.2e}"
         print(f"{item.format}: {item.path}  max |export - PyTorch| = {check}")
-    if args.int8:
+    if args.int8 and "onnx" in args.format:
         export_int8(model, args.out, split, args.calibration_images)
+    if "executorch" in args.format:
+        export_phone(model, args.out, split if args.int8 else None, args.calibration_images, args.tolerance)
     if "timm" in args.format:
         metrics, recipe = run_record(args.checkpoint)
         diff = save_timm(model, args.out, metrics, recipe, args.tolerance)
@@ -58,23 +66,53 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def export_int8(model: Any, out: Path, split: dict, calibration_images: int) -> None:
-    """`out/model.int8.onnx`, calibrated on a random draw of the run's training images (seed 0: the same file each
-    time); both files' size and test accuracy printed and added to `model.json`."""
+    """`out/model.int8.onnx`, calibrated on a random draw of the run's training images; both files' size and test
+    accuracy printed and added to `model.json`."""
+    calibration, test = calibration_and_test(model, split, calibration_images, out)
+    int8 = quantize(model, out / "model.onnx", out / "model.int8.onnx", calibration)
+    sizes = compare(model, out / "model.onnx", int8, test or None)
+    print_sizes(out, sizes)
+    info = json.loads((out / "model.json").read_text())
+    write_json(
+        out / "model.json", info | {"int8": {"calibration_images": len(calibration), "test_images": len(test), **sizes}}
+    )
+
+
+def export_phone(model: Any, out: Path, split: dict | None, calibration_images: int, tolerance: float) -> None:
+    """`out/model.pte` and, given the run's `split`, `out/model.int8.pte`, each run in ExecuTorch's runtime; the
+    input shape, sizes and test accuracy go into `model.json` (`"executorch"`), which a mobile app reads."""
+    fp32 = on_device.export_executorch(model, out / "model.pte")
+    diff = on_device.parity(model, fp32)
+    if diff > tolerance:
+        raise RuntimeError(f"{fp32} differs from PyTorch by {diff:.2e} (> {tolerance:.0e}); do not ship it.")
+    print(f"executorch: {fp32}  max |export - PyTorch| = {diff:.2e}")
+    record: dict[str, Any] = {"input_shape": on_device.input_shape(model), "delegate": "XNNPACK"}
+    if split is not None:
+        calibration, test = calibration_and_test(model, split, calibration_images, out)
+        int8 = on_device.export_executorch(model, out / "model.int8.pte", calibration)
+        sizes = compare(model, fp32, int8, test or None, score=on_device.accuracy)
+        print_sizes(out, sizes)
+        record |= {"calibration_images": len(calibration), "test_images": len(test), **sizes}
+    info = json.loads((out / "model.json").read_text()) if (out / "model.json").is_file() else metadata(model)
+    write_json(out / "model.json", info | {"executorch": record})
+
+
+def calibration_and_test(
+    model: Any, split: dict, calibration_images: int, out: Path
+) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """A random draw of the run's training images (seed 0: the same file each time) and its labelled test images."""
     train = [file for file, _ in split.get("train", [])]
     if not train:
         raise BadValue(f"The run's split.csv lists no training images to calibrate int8 on ({out}).")
     calibration = [train[i] for i in np.random.default_rng(0).permutation(len(train))[:calibration_images]]
     index = {name: i for i, name in enumerate(model.class_names)}
-    test = [(file, index[name]) for file, name in split.get("test", []) if name in index]
-    int8 = quantize(model, out / "model.onnx", out / "model.int8.onnx", calibration)
-    sizes = compare(model, out / "model.onnx", int8, test or None)
+    return calibration, [(file, index[name]) for file, name in split.get("test", []) if name in index]
+
+
+def print_sizes(out: Path, sizes: dict[str, dict]) -> None:
     for name, row in sizes.items():
         score = "not measured (no test split)" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
         print(f"{name}: {out / row['path']}  {row['size_bytes'] / 2**20:.2f} MiB  test accuracy {score}")
-    info = json.loads((out / "model.json").read_text())
-    write_json(
-        out / "model.json", info | {"int8": {"calibration_images": len(calibration), "test_images": len(test), **sizes}}
-    )
 
 
 def run_record(checkpoint: Path) -> tuple[dict[str, Any], list[str] | None]:

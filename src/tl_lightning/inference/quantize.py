@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -140,17 +140,21 @@ def accuracy(model: Any, path: Path, test: list[tuple[Path, int]]) -> float:
     return right / total
 
 
-def compare(model: Any, fp32: Path, int8: Path, test: list[tuple[Path, int]] | None) -> dict[str, dict]:
-    """Size and test accuracy of both files, for `model.json`; warns when int8 loses more than one point."""
+def compare(
+    model: Any, fp32: Path, int8: Path, test: list[tuple[Path, int]] | None, score: Callable = accuracy
+) -> dict[str, dict]:
+    """Size and test accuracy of both files (`score(model, path, test)`: `accuracy` for ONNX, `on_device.accuracy`
+    for ExecuTorch), for `model.json`; warns when int8 loses more than one point."""
     result = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
-        score = accuracy(model, path, test) if test else None
-        result[name] = asdict(Variant(path.name, path.stat().st_size, score))
+        measured = score(model, path, test) if test else None
+        result[name] = asdict(Variant(path.name, path.stat().st_size, measured))
     fp, q = result["fp32"]["test_accuracy"], result["int8"]["test_accuracy"]
     if fp is not None and fp - q > MAX_ACCURACY_DROP:
         log.warning(
-            "int8 loses %.1f points of test accuracy (%.4f -> %.4f): calibrate on more images (--calibration-images) "
-            "or ship the fp32 file.",
+            "%s: int8 loses %.1f points of test accuracy (%.4f -> %.4f): calibrate on more images "
+            "(--calibration-images) or ship the fp32 file.",
+            int8.name,
             100 * (fp - q),
             fp,
             q,
