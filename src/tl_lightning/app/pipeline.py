@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tl_lightning.app import hardware
 from tl_lightning.app.trackers import log_run_files
 from tl_lightning.data.datamodule import ImageFolderDataModule
+from tl_lightning.evaluation.abstention import answered, choose_threshold, per_class_accuracy
 from tl_lightning.evaluation.calibration import MIN_CALIBRATION_IMAGES, fit_temperature, store_temperature
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
@@ -88,6 +89,9 @@ def train_and_evaluate(
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
     metrics |= probe_floor_metrics(trainer)
     metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, best, fit=not kept_refit_probe(trainer))
+    rule = model.abstention or {}
+    metrics |= {f"abstention/{key}": rule.get(key) for key in ("threshold", "target_accuracy")}
+    metrics |= {"abstention/val_accuracy": rule.get("accuracy"), "abstention/val_share": rule.get("share")}
     if datamodule.has_test:
         test = predict_outputs(trainer, model, datamodule.eval_dataloader("test"))  # every rank: its shard
         if trainer.is_global_zero:
@@ -147,16 +151,39 @@ def calibrate(
     look certain there; the probe's C, chosen by cross-validated log loss, calibrates it instead."""
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    logits, targets = predict_outputs(trainer, model, datamodule.eval_dataloader("val"))
     if fit:
-        temperature = fit_temperature(*predict_outputs(trainer, model, datamodule.eval_dataloader("val")))
+        temperature = fit_temperature(logits, targets)
         log.info("Temperature scaling fitted on validation: T = %.3f", temperature)
     else:
         temperature = 1.0
         log.info("The kept probe has trained on validation too: its temperature stays 1 (its C calibrates it).")
     model.temperature.fill_(temperature)
+    model.abstention = abstention_rule(torch.softmax(logits.float() / temperature, dim=1), targets, model.class_names)
     if best and trainer.is_global_zero:
-        store_temperature(best, temperature)
+        store_temperature(best, temperature, model.abstention)
     return temperature
+
+
+def abstention_rule(probabilities: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """When to say "not sure", chosen on validation, with each class's validation accuracy (what the serving page
+    shows beside an answer)."""
+    rule = choose_threshold(probabilities, targets)
+    if rule.accuracy is None:
+        log.warning(
+            "No share of the validation images reaches %.0f%% accuracy: the model will always say 'not sure' when "
+            "served with an answer threshold.",
+            100 * rule.target_accuracy,
+        )
+    else:
+        log.info(
+            "Answers below %.3f probability are 'not sure': %.1f%% of validation images are answered, %.1f%% of them "
+            "right.",
+            rule.threshold,
+            100 * rule.share,
+            100 * rule.accuracy,
+        )
+    return rule.to_dict() | {"class_val_accuracy": per_class_accuracy(probabilities, targets, class_names)}
 
 
 def evaluate_test(
@@ -171,6 +198,12 @@ def evaluate_test(
     logits and targets in split order). `checkpoint` is the model as the report names it."""
     logits, targets = test
     metrics = model.score(logits, targets, "test")
+    if model.abstention is not None:  # what the threshold chosen on validation gives on images it never saw
+        probabilities = torch.softmax(logits.float() / float(model.temperature), dim=1)
+        accuracy, share = answered(probabilities, targets, model.abstention["threshold"])
+        metrics["test/answered_share"] = share
+        if accuracy is not None:  # loggers take numbers only
+            metrics["test/answered_accuracy"] = accuracy
     files = [path for path, _ in datamodule.samples("test")]
     channels = int(model.data_config["input_size"][0])
     scalars = write_report(

@@ -113,11 +113,14 @@ def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE
     return ReliabilityBins(edges, mean(confidence), mean(correct), count)
 
 
-def store_temperature(checkpoint_path: str | Path, temperature: float) -> None:
-    """Write `temperature` into a `TransferClassifier` checkpoint, through a temp file renamed into place."""
+def store_temperature(checkpoint_path: str | Path, temperature: float, abstention: dict | None = None) -> None:
+    """Write `temperature` (and the abstention rule chosen with it, `evaluation.abstention`) into a
+    `TransferClassifier` checkpoint, through a temp file renamed into place."""
     path = Path(checkpoint_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["state_dict"]["temperature"] = torch.tensor(float(temperature))
     checkpoint.setdefault("tl_lightning", {})["temperature"] = float(temperature)
+    if abstention is not None:
+        checkpoint["tl_lightning"]["abstention"] = abstention
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
