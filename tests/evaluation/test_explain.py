@@ -8,7 +8,7 @@ from conftest import tiny_model
 from PIL import Image
 
 from tl_lightning.app.explain import main
-from tl_lightning.evaluation.explain import grad_cam, target_layer
+from tl_lightning.models.gradcam import grad_cam, target_layer
 from tl_lightning.models.module import TransferClassifier
 
 

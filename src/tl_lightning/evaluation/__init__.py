@@ -1,10 +1,10 @@
 """What a trained model is worth and why: temperature scaling and calibration error, the test report (per-class
 metrics, confusion matrix, top losses, reliability) and its figures, the linear probe of frozen features, and
-Grad-CAM explanations.
+Grad-CAM figures of files.
 """
 
 from tl_lightning.evaluation.calibration import collect_logits, expected_calibration_error, fit_temperature
-from tl_lightning.evaluation.explain import explain_files, grad_cam, top_loss_files
+from tl_lightning.evaluation.explain import explain_files, top_loss_files
 from tl_lightning.evaluation.probe import ProbeResult, linear_probe
 from tl_lightning.evaluation.report import ClassReport, summary_table, write_metrics, write_report
 
@@ -15,7 +15,6 @@ __all__ = [
     "expected_calibration_error",
     "explain_files",
     "fit_temperature",
-    "grad_cam",
     "linear_probe",
     "summary_table",
     "top_loss_files",

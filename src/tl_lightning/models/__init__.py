@@ -1,6 +1,6 @@
 """The model and what it is made of: headless timm backbones and where their weights come from, the new head, layer
-groups with discriminative learning rates, losses, LR schedules, frozen-feature extraction, checkpoint checks, and
-`TransferClassifier`, the LightningModule that carries them.
+groups with discriminative learning rates, losses, LR schedules, frozen-feature extraction, Grad-CAM maps,
+checkpoint checks, and `TransferClassifier`, the LightningModule that carries them.
 """
 
 from tl_lightning.utils import lazy_exports
@@ -25,6 +25,7 @@ _EXPORTS = {
     "discriminative_lrs": "tl_lightning.models.groups",
     "extract_features": "tl_lightning.models.features",
     "focal_loss": "tl_lightning.models.losses",
+    "grad_cam": "tl_lightning.models.gradcam",
     "layer_groups": "tl_lightning.models.groups",
     "scaled_softmax": "tl_lightning.models.heads",
     "warmup_cosine": "tl_lightning.models.lr_schedules",
