@@ -20,9 +20,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next(out.glob("tl_lightning-*.whl"))
 
 
-def test_the_wheel_holds_every_module_and_every_config(wheel: Path):
+def test_the_wheel_holds_every_module_the_page_and_every_config(wheel: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {f"{p.relative_to(ROOT / 'src').as_posix()}" for p in (ROOT / "src").rglob("*.py")}
+    modules.add("tl_lightning/inference/page.html")  # serve --ui
     configs = {f"tl_lightning/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert len(configs) > 40
     assert modules - names == set() and configs - names == set()

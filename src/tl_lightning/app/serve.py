@@ -1,14 +1,17 @@
 """`python -m tl_lightning.serve CKPT [--port 8000] [--top-k 5] [--max-batch-size 1] [--batch-timeout 0]
-[--workers-per-device 1]`: an HTTP endpoint for a checkpoint (`inference.serve`, LitServe; the `[serve]` extra).
+[--workers-per-device 1] [--ui]`: an HTTP endpoint for a checkpoint (`inference.serve`, LitServe; the `[serve]`
+extra).
 
 POST /predict with an image (`curl -F image=@leaf.jpg`, or JSON `{"image": "<base64>"}`) answers the top-k
 classes and their calibrated probabilities; GET /health answers "ok" once every worker has loaded the model, and
-/info the model's classes and preprocessing.
+/info the model's classes, preprocessing, its "not sure" threshold with each class's validation accuracy, and what
+the threshold gave on the run's test split. `--ui` adds a page for people at `/ui`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 from pathlib import Path
 
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-pending", type=int, default=64, help="requests in flight beyond which new ones get 503 + Retry-After"
     )
+    parser.add_argument("--ui", action="store_true", help="also a page for people at /ui: take or upload a photo")
     args = parser.parse_args(argv)
     for name in ("top_k", "max_batch_size", "workers_per_device"):
         if getattr(args, name) < 1:
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         "classes": model.class_names,
         "input_size": list(model.data_config["input_size"]),
         "temperature": float(model.temperature),
+        "abstention": model.abstention,
+        "test": run_test_figures(args.checkpoint),
     }
     server(
         args.checkpoint,
@@ -68,7 +74,23 @@ def main(argv: list[str] | None = None) -> None:
         timeout=args.timeout,
         model_metadata=metadata,
         max_pending=args.max_pending,
+        ui=args.ui,
     ).run(host=args.host, port=args.port, generate_client_file=False)
+
+
+def run_test_figures(checkpoint: Path) -> dict[str, float] | None:
+    """What the run's test split says (its metrics.json, beside `checkpoints/`): accuracy, each class's accuracy,
+    and what the "not sure" threshold gave. The page shows each class's test accuracy rather than its validation
+    accuracy where both exist: the test split chose nothing, while a kept probe has trained on validation."""
+    metrics_file = checkpoint.resolve().parent.parent / "metrics.json"
+    if not metrics_file.is_file():
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    keys = ("test/acc", "test/answered_accuracy", "test/answered_share")
+    figures = {key.removeprefix("test/"): metrics[key] for key in keys if key in metrics}
+    prefix = "test/acc_class/"
+    classes = {key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)}
+    return figures | ({"class_accuracy": classes} if classes else {})
 
 
 def _count(flag: str, value: str) -> int:

@@ -30,17 +30,18 @@ from typing import Any
 import litserve as ls
 import python_multipart  # noqa: F401  FastAPI parses uploads with it; a missing one fails at start, not as a 500 per upload
 import torch
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tl_lightning.data.images import ImageDecodeError, decode_image
 from tl_lightning.data.transforms import eval_transform
+from tl_lightning.models.gradcam import grad_cam, overlay_png
 from tl_lightning.models.module import TransferClassifier
 from tl_lightning.utils import usable_cpus
 
 HOW_TO_ASK = (
     'POST the image as a multipart file field "image" (curl -F image=@leaf.jpg) or as JSON {"image": "<base64>"}; '
-    'an optional "top_k" field sets how many classes come back.'
+    'an optional "top_k" field sets how many classes come back, and "explain": true adds a Grad-CAM map.'
 )
 
 
@@ -61,6 +62,7 @@ class Decoded:
 
     tensor: torch.Tensor
     top_k: int
+    explain: bool = False
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -82,8 +84,9 @@ class ClassifierAPI(ls.LitAPI):
     def decode_request(self, request):
         """A `Decoded` image, or a `Rejected` naming what is wrong with the request."""
         try:
-            data, name, top_k = _read(request)
+            data, name, top_k, explain = _read(request)
             top_k = self.default_top_k if top_k is None else _positive_int(top_k)
+            explain = _flag(explain)
         except ValueError as err:
             return Rejected(400, f"{err} {HOW_TO_ASK}")
         try:
@@ -91,7 +94,7 @@ class ClassifierAPI(ls.LitAPI):
         except ImageDecodeError as err:
             why = err.__cause__ or err  # the decoder's reason; the file advice of `err` does not fit a request
             return Rejected(415, f"'{name}' is not an image this model can read: {why}")
-        return Decoded(self.transform(image=array)["image"], top_k)
+        return Decoded(self.transform(image=array)["image"], top_k, explain)
 
     def batch(self, inputs: list[Decoded | Rejected]) -> list[Decoded | Rejected]:
         return inputs  # stacked in `predict`, which sees which inputs are images
@@ -103,8 +106,19 @@ class ClassifierAPI(ls.LitAPI):
         if images:
             batch = torch.stack([image.tensor for image in images]).to(self.model.device)
             probabilities = iter(self.model.probabilities(batch).cpu())
-        answers = [(item, next(probabilities)) if isinstance(item, Decoded) else item for item in items]
+        answers = [
+            (item, next(probabilities), self._map(item)) if isinstance(item, Decoded) else item for item in items
+        ]
         return answers if isinstance(x, list) else answers[0]
+
+    def _map(self, image: Decoded) -> str | None:
+        """The Grad-CAM map of the predicted class over the model's input, as a PNG data URL, when asked for."""
+        if not image.explain:
+            return None
+        cam, _ = grad_cam(self.model, image.tensor[None].to(self.model.device))
+        config = self.model.data_config
+        png = overlay_png(image.tensor, cam[0], tuple(config["mean"]), tuple(config["std"]))
+        return "data:image/png;base64," + base64.b64encode(png).decode()
 
     def unbatch(self, output: list) -> list:
         return output
@@ -113,15 +127,16 @@ class ClassifierAPI(ls.LitAPI):
         """`{"class", "probability", "top_k": [{"class", "probability"}, ...]}`, most probable first."""
         if isinstance(output, Rejected):
             return output.response()
-        image, probabilities = output
+        image, probabilities, gradcam = output
         values, indices = probabilities.topk(min(image.top_k, len(probabilities)))
         names = [self.model.class_names[i] for i in indices.tolist()]
         top = [{"class": name, "probability": p} for name, p in zip(names, values.tolist(), strict=True)]
-        return {"class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
+        answer = {"class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
+        return answer | ({"gradcam": gradcam} if gradcam else {})
 
 
-def _read(request: Any) -> tuple[bytes, str, Any]:
-    """The image's bytes, its name and the requested top_k, from a multipart form or a JSON body."""
+def _read(request: Any) -> tuple[bytes, str, Any, Any]:
+    """The image's bytes, its name, the requested top_k and explain, from a multipart form or a JSON body."""
     if isinstance(request, dict):  # JSON
         encoded = request.get("image")
         if not isinstance(encoded, str):
@@ -130,13 +145,23 @@ def _read(request: Any) -> tuple[bytes, str, Any]:
             data = base64.b64decode(encoded.split(",", 1)[-1], validate=True)  # a data: URL's prefix is dropped
         except (binascii.Error, ValueError) as err:
             raise ValueError(f'"image" is not base64 ({err}).') from None
-        return data, str(request.get("name", "the posted image")), request.get("top_k")
+        return data, str(request.get("name", "the posted image")), request.get("top_k"), request.get("explain")
     upload = request.get("image")
     if upload is None or isinstance(upload, str):  # any file field will do
         upload = next((value for value in request.values() if not isinstance(value, str)), None)
     if upload is None:
         raise ValueError("The form has no file field.")
-    return upload.file.read(), upload.filename or "the uploaded image", request.get("top_k")
+    return upload.file.read(), upload.filename or "the uploaded image", request.get("top_k"), request.get("explain")
+
+
+def _flag(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if str(value).strip().lower() in ("true", "1", "yes"):
+        return True
+    if str(value).strip().lower() in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f'"explain" must be true or false, got {value!r}.')
 
 
 def _positive_int(value: Any) -> int:
@@ -226,12 +251,14 @@ def server(
     timeout: float = 30.0,
     model_metadata: dict | None = None,
     max_pending: int = 64,
+    ui: bool = False,
 ) -> ls.LitServer:
     """The `LitServer` for `checkpoint`; `.run(port=...)` starts it. `max_pending`: requests in flight beyond
-    which new ones are answered 503 with `Retry-After` (0: no bound)."""
+    which new ones are answered 503 with `Retry-After` (0: no bound). `ui`: also a page for people at `/ui`
+    (`page.html`), which sends photos to `/predict` and reads `/info`, so it answers what the API answers."""
     os.environ["TL_SERVE_WORKERS"] = str(workers_per_device)  # read by each worker's `setup`
     api = ClassifierAPI(checkpoint, top_k, max_batch_size, batch_timeout)
-    return ls.LitServer(
+    lit = ls.LitServer(
         api,
         accelerator=accelerator,
         devices=devices,
@@ -240,3 +267,7 @@ def server(
         model_metadata=model_metadata,
         middlewares=[(RequestGate, {"max_bytes": int(max_request_mb * 2**20), "max_pending": max_pending})],
     )
+    if ui:
+        page = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
+        lit.app.add_api_route("/ui", lambda: HTMLResponse(page), methods=["GET"], include_in_schema=False)
+    return lit
