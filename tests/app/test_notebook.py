@@ -34,4 +34,6 @@ def test_quickstart_runs(tmp_path: Path, monkeypatch):
     assert len(images) >= 6  # confusion, reliability, top losses, three Grad-CAM overlays
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "linear probe: val" in text and "start with: python train.py finetuning=" in text
+    assert "int8 in ExecuTorch's runtime: test accuracy" in text and "same answer as PyTorch on" in text
     assert (tmp_path / "train" / "report.md").is_file() and (tmp_path / "probe" / "probe.json").is_file()
+    assert (tmp_path / "phone" / "model.int8.pte").is_file()
