@@ -60,7 +60,12 @@ def run(command: list[str], cwd: str | Path, env: dict[str, str] | None = None, 
             process.kill()
             process.join()
             raise subprocess.TimeoutExpired(command, timeout, out.read_text(), err.read_text())
-        return subprocess.CompletedProcess(command, process.exitcode, out.read_text(), err.read_text())
+        # The command's own exit status, which the child writes last; multiprocessing's report of it travels
+        # through the fork server and, rarely, arrives as 255 ("the forkserver process itself got killed"). A
+        # child killed by a signal wrote nothing: its negative exit code is the signal's.
+        status = Path(scratch, "status")
+        code = int(status.read_text()) if status.is_file() else process.exitcode
+        return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
 
 
 def _main(target: tuple[str, str], argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> None:
@@ -96,4 +101,5 @@ def _main(target: tuple[str, str], argv: list[str], cwd: str, env: dict[str, str
     logging.shutdown()  # what the interpreter's exit runs: log files flushed and closed
     sys.stdout.flush()
     sys.stderr.flush()
+    Path(stdout).with_name("status").write_text(str(code))
     os._exit(code)
