@@ -26,6 +26,7 @@ from tl_lightning.evaluation.calibration import MIN_CALIBRATION_IMAGES, fit_temp
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import Preemption
+from tl_lightning.models.heads import scaled_softmax
 from tl_lightning.models.module import TransferClassifier
 from tl_lightning.models.outputs import predict_outputs
 
@@ -159,7 +160,7 @@ def calibrate(
         temperature = 1.0
         log.info("The kept probe has trained on validation too: its temperature stays 1 (its C calibrates it).")
     model.temperature.fill_(temperature)
-    model.abstention = abstention_rule(torch.softmax(logits.float() / temperature, dim=1), targets, model.class_names)
+    model.abstention = abstention_rule(scaled_softmax(logits.float(), temperature), targets, model.class_names)
     if best and trainer.is_global_zero:
         store_temperature(best, temperature, model.abstention)
     return temperature
@@ -199,7 +200,7 @@ def evaluate_test(
     logits, targets = test
     metrics = model.score(logits, targets, "test")
     if model.abstention is not None:  # what the threshold chosen on validation gives on images it never saw
-        probabilities = torch.softmax(logits.float() / float(model.temperature), dim=1)
+        probabilities = scaled_softmax(logits.float(), float(model.temperature))
         accuracy, share = answered(probabilities, targets, model.abstention["threshold"])
         metrics["test/answered_share"] = share
         if accuracy is not None:  # loggers take numbers only

@@ -20,7 +20,6 @@ preprocessing (as `export --int8` does for ONNX). The classifier's last linear l
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,8 +32,6 @@ from torch import nn
 from tl_lightning.inference.export import InferenceModel, example_input
 from tl_lightning.inference.predict import image_batches
 from tl_lightning.utils import BadValue, UserError, atomic_path
-
-log = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 16
 
