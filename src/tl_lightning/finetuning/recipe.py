@@ -19,7 +19,8 @@ from tl_lightning.finetuning.measure import ProbeScore, best_resolution
 
 # Input sizes tried for images smaller than the weights' resolution. BiT's HyperRule (Kolesnikov et al. 2020)
 # resizes images under 96 px to 160 and crops 128; fastai's users train at 224. Rather than fix one, the recipe
-# measures each (`finetuning.measure.probe_at_resolutions`) and takes the smallest the data cannot tell from the best.
+# measures each (`finetuning.measure.probe_at_resolutions`) and keeps the weights' own unless the data clearly
+# prefers a smaller one.
 CANDIDATE_SIZES = (96, 128, 160, 224)
 # From this many training images on, ImageNet's strong random crops pay for themselves.
 MANY_IMAGES = 10_000
@@ -52,17 +53,23 @@ def resolution_candidates(median_side: float, native: int, stride: int) -> list[
 
 
 def choose_resolution(median_side: float, native: int, measured: Mapping[int, ProbeScore] | None = None) -> Choice:
-    """The weights' own resolution for images at least that large; for smaller ones, the measured size: the
-    smallest whose cross-validated probe on the training images is within one standard error of the best."""
+    """The weights' own resolution for images at least that large; for smaller ones too, unless a smaller size's
+    cross-validated probe on the training images beats it by more than one standard error
+    (`finetuning.measure.best_resolution`)."""
     key = "model.image_size"
     if median_side >= native or not measured:
         because = f"the training images (median short side {median_side:.0f} px) are at least the weights' {native} px"
         return Choice(key, native, because)
-    size = best_resolution(measured)
+    size = best_resolution(measured, native)
+    top = max(measured.values(), key=lambda score: score.accuracy)
     scores = ", ".join(f"{s} px {m.accuracy:.3f}" for s, m in sorted(measured.items()))
+    if size == native:
+        verdict = f"no smaller size beats the weights' own {native} px by more than a standard error"
+    else:
+        verdict = f"a smaller size beats {native} px by more than a standard error: the smallest within one of the best"
     because = (
         f"the training images are small (median short side {median_side:.0f} px) and a cross-validated linear probe "
-        f"of their frozen features scores {scores}: the smallest size within one standard error of the best"
+        f"of their frozen features scores {scores} (standard error {top.stderr:.3f}): {verdict}"
     )
     return Choice(key, size, because)
 
