@@ -71,3 +71,24 @@ def test_the_package_says_its_version_and_the_changelog_has_it(wheel: Path):
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert tl_lightning.__version__ == declared and f"-{declared}-" in wheel.name
     assert f"## {declared}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_ci_pins_every_core_dependency_at_the_floor_pyproject_declares(tmp_path: Path):
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    declared = [
+        Requirement(line) for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
+    printed = subprocess.run([sys.executable, ROOT / ".ci" / "floors.py"], capture_output=True, text=True, check=True)
+    pins = dict(line.split("==") for line in printed.stdout.split())
+    for requirement in declared:
+        floor = next(spec.version for spec in requirement.specifier if spec.operator == ">=")
+        assert pins[requirement.name] == floor and requirement.specifier.contains(floor), requirement
+    assert "floors.py" in (ROOT / ".ci" / "run").read_text()  # and CI installs and tests them
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "floors.py").write_text((ROOT / ".ci" / "floors.py").read_text())
+    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["torch", "timm>=1.0"]\n')
+    unpinned = subprocess.run([sys.executable, tmp_path / ".ci" / "floors.py"], capture_output=True, text=True)
+    assert unpinned.returncode != 0 and "'torch' declares no >= floor" in unpinned.stderr
