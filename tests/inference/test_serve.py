@@ -15,7 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -81,7 +81,8 @@ def serving(checkpoint: Path, log: Path, *flags: str) -> Iterator[tuple[str, sub
             pytest.fail(f"the server did not become healthy:\n{log.read_text()[-3000:]}")
         yield url, process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and LitServe's worker processes
+        with suppress(ProcessLookupError):  # a test may have stopped it already
+            os.killpg(process.pid, signal.SIGTERM)  # the server and LitServe's worker processes
         process.wait(timeout=30)
 
 

@@ -3,6 +3,8 @@ end without a 5xx and without the server's memory growing; a full server answers
 clients that drop mid-upload hold no place in it."""
 
 import csv
+import os
+import signal
 import socket
 import statistics
 import time
@@ -90,3 +92,22 @@ def _test_images(out: Path) -> list[Path]:
     with open(out / "split.csv") as rows:
         files = [Path(row["path"]) for row in csv.DictReader(rows) if row["split"] == "test"]
     return files[:: max(1, len(files) // 64)]
+
+
+def test_sigterm_to_the_server_alone_stops_its_workers_and_frees_the_port(digits_run, tmp_path):
+    """`kill PID` (a supervisor, `docker stop`) reaches only the server's own process; its HTTP and inference
+    processes must end with it, or they keep the port and the next start fails."""
+    out, _ = digits_run
+    with serving(out / "checkpoints" / "best.ckpt", tmp_path / "server.log") as (url, server):
+        tree = psutil.Process(server.pid).children(recursive=True)
+        assert tree  # LitServe's HTTP and inference processes
+        os.kill(server.pid, signal.SIGTERM)  # the process alone, not its group
+        server.wait(timeout=60)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, [process.cmdline() for process in alive]
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as again:  # free for the next start: bound as a server binds (uvicorn sets REUSEADDR,
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # which a listener still refuses)
+            again.bind(("127.0.0.1", port))
+            again.listen()
+        assert "Traceback" not in (tmp_path / "server.log").read_text()

@@ -11,7 +11,10 @@ the threshold gave on the run's test split. `--ui` adds a page for people at `/u
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         "abstention": model.abstention,
         "test": run_test_figures(args.checkpoint),
     }
-    server(
+    lit = server(
         args.checkpoint,
         top_k=args.top_k,
         max_batch_size=args.max_batch_size,
@@ -75,7 +78,20 @@ def main(argv: list[str] | None = None) -> None:
         model_metadata=metadata,
         max_pending=args.max_pending,
         ui=args.ui,
-    ).run(host=args.host, port=args.port, generate_client_file=False)
+    )
+    signal.signal(signal.SIGTERM, functools.partial(_stop, os.getpid()))
+    lit.run(host=args.host, port=args.port, generate_client_file=False)
+
+
+def _stop(main_pid: int, signum: int, frame: object) -> None:
+    """SIGTERM (`kill PID`, a process supervisor, `docker stop`) takes Ctrl-C's way out: LitServe's graceful
+    shutdown, which stops its HTTP and inference processes. Without it only this process ended and they stayed,
+    holding the port and the model's memory, so the next start failed with the port in use. The HTTP processes
+    are forked with this handler and get SIGTERM from that shutdown: they end as they would without it."""
+    if os.getpid() == main_pid:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def run_test_figures(checkpoint: Path) -> dict[str, float] | None:
