@@ -46,8 +46,9 @@ class ProbeScore:
 
     The standard error is the binomial one of the pooled held-out predictions, sqrt(acc (1 - acc) / n), not the
     spread of the fold means: both estimate the same quantity, but the spread of five numbers is itself so noisy
-    that on a few hundred images it came out at 0.005 where the images allow 0.033 (the suite's tiny clip art at
-    224 px), and every rule that compares two probes "by more than a standard error" then follows noise."""
+    that on a few hundred images it came out at 0.005 where the images allow 0.028 (the suite's tiny clip art at
+    224 px, 320 training images), and every rule that compares two probes "by more than a standard error" then
+    follows noise."""
 
     c: float
     accuracy: float
