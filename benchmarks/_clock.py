@@ -19,6 +19,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from tl_lightning.evaluation.calibration import collect_logits
+
 
 class TestClock(pl.Callback):
     def __init__(self, path: str) -> None:
@@ -37,19 +39,12 @@ class TestClock(pl.Callback):
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         began = time.perf_counter()
         elapsed = began - self.started - self.off_clock
-        modes = {module: module.training for module in pl_module.modules()}
         states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        right = total = 0
-        pl_module.eval()
-        with torch.no_grad():
-            for x, y in trainer.datamodule.eval_dataloader("test"):
-                right += int((pl_module(x.to(pl_module.device)).argmax(-1).cpu() == y).sum())
-                total += len(y)
-        for module, training in modes.items():
-            module.training = training
+        # The project's own pass (each module's mode restored after it, so frozen BatchNorm stays frozen).
+        logits, targets = collect_logits(pl_module, trainer.datamodule.eval_dataloader("test"))
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
-        self.curve.append((round(elapsed, 1), right / total))
+        self.curve.append((round(elapsed, 1), float((logits.argmax(-1) == targets).float().mean())))
         self.off_clock += time.perf_counter() - began
         self.path.write_text(json.dumps({"curve": self.curve, "off_clock": round(self.off_clock, 1)}))
