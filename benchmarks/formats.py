@@ -1,11 +1,12 @@
 """Every deployable format of one checkpoint, side by side: file size, CPU latency at batch 1 (a phone classifying
 one photo) and accuracy on the run's test split, each file run in its own runtime.
 
-The checkpoint is exported once with `python -m tl_lightning.export CKPT --format onnx torchscript executorch --int8`
-(int8 calibrated on 256 of its run's training images); PyTorch eager is the reference row. Every runtime classifies
-the same preprocessed test images one at a time; latency is the median of `--repeats` calls on one image after
-warm-up, on this process's CPU threads (onnxruntime and PyTorch are set to them; ExecuTorch's XNNPACK threadpool
-sizes itself to the machine's cores).
+The checkpoint is exported once with `python -m tl_lightning.export CKPT --format onnx torchscript executorch litert
+--int8` (int8 calibrated on 256 of its run's training images); PyTorch eager is the reference row. Every runtime
+classifies the same preprocessed test images one at a time; latency is the median of `--repeats` calls on one image
+after warm-up, on this process's CPU threads (onnxruntime and PyTorch are set to them; ExecuTorch's XNNPACK
+threadpool sizes itself to the machine's cores; LiteRT's interpreter is given the same threads). It needs the
+`[export,mobile,litert]` extras in one environment (`[litert]` is not in `[dev]`: see inference/litert.py):
 
     python benchmarks/formats.py --checkpoint outputs/train/runs/<run>/checkpoints/best.ckpt [--repeats 100]
 """
@@ -29,6 +30,7 @@ from executorch.runtime import Runtime
 
 from tl_lightning.data.splits import read_split
 from tl_lightning.inference.export import InferenceModel
+from tl_lightning.inference.litert import input_quantization
 from tl_lightning.inference.predict import image_batches
 from tl_lightning.models.module import TransferClassifier
 
@@ -58,6 +60,21 @@ def runners(out: Path, model: TransferClassifier) -> dict[str, tuple[Path | None
         method = Runtime.get().load_program(str(path)).load_method("forward")
         return lambda x: method.execute([x])[0]
 
+    def tflite(path: Path) -> Callable:
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
+        given = input_quantization(path)  # as an app feeds an int8 file: round(x / scale) + zero point
+        if not given:
+            return lambda x: torch.from_numpy(runner(args_0=x.numpy())["output_0"])
+        scale, zero_point = given["input_scale"], given["input_zero_point"]
+
+        def quantized(x: torch.Tensor) -> torch.Tensor:
+            q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127).to(torch.int8).numpy()
+            return torch.from_numpy(runner(args_0=q)["output_0"])
+
+        return quantized
+
     scripted = torch.jit.load(str(out / "model.pt"), map_location="cpu")
     eager = InferenceModel(model).eval()
     return {
@@ -67,6 +84,8 @@ def runners(out: Path, model: TransferClassifier) -> dict[str, tuple[Path | None
         "ONNX int8 (onnxruntime)": (out / "model.int8.onnx", onnx(out / "model.int8.onnx")),
         "ExecuTorch fp32 (XNNPACK)": (out / "model.pte", executorch(out / "model.pte")),
         "ExecuTorch int8 (XNNPACK)": (out / "model.int8.pte", executorch(out / "model.int8.pte")),
+        "LiteRT fp32 (interpreter, XNNPACK)": (out / "model.tflite", tflite(out / "model.tflite")),
+        "LiteRT int8 (interpreter, XNNPACK)": (out / "model.int8.tflite", tflite(out / "model.int8.tflite")),
     }
 
 
@@ -77,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="formats_"))
     command = [sys.executable, "-m", "tl_lightning.export", str(args.checkpoint), "--int8", "--out", str(out)]
-    subprocess.run([*command, "--format", "onnx", "torchscript", "executorch"], check=True)
+    subprocess.run([*command, "--format", "onnx", "torchscript", "executorch", "litert"], check=True)
     model = TransferClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     split = read_split(args.checkpoint.resolve().parent.parent / "split.csv")
     labels = {file: model.class_names.index(name) for file, name in split["test"]}
@@ -101,6 +120,7 @@ def main() -> None:
         "versions": {
             "onnxruntime": onnxruntime.__version__,
             "executorch": _version("executorch"),
+            "litert": _version("ai-edge-litert"),
         },
         "rows": rows,
     }

@@ -356,9 +356,9 @@ def formats(r: dict) -> list[str]:
         "## Every format side by side: size, batch-1 latency, accuracy",
         "",
         f"`python benchmarks/formats.py --checkpoint CKPT` on {r['machine']} ({versions}): {r['model']}, exported "
-        "by `export --format onnx torchscript executorch --int8` (int8 calibrated on 256 training images); every "
-        f"file runs in its own runtime on the run's {r['test_images']} test images, one image per call as a phone "
-        "classifies a photo; latency is the median of repeated calls on one image after warm-up.",
+        "by `export --format onnx torchscript executorch litert --int8` (int8 calibrated on 256 training images); "
+        f"every file runs in its own runtime on the run's {r['test_images']} test images, one image per call as a "
+        "phone classifies a photo; latency is the median of repeated calls on one image after warm-up.",
         "",
         "| format (runtime) | size MiB | batch 1 ms | test accuracy |",
         "|---|---|---|---|",

@@ -13,8 +13,8 @@ from conftest import ROOT
 from executorch.runtime import Runtime
 
 from tl_lightning.data.splits import read_split
+from tl_lightning.inference import on_device
 from tl_lightning.inference.export import InferenceModel, metadata
-from tl_lightning.inference.on_device import require_executorch
 from tl_lightning.inference.predict import image_batches
 from tl_lightning.models.module import TransferClassifier
 from tl_lightning.utils import UserError
@@ -78,4 +78,4 @@ def test_the_fp32_and_int8_programs_answer_as_pytorch_does_in_executorchs_runtim
 def test_without_executorch_the_export_says_which_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "executorch", None)  # what Python does where the package is not installed
     with pytest.raises(UserError, match=r"pip install 'tl_lightning\[mobile\]'"):
-        require_executorch()
+        on_device.require()
