@@ -137,3 +137,27 @@ def tiny_trainer(**kwargs):
         "enable_model_summary": False,
     } | kwargs
     return pl.Trainer(**options)
+
+
+def read_phone_export(run: Path, out: Path, phone: str):
+    """The digits `run`'s model, test files and labels, and the `phone` record of `out/model.json`, whose other keys
+    must be what the app needs (preprocessing, classes, temperature) and whose record describes a batch-1 input and
+    the run's test split, as `export --format <phone> --int8 --calibration-images 64` writes it."""
+    import json
+
+    import torch
+
+    from tl_lightning.data.splits import read_split
+    from tl_lightning.inference.export import metadata
+    from tl_lightning.models.module import TransferClassifier
+
+    model = TransferClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+    split = read_split(run / "split.csv")
+    files = [file for file, _ in split["test"]]
+    truth = torch.tensor([model.class_names.index(name) for _, name in split["test"]])
+    info = json.loads((out / "model.json").read_text())
+    record = info.pop(phone)
+    assert info == json.loads(json.dumps(metadata(model)))
+    assert record["input_shape"] == [1, *model.data_config["input_size"]]
+    assert record["test_images"] == len(files) and record["calibration_images"] == 64
+    return model, files, truth, record

@@ -4,7 +4,6 @@ does on the run's real test images, and say what a mobile app needs beside them 
 LiteRT's converter pins `typing-extensions<4.13`, which `[dev]`'s packages do not accept, so its tests run in an
 environment of their own: `.ci/run`'s LiteRT step installs `[offline,litert]` and runs this file there."""
 
-import json
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -14,13 +13,11 @@ import numpy as np
 import preloaded
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, read_phone_export
 
-from tl_lightning.data.splits import read_split
 from tl_lightning.inference import litert
-from tl_lightning.inference.export import InferenceModel, metadata
+from tl_lightning.inference.export import InferenceModel
 from tl_lightning.inference.predict import image_batches
-from tl_lightning.models.module import TransferClassifier
 from tl_lightning.utils import UserError
 
 SCRIPT = preloaded.CONSOLE_SCRIPT
@@ -67,16 +64,7 @@ def interpreter_answers(path: Path, model, files: list[Path]) -> tuple[torch.Ten
 @needs_litert
 def test_the_fp32_and_int8_files_answer_as_pytorch_does_in_litert(digits_run, exported):
     out, done = exported
-    model = TransferClassifier.load_from_checkpoint(digits_run[0] / "checkpoints" / "best.ckpt", map_location="cpu")
-    model.eval()
-    split = read_split(digits_run[0] / "split.csv")
-    files = [file for file, _ in split["test"]]
-    truth = torch.tensor([model.class_names.index(name) for _, name in split["test"]])
-    info = json.loads((out / "model.json").read_text())
-    record = info.pop("litert")
-    assert info == json.loads(json.dumps(metadata(model)))  # what the app needs: preprocessing, classes, temperature
-    assert record["input_shape"] == [1, *model.data_config["input_size"]]
-    assert record["test_images"] == len(files) and record["calibration_images"] == 64
+    model, files, truth, record = read_phone_export(digits_run[0], out, "litert")
 
     fp32, reference, given = interpreter_answers(out / "model.tflite", model, files)
     assert given["dtype"] == np.float32 and list(given["shape"]) == record["input_shape"]

@@ -1,7 +1,6 @@
 """`export --format executorch [--int8]`: ExecuTorch programs for phones, loaded in ExecuTorch's own runtime, answer
 as PyTorch does on the run's real test images, and say what a mobile app needs beside them."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,14 +8,12 @@ from pathlib import Path
 import preloaded
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, read_phone_export
 from executorch.runtime import Runtime
 
-from tl_lightning.data.splits import read_split
 from tl_lightning.inference import on_device
-from tl_lightning.inference.export import InferenceModel, metadata
+from tl_lightning.inference.export import InferenceModel
 from tl_lightning.inference.predict import image_batches
-from tl_lightning.models.module import TransferClassifier
 from tl_lightning.utils import UserError
 
 SCRIPT = preloaded.CONSOLE_SCRIPT
@@ -47,16 +44,7 @@ def runtime_answers(path: Path, model, files: list[Path]) -> tuple[torch.Tensor,
 
 def test_the_fp32_and_int8_programs_answer_as_pytorch_does_in_executorchs_runtime(digits_run, exported):
     out, done = exported
-    model = TransferClassifier.load_from_checkpoint(digits_run[0] / "checkpoints" / "best.ckpt", map_location="cpu")
-    model.eval()
-    split = read_split(digits_run[0] / "split.csv")
-    files = [file for file, _ in split["test"]]
-    truth = torch.tensor([model.class_names.index(name) for _, name in split["test"]])
-    info = json.loads((out / "model.json").read_text())
-    record = info.pop("executorch")
-    assert info == json.loads(json.dumps(metadata(model)))  # what the app needs: preprocessing, classes, temperature
-    assert record["input_shape"] == [1, *model.data_config["input_size"]]
-    assert record["test_images"] == len(files) and record["calibration_images"] == 64
+    model, files, truth, record = read_phone_export(digits_run[0], out, "executorch")
 
     fp32, reference, kept = runtime_answers(out / "model.pte", model, files)
     assert kept == files

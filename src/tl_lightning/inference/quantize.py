@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from tl_lightning.inference import checks
 from tl_lightning.inference.export import METADATA_KEY
 from tl_lightning.inference.predict import image_batches
-from tl_lightning.utils import BadValue, atomic_path
+from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +140,12 @@ def accuracy(model: Any, path: Path, test: list[tuple[Path, int]]) -> float:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    labels = dict(test)
-    right = total = 0
-    for x, files in batches(model, [file for file, _ in test]):
-        predicted = session.run(["logits"], {"image": x})[0].argmax(-1)
-        right += int((predicted == np.array([labels[file] for file in files])).sum())
-        total += len(files)
-    if total == 0:
-        raise BadValue(f"None of the {len(test)} test images could be read (e.g. '{test[0][0]}'): nothing to score.")
-    return right / total
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, probabilities = session.run(["logits", "probabilities"], {"image": x.numpy()})
+        return torch.from_numpy(logits), torch.from_numpy(probabilities)
+
+    return checks.accuracy(model, run, test)
 
 
 def compare(
