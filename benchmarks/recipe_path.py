@@ -49,6 +49,11 @@ STEPS: dict[str, tuple[str, list[str]]] = {
         "+ and a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
         [ACCURACY, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"],
     ),
+    "early-stop-overall": (
+        "early stopping's patience counted from the best score of the whole run, frozen phase included, instead of "
+        "from the best since the last unfreeze",
+        ["callbacks.early_stopping.restart_at_unfreeze=false"],
+    ),
     "default": (
         "the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation images",
         [],

@@ -33,6 +33,42 @@ def test_phase_aware_early_stopping_waits_for_the_unfreeze_and_its_patience(spli
     assert stopper.stopped_epoch == 4
 
 
+class ScriptedScore(pl.Callback):
+    """Report `val/scripted` from a script, one value per epoch: a run whose score dips at the unfreeze."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    def on_validation_end(self, trainer, pl_module):
+        trainer.callback_metrics["val/scripted"] = torch.tensor(self.scores[trainer.current_epoch])
+
+
+# Frozen epochs 0-2 peak at 0.9; the unfreeze at 3 drops to 0.3, then the score climbs to 0.86 by epoch 9 and stays.
+DIP_AND_CLIMB = [0.9, 0.8, 0.8, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.86, 0.86, 0.86, 0.86, 0.86, 0.86]
+
+
+@pytest.mark.parametrize(("restart", "last_epoch"), [(True, 11), (False, 5)])
+def test_patience_counts_from_the_unfreeze_so_a_climbing_run_is_not_stopped(split_folder, restart, last_epoch):
+    stopper = PhaseAwareEarlyStopping(monitor="val/scripted", mode="max", patience=2, restart_at_unfreeze=restart)
+    callbacks = [LayerFinetuning(milestones={3: "all"}), ScriptedScore(DIP_AND_CLIMB), stopper]
+    trainer = tiny_trainer(max_epochs=len(DIP_AND_CLIMB), callbacks=callbacks)
+    model = tiny_model(lr=0.0)
+    trainer.fit(model, tiny_data(split_folder, model))
+    # Restarted: best since the unfreeze is 0.86 at epoch 9, and 10, 11 bring nothing. Not restarted: the frozen
+    # 0.9 is never beaten, so the earliest allowed stop (unfreeze + patience = epoch 5) ends it mid-climb.
+    assert stopper.stopped_epoch == last_epoch
+    assert stopper.best_score.item() == pytest.approx(0.86 if restart else 0.9)
+
+
+def test_the_restart_survives_a_checkpoint_so_a_resumed_run_does_not_restart_again():
+    stopper = PhaseAwareEarlyStopping(monitor="val/acc", mode="max", patience=2)
+    stopper.restart(3)
+    stopper.best_score, stopper.wait_count = torch.tensor(0.7), 1
+    resumed = PhaseAwareEarlyStopping(monitor="val/acc", mode="max", patience=2)
+    resumed.load_state_dict(stopper.state_dict())
+    assert (resumed.restarted_at, resumed.best_score.item(), resumed.wait_count) == (3, pytest.approx(0.7), 1)
+
+
 def test_the_last_change_counts_only_within_the_run_and_the_model_groups(split_folder: Path):
     model = tiny_model()
     assert gradual(every=2, start=1).last_change_epoch(model, max_epochs=30) == 11  # 6 groups: epochs 1..11
