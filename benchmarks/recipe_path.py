@@ -54,6 +54,11 @@ STEPS: dict[str, tuple[str, list[str]]] = {
         "from the best since the last unfreeze",
         ["callbacks.early_stopping.restart_at_unfreeze=false"],
     ),
+    "flips-always": (
+        "half the training images flipped on every set (`hflip=0.5`, fixed before the flip rule) instead of "
+        "where the mirror tests allow it",
+        ["data.train_transform.hflip=0.5"],
+    ),
     "default": (
         "the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation images",
         [],

@@ -276,6 +276,29 @@ def probe_views(r: dict) -> list[str]:
     return lines
 
 
+def flip_rule(r: dict) -> list[str]:
+    lines = [
+        "## The flip rule",
+        "",
+        f"`python benchmarks/flip_rule.py` on {r['machine']}: the two mirror tests the recipe runs before training "
+        "(`finetuning.measure`), on at most 1,000 training images of each suite set: a logistic probe of the frozen "
+        f"{r['backbone']} features at {r['size']} px and an RBF SVM on 32 px pixels, each fitted on upright "
+        "training images and scored on the held-out folds upright and mirrored; +- is the standard error of the "
+        "difference (from the images the two disagree on). Flips go (`hflip` 0) only where both score mirrored "
+        "images lower by more than it (`finetuning.recipe.choose_hflip`).",
+        "",
+        "| data | images | probe upright | probe mirrored | SVM upright | SVM mirrored | hflip |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in r["table"].items():
+        f, p = row["features"], row["pixels"]
+        lines.append(
+            f"| {name} | {row['images']} | {f['upright']:.3f} | {f['mirrored']:.3f} +- {f['stderr']:.3f} | "
+            f"{p['upright']:.3f} | {p['mirrored']:.3f} +- {p['stderr']:.3f} | {row['hflip']:g} |"
+        )
+    return lines
+
+
 def serve(r: dict) -> list[str]:
     command = "python benchmarks/serve.py" + (" --device cuda" if r["device"] == "cuda" else "")
     rows = [
@@ -378,6 +401,7 @@ def main() -> None:
         "peers": peers,
         "recipe_path": recipe_path,
         "probe_views": probe_views,
+        "flip_rule": flip_rule,
         "overhead": overhead,
         "feature_cache": feature_cache,
         "time_to_accuracy": time_to_accuracy,

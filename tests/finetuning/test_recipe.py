@@ -5,15 +5,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from conftest import compose_train, folder_overrides, write_images
+from PIL import Image
 
 from tl_lightning.data.images import ImageDataset, short_sides
 from tl_lightning.data.transforms import eval_transform
-from tl_lightning.finetuning.measure import ProbeScore, best_resolution, cross_validate_probe, pixel_baseline
+from tl_lightning.finetuning.measure import (
+    MirrorScore,
+    ProbeScore,
+    best_resolution,
+    cross_validate_probe,
+    mirror_test,
+    pixel_baseline,
+)
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
     choose_eval_view,
+    choose_hflip,
     choose_lr_mult,
     choose_resolution,
     choose_train_crop,
@@ -21,6 +31,7 @@ from tl_lightning.finetuning.recipe import (
 )
 
 CROPS = ("model.image_size", "model.crop_pct", "model.crop_mode", "data.train_transform.crop_scale")
+HFLIP = "data.train_transform.hflip"
 
 
 def score(accuracy: float, stderr: float = 0.01) -> ProbeScore:
@@ -144,14 +155,36 @@ def test_the_backbone_moves_gently_where_its_features_beat_the_pixels_and_boldly
     assert choose_lr_mult(features=score(0.9), pixels=score(0.9)).value == 4.0  # a tie: the features add nothing
 
 
+def test_flips_go_only_where_both_the_features_and_the_pixels_score_mirrored_images_lower():
+    digits = choose_hflip(MirrorScore(0.88, 0.81, 0.015), MirrorScore(0.96, 0.38, 0.034))
+    assert (digits.key, digits.value) == (HFLIP, 0.0) and "0.880 on held-out ones and 0.810" in digits.because
+    features_only = choose_hflip(MirrorScore(0.68, 0.63, 0.024), MirrorScore(0.54, 0.53, 0.011))  # radio galaxies
+    pixels_only = choose_hflip(MirrorScore(0.55, 0.55, 0.010), MirrorScore(0.33, 0.28, 0.021))  # clip art's layout
+    assert features_only.value == pixels_only.value == 0.5
+    # A drop within the difference's standard error is not evidence: one mirrored miss at 1.0 keeps flips.
+    assert choose_hflip(MirrorScore(1.0, 0.99, 0.01), MirrorScore(1.0, 0.99, 0.01)).value == 0.5
+
+
+def test_the_mirror_test_scores_held_out_images_with_a_probe_fitted_upright():
+    g = torch.Generator().manual_seed(0)
+    upright = torch.cat([torch.randn(30, 6, generator=g) + 1.5, torch.randn(30, 6, generator=g) - 1.5])
+    labels = torch.tensor([0] * 30 + [1] * 30)
+    swapped = mirror_test(upright, -upright, labels, c=1.0)  # mirroring turns one class into the other
+    assert swapped.upright > 0.9 and swapped.mirrored < 0.1 and swapped.stderr > 0.1
+    half = upright.clone()
+    half[::2] = -half[::2]  # every other image's class swapped: the difference is half the images
+    assert abs(mirror_test(upright, half, labels, c=1.0).mirrored - swapped.upright / 2) < 0.1
+
+
 def test_the_pixel_baseline_reads_what_the_raw_pixels_tell(tmp_path: Path):
     folder = write_images(tmp_path / "data", per_class=10, size=20)  # classes differ by their mean colour
     labels = {name: i for i, name in enumerate(sorted(p.name for p in folder.iterdir()))}
     samples = [(path, labels[path.parent.name]) for path in sorted(folder.rglob("*.png"))]
     config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
-    assert pixel_baseline(ImageDataset(samples, eval_transform(config))).accuracy > 0.9
+    pixels, mirrored = pixel_baseline(ImageDataset(samples, eval_transform(config)))
+    assert pixels.accuracy > 0.9 and mirrored.mirrored > 0.9  # a mirrored image keeps its mean colour
     shuffled = [(path, i % 3) for i, (path, _) in enumerate(samples)]  # labels unrelated to the pixels
-    assert pixel_baseline(ImageDataset(shuffled, eval_transform(config))).accuracy < 0.7
+    assert pixel_baseline(ImageDataset(shuffled, eval_transform(config)))[0].accuracy < 0.7
 
 
 def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time(tmp_path: Path, caplog):
@@ -172,6 +205,8 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         assert written.model.image_size in (96, 128, 160) and written.model.crop_pct == 1.0  # test_resnet: 160 px
         assert written.model.crop_mode == "squash" == job.model.data_config["crop_mode"]
         assert written.data.train_transform.crop_scale == [0.75, 1.0]
+        assert written.data.train_transform.hflip == 0.5  # classes by colour: a mirrored image keeps its class
+        assert job.datamodule.build_train_transform.keywords["hflip"] == 0.5
         assert written.model.lr_mult == job.model.hparams.lr_mult != "auto"
         # Built from the decided values, not patched afterwards: the model's input size, the datamodule's crops.
         assert job.model.data_config["input_size"][-1] == written.model.image_size
@@ -181,7 +216,8 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
     for size in (96, 128, 160):  # every candidate measured, and said so
         assert any(line.startswith(f"recipe: probe at {size} px: cross-validated accuracy") for line in logged)
     assert any(line.startswith("recipe: an SVM on the training images' pixels") for line in logged)
-    for key in (*CROPS, "model.lr_mult"):
+    assert any(line.startswith("recipe: a probe fitted on upright training images scores") for line in logged)
+    for key in (*CROPS, "model.lr_mult", HFLIP):
         assert any(line.startswith(f"recipe: {key}=") and " because " in line for line in logged), key
         assert f"# recipe: {key}=" in configs[0]
 
@@ -196,10 +232,11 @@ def test_explicit_values_win_over_the_recipe(tmp_path: Path):
         "model.crop_mode=center",
         "model.lr_mult=7",
         "data.train_transform.crop_scale=[0.5,1.0]",
+        "data.train_transform.hflip=0.25",
     ]
     job = prepare(compose_train(overrides))
     assert job.model.data_config["input_size"][-1] == 32 and job.model.data_config["crop_pct"] == 0.9
-    assert job.model.hparams.lr_mult == 7
+    assert job.model.hparams.lr_mult == 7 and job.datamodule.build_train_transform.keywords["hflip"] == 0.25
     assert "# recipe:" not in (tmp_path / "out" / "config.yaml").read_text()
 
 
@@ -214,7 +251,7 @@ def test_measuring_leaves_the_random_state_of_training_alone(tmp_path: Path):
     torch.manual_seed(3)
     choices = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
     assert torch.equal(torch.rand(4), expected)
-    assert {c.key for c in choices} == {*CROPS, "model.lr_mult"}
+    assert {c.key for c in choices} == {*CROPS, "model.lr_mult", HFLIP}
     assert cfg.model.image_size == "auto"  # the config is written by apply_recipe, not here
 
 
@@ -232,3 +269,29 @@ def test_large_images_measure_the_weights_centre_crop_against_the_whole_image(tm
     assert choices["model.image_size"].value == 160
     assert choices["model.crop_mode"].value in ("squash", "center")
     assert "on the whole image and" in choices["model.crop_pct"].because
+
+
+def write_ramps(folder: Path, per_class: int = 15, size: int = 20) -> Path:
+    """Two classes of grayscale ramps, dark to bright (`right`) and bright to dark (`left`): a mirrored image is
+    the other class, as a mirrored digit is no longer the digit."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, size)
+    for name, row in (("left", ramp[::-1]), ("right", ramp)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = np.repeat(np.tile(row, (size, 1))[..., None], 3, axis=2) + rng.normal(0, 40, (size, size, 3))
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / name / f"{name}_{i}.png")
+    return folder
+
+
+def test_a_folder_whose_classes_mirroring_swaps_trains_without_flips(tmp_path: Path, caplog):
+    from tl_lightning.app.recipe import plan_recipe
+    from tl_lightning.data.datamodule import ImageFolderDataModule
+
+    folder = write_ramps(tmp_path / "data")
+    cfg = compose_train([o for o in folder_overrides(folder, tmp_path / "out") if "image_size" not in o])
+    with caplog.at_level(logging.INFO, logger="tl_lightning"):
+        choices = {c.key: c for c in plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))}
+    assert choices[HFLIP].value == 0.0 and "both lower" in choices[HFLIP].because
+    logged = [r.getMessage() for r in caplog.records if "on them mirrored" in r.getMessage()]
+    assert len(logged) == 1 and "0.000 on them mirrored" in logged[0]

@@ -3,9 +3,9 @@
 The rules live in `finetuning.recipe` and the measurements in `finetuning.measure` (plain functions, usable without
 Hydra). This module finds which keys the config leaves `auto`, reads the training images through a datamodule
 built from the config as it is (a scan: its split and short sides), measures what the rules need on the pretrained
-backbone (a linear probe at candidate resolutions and under the weights' centre crop, an SVM on the raw pixels),
-and writes the answers into the config, so the datamodule and the model are then built from decided values and
-`config.yaml` holds what ran.
+backbone (a linear probe at candidate resolutions, under the weights' centre crop and on mirrored images, an SVM on
+the raw pixels), and writes the answers into the config, so the datamodule and the model are then built from
+decided values and `config.yaml` holds what ran.
 """
 
 from __future__ import annotations
@@ -19,10 +19,19 @@ from torch.utils.data import Subset
 
 from tl_lightning.app.checks import AUTO
 from tl_lightning.data.datamodule import ImageFolderDataModule
-from tl_lightning.finetuning.measure import PIXEL_SIDE, pixel_baseline, probe_at_resolutions, probe_centre_crop
+from tl_lightning.finetuning.measure import (
+    PIXEL_SIDE,
+    Mirrored,
+    frozen_features,
+    pixel_baseline,
+    probe_at_resolutions,
+    probe_centre_crop,
+    probe_mirrored,
+)
 from tl_lightning.finetuning.recipe import (
     Choice,
     automatic_choices,
+    choose_hflip,
     choose_lr_mult,
     choose_resolution,
     resolution_candidates,
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 DATA_KEYS = ("model.image_size", "model.crop_pct", "model.crop_mode", "data.train_transform.crop_scale")
 VIEW_KEYS = ("model.crop_pct", "model.crop_mode")
 LR_KEYS = ("model.lr_mult",)
+MIRROR_KEYS = ("data.train_transform.hflip",)
 # At most this many training images (evenly spaced over the classes' sorted files) are measured.
 MEASURED_IMAGES = 1000
 
@@ -49,7 +59,7 @@ def plan_recipe(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
 
 
 def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
-    wanted = [key for key in (*DATA_KEYS, *LR_KEYS) if OmegaConf.select(cfg, key, default=None) == AUTO]
+    wanted = [key for key in (*DATA_KEYS, *LR_KEYS, *MIRROR_KEYS) if OmegaConf.select(cfg, key, default=None) == AUTO]
     if not wanted:
         return []
     native, stride, crop_pct = backbone_geometry(str(cfg.model.backbone), cfg.model.get("backbone_kwargs"))
@@ -58,21 +68,24 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
     size = cfg.model.get("image_size")
     given = None if size == AUTO else size
     candidates = resolution_candidates(median, native, stride) if size == AUTO else []
-    spread = _spread(len(scan.samples("train")), MEASURED_IMAGES)
+    spread = evenly_spaced(len(scan.samples("train")), MEASURED_IMAGES)
 
     def images(config: dict) -> Subset:  # the training images under `config`'s eval preprocessing, via the scan
         return Subset(scan.dataset("train", train=False, data_config=config), spread)
 
     lr_wanted = [key for key in wanted if key in LR_KEYS]
+    mirror_wanted = any(key in wanted for key in MIRROR_KEYS)
     view_wanted = any(key in wanted for key in VIEW_KEYS)
-    backbone = _backbone(cfg) if candidates or lr_wanted or view_wanted else None
-    measured = probe_at_resolutions(backbone.model, images, backbone.data_config, candidates) if candidates else {}
+    probed = bool(lr_wanted or view_wanted or mirror_wanted)  # these read the probe at the resolution used
+    backbone = _backbone(cfg) if candidates or probed else None
+    features = frozen_features(backbone.model, images) if backbone is not None else None
+    measured = probe_at_resolutions(features, backbone.data_config, candidates) if candidates else {}
     used = int(given or choose_resolution(median, native, measured or None).value)
     centre = None
-    if backbone is not None and (lr_wanted or view_wanted) and used not in measured:
-        measured |= probe_at_resolutions(backbone.model, images, backbone.data_config, [used])
-    if backbone is not None and view_wanted and median >= used:
-        centre = probe_centre_crop(backbone.model, images, backbone.data_config, used)
+    if probed and used not in measured:
+        measured |= probe_at_resolutions(features, backbone.data_config, [used])
+    if view_wanted and median >= used:
+        centre = probe_centre_crop(features, backbone.data_config, used)
     count = len(scan.samples("train"))
     data_wanted = [key for key in wanted if key in DATA_KEYS]
     mode = cfg.model.get("crop_mode")
@@ -80,16 +93,21 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
     choices = automatic_choices(
         sides, count, native, stride, crop_pct, data_wanted, given, measured or None, centre, given_mode
     )
-    if lr_wanted:
+    if lr_wanted or mirror_wanted:
         channels = int(backbone.data_config["input_size"][0])
         side = {"input_size": (channels, PIXEL_SIDE, PIXEL_SIDE), "crop_pct": 1.0, "interpolation": "area"}
-        pixels = pixel_baseline(images(backbone.data_config | side))
+        pixels, pixels_mirrored = pixel_baseline(images(backbone.data_config | side))
         log.info(
             "recipe: an SVM on the training images' pixels: cross-validated accuracy %.3f +- %.3f",
             pixels.accuracy,
             pixels.stderr,
         )
+    if lr_wanted:
         choices.append(choose_lr_mult(measured[used], pixels))
+    if mirror_wanted:
+        mirrored = frozen_features(backbone.model, lambda config: Mirrored(images(config)))
+        features_mirrored = probe_mirrored(features, mirrored, backbone.data_config, used, measured[used].c)
+        choices.append(choose_hflip(features_mirrored, pixels_mirrored))
     return choices
 
 
@@ -108,6 +126,6 @@ def _backbone(cfg: DictConfig) -> Backbone:
     return built
 
 
-def _spread(count: int, limit: int) -> list[int]:
+def evenly_spaced(count: int, limit: int) -> list[int]:
     """At most `limit` indices evenly spaced over `count` (the samples are sorted by class: each class is kept)."""
     return list(range(0, count, max(1, count // limit)))[:limit]

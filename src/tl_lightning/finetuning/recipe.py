@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tl_lightning.finetuning.measure import ProbeScore, best_resolution
+from tl_lightning.finetuning.measure import MirrorScore, ProbeScore, best_resolution
 
 # Input sizes tried for images smaller than the weights' resolution. BiT's HyperRule (Kolesnikov et al. 2020)
 # resizes images under 96 px to 160 and crops 128; fastai's users train at 224. Rather than fix one, the recipe
@@ -158,6 +158,34 @@ def automatic_choices(
     mode = crop_mode or next(choice.value for choice in view if choice.key == "model.crop_mode")
     choices = [resolution, *view, choose_train_crop(median, used, train_count, mode)]
     return [choice for choice in choices if choice.key in wanted]
+
+
+def choose_hflip(features: MirrorScore, pixels: MirrorScore) -> Choice:
+    """Random horizontal flips for half the training images unless mirroring changes what an image shows.
+
+    A flip is free augmentation only where a mirrored image belongs to the same class: photos, textures, faces,
+    galaxies; on digits and text it teaches the model that a mirrored 2 is a 2. Two measurements must agree before
+    flips go: a probe of the frozen features and an SVM on the pixels, each fitted on upright training images,
+    both score the held-out ones lower mirrored, by more than the difference's standard error. Either alone
+    misleads: the pixels are not mirror-invariant at all, so they flag any set whose images share a layout (the
+    suite's tiny clip art), and ImageNet's features, nearly mirror-invariant on photos, drift on images far from
+    them (radio galaxies, whose orientation on the sky is arbitrary). The suite's digits fail both
+    (BENCHMARKS.md, "The flip rule"). fastai and timm flip by default and leave turning it off to the user.
+    """
+    key = "data.train_transform.hflip"
+
+    def lower(score: MirrorScore) -> bool:
+        return score.mirrored < score.upright - score.stderr
+
+    measured = (
+        f"fitted on upright training images, a linear probe of the frozen features scores {features.upright:.3f} "
+        f"on held-out ones and {features.mirrored:.3f} on them mirrored (standard error of the difference "
+        f"{features.stderr:.3f}), an SVM on the pixels {pixels.upright:.3f} and {pixels.mirrored:.3f} "
+        f"({pixels.stderr:.3f})"
+    )
+    if lower(features) and lower(pixels):
+        return Choice(key, 0.0, measured + ": both lower, so mirroring changes what they show: no flips")
+    return Choice(key, 0.5, measured + ": not both lower, so a mirrored image shows the same class: half are flipped")
 
 
 # lr_mult (head LR / first backbone group's) when the frozen features fit the task, and when they do not.
