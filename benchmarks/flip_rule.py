@@ -26,10 +26,10 @@ from torch.utils.data import Subset
 from tl_lightning.app.recipe import MEASURED_IMAGES, evenly_spaced
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.finetuning.measure import (
-    PIXEL_SIDE,
     Mirrored,
     frozen_features,
     pixel_baseline,
+    pixel_view,
     probe_at_resolutions,
     probe_mirrored,
 )
@@ -56,12 +56,7 @@ def measure(folder: Path) -> dict:
     probe = probe_at_resolutions(features, config, [SIZE])[SIZE]
     mirrored = frozen_features(backbone.model, lambda c: Mirrored(images(c)))
     feature_test = probe_mirrored(features, mirrored, config, SIZE, probe.c)
-    side = {
-        "input_size": (int(config["input_size"][0]), PIXEL_SIDE, PIXEL_SIDE),
-        "crop_pct": 1.0,
-        "interpolation": "area",
-    }
-    _, pixel_test = pixel_baseline(images(config | side))
+    _, pixel_test = pixel_baseline(images(pixel_view(config)))
     choice = choose_hflip(feature_test, pixel_test)
     row = {
         "images": len(spread),

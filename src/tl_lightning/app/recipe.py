@@ -20,10 +20,10 @@ from torch.utils.data import Subset
 from tl_lightning.app.checks import AUTO
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.finetuning.measure import (
-    PIXEL_SIDE,
     Mirrored,
     frozen_features,
     pixel_baseline,
+    pixel_view,
     probe_at_resolutions,
     probe_centre_crop,
     probe_mirrored,
@@ -94,9 +94,7 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
         sides, count, native, stride, crop_pct, data_wanted, given, measured or None, centre, given_mode
     )
     if lr_wanted or mirror_wanted:
-        channels = int(backbone.data_config["input_size"][0])
-        side = {"input_size": (channels, PIXEL_SIDE, PIXEL_SIDE), "crop_pct": 1.0, "interpolation": "area"}
-        pixels, pixels_mirrored = pixel_baseline(images(backbone.data_config | side))
+        pixels, pixels_mirrored = pixel_baseline(images(pixel_view(backbone.data_config)))
         log.info(
             "recipe: an SVM on the training images' pixels: cross-validated accuracy %.3f +- %.3f",
             pixels.accuracy,

@@ -68,7 +68,7 @@ def cross_validate_probe(features: torch.Tensor, labels: torch.Tensor, seed: int
     (1.0, 5)
     """
     y = labels.numpy()
-    folds = int(max(2, min(5, np.bincount(y).min())))
+    folds = _folds(y)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     search = LogisticRegressionCV(Cs=list(PROBE_CS), cv=splitter, scoring="neg_log_loss", max_iter=2000)
     with warnings.catch_warnings():  # scikit-learn's notices about future defaults, not about this fit
@@ -76,11 +76,7 @@ def cross_validate_probe(features: torch.Tensor, labels: torch.Tensor, seed: int
         x = StandardScaler().fit_transform(features.numpy())
         search.fit(x, y)
     c = float(np.atleast_1d(search.C_)[0])
-    accuracies = []
-    for train, held in splitter.split(x, y):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-        probe.fit(features.numpy()[train], y[train])
-        accuracies.append(probe.score(features.numpy()[held], y[held]))
+    _, _, accuracies = _held_out(_probe(c), features.numpy(), None, y, seed)
     mean = float(np.mean(accuracies))
     return ProbeScore(c, mean, binomial_stderr(mean, len(y)), folds)
 
@@ -116,17 +112,26 @@ def pixel_baseline(images: Dataset, seed: int = 0) -> tuple[ProbeScore, MirrorSc
     return score, _mirror_score(right, right_mirrored)
 
 
+def _folds(y: np.ndarray) -> int:
+    """k for stratified k-fold: 5, or the smallest class's count when that is lower (at least 2)."""
+    return int(max(2, min(5, np.bincount(y).min())))
+
+
+def _probe(c: float) -> Callable[[], BaseEstimator]:
+    return lambda: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+
 def _held_out(
-    classifier: Callable[[], BaseEstimator], x: np.ndarray, mirrored: np.ndarray, y: np.ndarray, seed: int
+    classifier: Callable[[], BaseEstimator], x: np.ndarray, mirrored: np.ndarray | None, y: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Stratified k-fold (k 5, or the smallest class's count, at least 2) fits of `classifier()` on `x`: whether
-    each image's held-out prediction is right as it is and mirrored, and each fold's accuracy."""
-    folds = int(max(2, min(5, np.bincount(y).min())))
+    """Stratified k-fold (`_folds`) fits of `classifier()` on `x`: whether each image's held-out prediction is right
+    as it is and mirrored (all False without `mirrored`), and each fold's accuracy."""
     right, right_mirrored, accuracies = np.zeros(len(y), bool), np.zeros(len(y), bool), []
-    for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+    for train, held in StratifiedKFold(_folds(y), shuffle=True, random_state=seed).split(x, y):
         fitted = classifier().fit(x[train], y[train])
         right[held] = fitted.predict(x[held]) == y[held]
-        right_mirrored[held] = fitted.predict(mirrored[held]) == y[held]
+        if mirrored is not None:
+            right_mirrored[held] = fitted.predict(mirrored[held]) == y[held]
         accuracies.append(float(right[held].mean()))
     return right, right_mirrored, accuracies
 
@@ -149,6 +154,16 @@ def whole_image(data_config: DataConfig, size: int) -> DataConfig:
     """`data_config` at `size` px, evaluating on the whole image squashed to the square (`crop_mode` squash)."""
     channels = int(data_config["input_size"][0])
     return DataConfig(**data_config) | {"input_size": (channels, size, size), "crop_pct": 1.0, "crop_mode": "squash"}
+
+
+def pixel_view(data_config: DataConfig) -> DataConfig:
+    """`data_config` at `PIXEL_SIDE` px, area-averaged over the whole image: what `pixel_baseline` reads."""
+    channels = int(data_config["input_size"][0])
+    return DataConfig(**data_config) | {
+        "input_size": (channels, PIXEL_SIDE, PIXEL_SIDE),
+        "crop_pct": 1.0,
+        "interpolation": "area",
+    }
 
 
 def centre_crop(data_config: DataConfig, size: int) -> DataConfig:
@@ -225,10 +240,7 @@ def mirror_test(
     (1.0, 0.0)
     """
 
-    def probe() -> BaseEstimator:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-
-    right, right_mirrored, _ = _held_out(probe, upright.numpy(), mirrored.numpy(), labels.numpy(), seed)
+    right, right_mirrored, _ = _held_out(_probe(c), upright.numpy(), mirrored.numpy(), labels.numpy(), seed)
     return _mirror_score(right, right_mirrored)
 
 
