@@ -103,12 +103,23 @@ def test_report_files_agree_with_torchmetrics(tmp_path: Path):
 
     markdown = (tmp_path / "run" / "report.md").read_text()
     pngs = ("confusion_matrix.png", "reliability.png", "top_losses.png")
-    for linked in ("per_class.csv", "confusion_matrix.csv", *pngs):
+    for linked in ("per_class.csv", "confusion_matrix.csv", "predictions.csv", *pngs):
         assert f"report/{linked}" in markdown
         assert (tmp_path / "run" / "report" / linked).stat().st_size > 0
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     worst = files[int(losses.argmax())]
     assert f"| {worst} | {classes[targets[int(losses.argmax())]]} |" in markdown  # the top row of the loss table
+
+    predictions = read_csv(tmp_path / "run" / "report" / "predictions.csv")
+    assert predictions[0] == ["path", "true", "predicted", "probability", "loss"]
+    assert [row[0] for row in predictions[1:]] == [str(f) for f in files]  # every test image, in split order
+    assert [row[1] for row in predictions[1:]] == [classes[t] for t in targets]
+    assert [row[2] for row in predictions[1:]] == [classes[p] for p in logits.argmax(1)]
+    assert [float(row[4]) for row in predictions[1:]] == pytest.approx(losses.tolist(), abs=1e-5)
+    right = [row[1] == row[2] for row in predictions[1:]]
+    assert sum(right) / len(right) == pytest.approx(float((logits.argmax(1) == targets).float().mean()))
+    by_loss = sorted(predictions[1:], key=lambda row: -float(row[4]))[:6]
+    assert read_csv(tmp_path / "run" / "report" / "top_losses.csv")[1:] == by_loss
 
 
 def test_report_reaches_csv_and_tensorboard_loggers(tmp_path: Path):
