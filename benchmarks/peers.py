@@ -29,6 +29,7 @@ the seeds that finished, with the fit time; `report.py` puts it in BENCHMARKS.md
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -64,6 +65,29 @@ def files(folder: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
     return paths, [classes.index(p.parent.name) for p in paths], classes
 
 
+def right(folder: Path, correct: dict[Path, bool]) -> str:
+    """Which test images a tool got right, as one '0'/'1' per image in `files(folder, "test")` order: two tools'
+    strings compare image by image (`paired`)."""
+    found = {path.resolve(): ok for path, ok in correct.items()}
+    return "".join("1" if found[path.resolve()] else "0" for path in files(folder, "test")[0])
+
+
+def paired(ours: list[str], peer: list[str]) -> dict:
+    """Ours' accuracy minus a peer's on the same test images, with the standard error of that difference: each
+    image's share of ours' seeds that got it right minus the peer's share (with one seed each, McNemar's
+    sqrt(b + c) / n up to the n - 1). Two accuracies on a few hundred images each move by about 3 points; the images
+    both get right or both get wrong say nothing about which tool is better, and the paired error leaves them out."""
+    n = len(ours[0])
+    difference = [
+        statistics.mean(int(run[i]) for run in ours) - statistics.mean(int(run[i]) for run in peer) for i in range(n)
+    ]
+    return {
+        "difference": statistics.mean(difference),
+        "stderr": statistics.stdev(difference) / n**0.5 if n > 1 else 0.0,
+        "seeds": [len(ours), len(peer)],
+    }
+
+
 def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     """The default run, with `_clock.TestClock` scoring the test split as it trains (off the clock): `curve` holds
     (seconds since the run started measuring the data, test accuracy), ending at the kept model's."""
@@ -76,8 +100,10 @@ def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     clock = json.loads((work / "clock.json").read_text())
     measuring, seconds = metrics.get("recipe_seconds", 0.0), round(metrics["seconds"] - clock["off_clock"], 1)
     curve = [[round(measuring + elapsed, 1), acc] for elapsed, acc in clock["curve"]]
+    predictions = csv.DictReader((out / "report" / "predictions.csv").open())
     return {
         "acc": metrics["test/acc"],
+        "right": right(folder, {Path(row["path"]): row["true"] == row["predicted"] for row in predictions}),
         "seconds": seconds,
         "curve": [*curve, [seconds, metrics["test/acc"]]],
         "size": config["model"]["image_size"],
@@ -122,7 +148,12 @@ def run_fastai(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     seconds = time.perf_counter() - started
     paths, labels, _ = files(folder, "test")
     preds, _ = learn.get_preds(dl=dls.test_dl(paths))
-    return {"acc": float((preds.argmax(1) == torch.tensor(labels)).float().mean()), "seconds": round(seconds, 1)}
+    correct = (preds.argmax(1) == torch.tensor(labels)).tolist()
+    return {
+        "acc": sum(correct) / len(correct),
+        "right": right(folder, dict(zip(paths, correct, strict=True))),
+        "seconds": round(seconds, 1),
+    }
 
 
 def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path) -> dict:
@@ -172,8 +203,13 @@ def run_lightning_docs(folder: Path, seed: int, epochs: int, work: Path) -> dict
     seconds = time.perf_counter() - started
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in torch.utils.data.DataLoader(test, 64))
-    return {"acc": correct / len(test), "seconds": round(seconds, 1)}
+        correct = torch.cat([model(x).argmax(1) == y for x, y in torch.utils.data.DataLoader(test, 64)]).tolist()
+    paths = [Path(path) for path, _ in test.samples]
+    return {
+        "acc": sum(correct) / len(correct),
+        "right": right(folder, dict(zip(paths, correct, strict=True))),
+        "seconds": round(seconds, 1),
+    }
 
 
 def run_probe(folder: Path, seed: int, epochs: int, work: Path) -> dict:
@@ -205,7 +241,7 @@ def run_probe(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     cv = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], cv=5, max_iter=2000)
     probe = make_pipeline(StandardScaler(), cv).fit(x, y)
     seconds = time.perf_counter() - started
-    return {"acc": float(probe.score(*features("test"))), "seconds": round(seconds, 1)}
+    return scored(folder, probe, *features("test")) | {"seconds": round(seconds, 1)}
 
 
 def run_svm(folder: Path, seed: int, epochs: int, work: Path) -> dict:
@@ -220,7 +256,16 @@ def run_svm(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     started = time.perf_counter()
     svm = SVC().fit(*pixels("train"))
     seconds = time.perf_counter() - started
-    return {"acc": float(svm.score(*pixels("test"))), "seconds": round(seconds, 1)}
+    return scored(folder, svm, *pixels("test")) | {"seconds": round(seconds, 1)}
+
+
+def scored(folder: Path, classifier, x: np.ndarray, y: list[int]) -> dict:
+    """A fitted scikit-learn classifier's test accuracy and `right` on the test images (`x`, `y` in `files` order)."""
+    correct = (classifier.predict(x) == np.array(y)).tolist()
+    return {
+        "acc": sum(correct) / len(correct),
+        "right": right(folder, dict(zip(files(folder, "test")[0], correct, strict=True))),
+    }
 
 
 RUNNERS: dict[str, Callable[..., dict]] = {
@@ -250,7 +295,16 @@ def summarise(runs: dict, datasets: list[str], tools: list[str]) -> dict:
                 }
         if "ours" in row and (reach := time_to_reach(runs, name, row)):
             row["ours"]["reach"] = reach
+        ours = rights(runs, name, "ours")
+        for tool in [t for t in tools if t != "ours" and t in row]:
+            if ours and (peer := rights(runs, name, tool)):
+                row[tool]["paired"] = paired(ours, peer)
     return table
+
+
+def rights(runs: dict, name: str, tool: str) -> list[str]:
+    """The `right` strings of a tool's seeds on a data set (rows from before they were recorded have none)."""
+    return [run["right"] for key, run in sorted(runs.items()) if key.startswith(f"{name}/{tool}/") and "right" in run]
 
 
 def resolutions(runs: dict) -> dict:

@@ -1,12 +1,13 @@
 """What the recipe's probe-level rules are worth on the suite: the eval view (the whole image squashed to the square
-vs the weights' centre crop) and refitting the kept probe on train + val.
+vs the weights' centre crop), refitting the kept probe on train + val, and how far a choice no rule makes (the
+resize's interpolation: the weights' bicubic, or the bilinear the peers' torchvision `Resize` uses) moves the probe.
 
 For each suite set, the pretrained EfficientNet-Lite0 features of every split are extracted through the library's
 own data module and eval transform (`ImageFolderDataModule`, `data.transforms.eval_transform`) at the resolution
-the recipe uses for it (224 px for the large sets; the chosen size for the small ones), under each view. A logistic
-probe (C by cross-validation on the training features, `finetuning.measure.cross_validate_probe`) is fitted on
-the training split alone and on train + val, and scored on test. The cross-validated accuracy is what the recipe
-sees; the test accuracy what it earns. The results go to `results/probe_views.json`; `report.py` renders them.
+the recipe uses for it (224 px: the resolution rule keeps the weights' size on every suite set), under each view.
+A logistic probe (C by cross-validation on the training features, `finetuning.measure.cross_validate_probe`) is
+fitted on the training split alone and on train + val, and scored on test. The cross-validated accuracy is what the
+recipe sees; the test accuracy what it earns. The results go to `results/probe_views.json`; `report.py` renders them.
 
     python benchmarks/probe_views.py [--datasets galaxies clipart ...] [--threads 1]
 """
@@ -29,13 +30,18 @@ from tl_lightning.models.features import extract_features, fit_probe
 
 ARCH, WEIGHTS = "tf_efficientnet_lite0", "package:efficientnet_lite0"
 # The resolution the default recipe runs each set at (its `model.image_size` in the peers benchmark's runs).
-SIZES = {"galaxies": 224, "clipart": 224, "few-shot": 224, "clipart-tiny": 160, "digits": 96}
+SIZES = {"galaxies": 224, "clipart": 224, "few-shot": 224, "clipart-tiny": 224, "digits": 224}
 
 
 def measure(folder: Path, size: int) -> dict:
     backbone = create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS)
     model = backbone.model.eval()
-    views = {"whole": whole_image(backbone.data_config, size), "centre": centre_crop(backbone.data_config, size)}
+    whole = whole_image(backbone.data_config, size)
+    views = {
+        "whole": whole,
+        "centre": centre_crop(backbone.data_config, size),
+        "whole, bilinear": whole | {"interpolation": "bilinear"},
+    }
     rows = {}
     for view, config in views.items():
         data = ImageFolderDataModule(folder, num_workers=0, audit=False, data_config=config)
@@ -48,6 +54,7 @@ def measure(folder: Path, size: int) -> dict:
         refit = fit_probe(*both, c=cv.c)
         test_x, test_y = split["test"][0].numpy(), split["test"][1].numpy()
         rows[view] = {
+            "interpolation": config["interpolation"],
             "crop_pct": config["crop_pct"],
             "crop_mode": config["crop_mode"],
             "c": cv.c,

@@ -193,6 +193,25 @@ def peers(r: dict) -> list[str]:
         "in train mode from the first epoch would explain (the `adapt-bn` step below loses the same way), not "
         "investigated further. Rows marked n=1 have one seed: a 2-core session fits one fastai run per set.",
     ]
+    compared = {
+        name: {tool: v["paired"] for tool, v in row.items() if v.get("paired")} for name, row in r["table"].items()
+    }
+    if any(compared.values()):
+        lines += [
+            "",
+            "**Ours minus each peer, image by image.** Where both runs kept which test images they got right "
+            "(`right` in `peers_runs.json`; rows from before it was recorded have none), the difference of the two "
+            "accuracies with its paired standard error: each image's share of ours' seeds that got it right minus "
+            "the peer's share, so only the images the two disagree on carry it (McNemar's test, for one seed "
+            "each). A difference within about two of its standard errors is a tie the test split cannot break.",
+            "",
+            "| data | " + " | ".join(tools[1:]) + " |",
+            "|" + "---|" * len(tools),
+        ]
+        for name, row in compared.items():
+            if row:
+                cells = [_paired_cell(row.get(tool)) for tool in tools[1:]]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if r.get("resolutions"):
         lines += [
             "",
@@ -232,6 +251,13 @@ def peers(r: dict) -> list[str]:
     return lines
 
 
+def _paired_cell(v: dict | None) -> str:
+    if v is None:
+        return "-"
+    ours, peer = v["seeds"]
+    return f"{v['difference']:+.3f} ± {v['stderr']:.3f} (n={ours} / {peer})"
+
+
 def recipe_path(r: dict) -> list[str]:
     datasets = sorted({name for row in r["table"].values() for name in row})
     lines = [
@@ -259,9 +285,10 @@ def probe_views(r: dict) -> list[str]:
         f"`python benchmarks/probe_views.py` on {r['machine']}: {r['backbone']} features through the library's own "
         "data module and eval transform, at the resolution the default recipe uses for each set; a logistic probe "
         "with C by cross-validation on the training features. *whole*: the whole image squashed to the square "
-        "(`model.crop_mode=squash`, `crop_pct=1`); *centre*: the weights' centre crop (timm's protocol). CV is what "
-        "the recipe sees (training images only); test what it earns, fitted on train alone and refitted on train + "
-        "val (what the probe floor keeps).",
+        "(`model.crop_mode=squash`, `crop_pct=1`); *centre*: the weights' centre crop (timm's protocol); each "
+        "resized with the weights' interpolation, and the whole image once more with the bilinear one the peers' "
+        "`Resize` uses, a choice no rule of the recipe makes. CV is what the recipe sees (training images only); "
+        "test what it earns, fitted on train alone and refitted on train + val (what the probe floor keeps).",
         "",
         "| data | px | view | CV acc | test acc (train) | test acc (train + val) |",
         "|---|---|---|---|---|---|",
@@ -269,7 +296,8 @@ def probe_views(r: dict) -> list[str]:
     for name, row in r["table"].items():
         for view, v in row["views"].items():
             lines.append(
-                f"| {name} | {row['size']} | {view} ({v['crop_mode']}, {v['crop_pct']:g}) | "
+                f"| {name} | {row['size']} | {view} ({v['crop_mode']}, {v['crop_pct']:g}, "
+                f"{v.get('interpolation', 'bicubic')}) | "
                 f"{v['cv_acc']:.3f} +- {v['cv_stderr']:.3f} | {v['test_acc_train']:.3f} | "
                 f"{v['test_acc_train_val']:.3f} |"
             )
