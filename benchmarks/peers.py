@@ -77,13 +77,15 @@ def paired(ours: list[str], peer: list[str]) -> dict:
     image's share of ours' seeds that got it right minus the peer's share (with one seed each, McNemar's
     sqrt(b + c) / n up to the n - 1). Two accuracies on a few hundred images each move by about 3 points; the images
     both get right or both get wrong say nothing about which tool is better, and the paired error leaves them out."""
-    n = len(ours[0])
-    difference = [
-        statistics.mean(int(run[i]) for run in ours) - statistics.mean(int(run[i]) for run in peer) for i in range(n)
-    ]
+
+    def share(runs: list[str]) -> np.ndarray:  # per image: the share of the runs that got it right
+        return np.array([[c == "1" for c in run] for run in runs]).mean(axis=0)
+
+    difference = share(ours) - share(peer)
+    n = len(difference)
     return {
-        "difference": statistics.mean(difference),
-        "stderr": statistics.stdev(difference) / n**0.5 if n > 1 else 0.0,
+        "difference": float(difference.mean()),
+        "stderr": float(difference.std(ddof=1)) / n**0.5 if n > 1 else 0.0,
         "seeds": [len(ours), len(peer)],
     }
 
@@ -100,7 +102,7 @@ def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
     clock = json.loads((work / "clock.json").read_text())
     measuring, seconds = metrics.get("recipe_seconds", 0.0), round(metrics["seconds"] - clock["off_clock"], 1)
     curve = [[round(measuring + elapsed, 1), acc] for elapsed, acc in clock["curve"]]
-    predictions = csv.DictReader((out / "report" / "predictions.csv").open())
+    predictions = csv.DictReader((out / "report" / "predictions.csv").read_text().splitlines())
     return {
         "acc": metrics["test/acc"],
         "right": right(folder, {Path(row["path"]): row["true"] == row["predicted"] for row in predictions}),

@@ -297,7 +297,7 @@ def probe_views(r: dict) -> list[str]:
         for view, v in row["views"].items():
             lines.append(
                 f"| {name} | {row['size']} | {view} ({v['crop_mode']}, {v['crop_pct']:g}, "
-                f"{v.get('interpolation', 'bicubic')}) | "
+                f"{v['interpolation']}) | "
                 f"{v['cv_acc']:.3f} +- {v['cv_stderr']:.3f} | {v['test_acc_train']:.3f} | "
                 f"{v['test_acc_train_val']:.3f} |"
             )

@@ -147,9 +147,12 @@ def write_report(
     )
     scalars = {"test/ece": ece, "test/ece_calibrated": ece_calibrated, "calibration/temperature": float(temperature)}
     scalars |= {f"test/{m}_weighted": v for m, v in report.averages()["weighted avg"].items()}
+    confidence = probs.gather(1, preds[:, None]).squeeze(1)
     rows = [
-        (files[i], class_names[targets[i]], class_names[preds[i]], float(probs[i, preds[i]]), float(losses[i]))
-        for i in range(len(targets))
+        (file, class_names[true], class_names[predicted], probability, loss)
+        for file, true, predicted, probability, loss in zip(
+            files, targets.tolist(), preds.tolist(), confidence.tolist(), losses.tolist(), strict=True
+        )
     ]
     header = ["path", "true", "predicted", "probability", "loss"]
     write_csv(folder / "predictions.csv", [header, *(_csv_row(row) for row in rows)])
