@@ -64,6 +64,10 @@ def folder(root: Path, out: Path) -> list[str]:
 TRAIN_CASES = {
     "negative lr": (lambda f, o: [*folder(f["data"], o), "model.lr=-1"], "model.lr=-1 must be a positive"),
     "lr not a number": (lambda f, o: [*folder(f["data"], o), "model.lr=abc"], "model.lr='abc' is not a number"),
+    "lr spread typo": (
+        lambda f, o: [*folder(f["data"], o), "model.lr_spread=flatt"],
+        "model.lr_spread='flatt' is not one of: auto, geometric, flat.",
+    ),
     "no epochs": (lambda f, o: [*folder(f["data"], o), "trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
     "tiny images": (lambda f, o: [*folder(f["data"], o), "model.image_size=4"], "model.image_size=4 is smaller than"),
     "zero batch": (lambda f, o: [*folder(f["data"], o), "data.batch_size=0"], "data.batch_size=0 must be"),

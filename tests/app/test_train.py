@@ -51,6 +51,7 @@ def test_default_config_is_digits_on_the_shipped_lite0_weights(digits_run: tuple
     # On 8 px digits an SVM on the pixels beats a probe of the ImageNet features: the recipe moves the backbone boldly.
     written = (out / "config.yaml").read_text()
     assert OmegaConf.create(written).model.lr_mult == 4.0
+    assert OmegaConf.create(written).model.lr_spread == "geometric"  # the top blocks, where digits differ, most
     assert "# recipe: model.lr_mult=4.0 because a linear probe of the frozen features scores" in written
     assert ckpt["tl_lightning"]["data_config"]["mean"] == (0.5, 0.5, 0.5)
 

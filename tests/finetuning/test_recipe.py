@@ -22,9 +22,9 @@ from tl_lightning.finetuning.measure import (
 )
 from tl_lightning.finetuning.recipe import (
     automatic_choices,
+    choose_backbone_lr,
     choose_eval_view,
     choose_hflip,
-    choose_lr_mult,
     choose_resolution,
     choose_train_crop,
     resolution_candidates,
@@ -147,12 +147,14 @@ def test_choices_follow_the_images_and_only_fill_the_keys_asked_for(tmp_path: Pa
     assert [(c.key, c.value) for c in only] == [("model.crop_pct", 1.0)]
 
 
-def test_the_backbone_moves_gently_where_its_features_beat_the_pixels_and_boldly_where_they_do_not():
-    fit = choose_lr_mult(features=score(0.80), pixels=score(0.40))
-    assert (fit.key, fit.value) == ("model.lr_mult", 100.0) and "gently" in fit.because
-    unfit = choose_lr_mult(features=score(0.91), pixels=score(0.97))
-    assert unfit.value == 4.0 and "0.910 against 0.970" in unfit.because
-    assert choose_lr_mult(features=score(0.9), pixels=score(0.9)).value == 4.0  # a tie: the features add nothing
+def test_the_backbone_moves_gently_and_evenly_where_its_features_beat_the_pixels_and_boldly_where_they_do_not():
+    mult, spread = choose_backbone_lr(features=score(0.80), pixels=score(0.40))
+    assert (mult.key, mult.value) == ("model.lr_mult", 100.0) and "gently" in mult.because
+    assert (spread.key, spread.value) == ("model.lr_spread", "flat")
+    mult, spread = choose_backbone_lr(features=score(0.91), pixels=score(0.97))
+    assert mult.value == 4.0 and "0.910 against 0.970" in mult.because and spread.value == "geometric"
+    tie = choose_backbone_lr(features=score(0.9), pixels=score(0.9))  # a tie: the features add nothing
+    assert [c.value for c in tie] == [4.0, "geometric"]
 
 
 def test_flips_go_only_where_both_the_features_and_the_pixels_score_mirrored_images_lower():
@@ -208,6 +210,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         assert written.data.train_transform.hflip == 0.5  # classes by colour: a mirrored image keeps its class
         assert job.datamodule.build_train_transform.keywords["hflip"] == 0.5
         assert written.model.lr_mult == job.model.hparams.lr_mult != "auto"
+        assert written.model.lr_spread == job.model.hparams.lr_spread != "auto"
         # Built from the decided values, not patched afterwards: the model's input size, the datamodule's crops.
         assert job.model.data_config["input_size"][-1] == written.model.image_size
         assert job.datamodule.build_train_transform.keywords["crop_scale"] == [0.75, 1.0]
@@ -217,7 +220,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         assert any(line.startswith(f"recipe: probe at {size} px: cross-validated accuracy") for line in logged)
     assert any(line.startswith("recipe: an SVM on the training images' pixels") for line in logged)
     assert any(line.startswith("recipe: a probe fitted on upright training images scores") for line in logged)
-    for key in (*CROPS, "model.lr_mult", HFLIP):
+    for key in (*CROPS, "model.lr_mult", "model.lr_spread", HFLIP):
         assert any(line.startswith(f"recipe: {key}=") and " because " in line for line in logged), key
         assert f"# recipe: {key}=" in configs[0]
 
@@ -231,12 +234,14 @@ def test_explicit_values_win_over_the_recipe(tmp_path: Path):
         "model.crop_pct=0.9",
         "model.crop_mode=center",
         "model.lr_mult=7",
+        "model.lr_spread=geometric",
         "data.train_transform.crop_scale=[0.5,1.0]",
         "data.train_transform.hflip=0.25",
     ]
     job = prepare(compose_train(overrides))
     assert job.model.data_config["input_size"][-1] == 32 and job.model.data_config["crop_pct"] == 0.9
-    assert job.model.hparams.lr_mult == 7 and job.datamodule.build_train_transform.keywords["hflip"] == 0.25
+    assert job.model.hparams.lr_mult == 7 and job.model.hparams.lr_spread == "geometric"
+    assert job.datamodule.build_train_transform.keywords["hflip"] == 0.25
     assert "# recipe:" not in (tmp_path / "out" / "config.yaml").read_text()
 
 
@@ -251,7 +256,7 @@ def test_measuring_leaves_the_random_state_of_training_alone(tmp_path: Path):
     torch.manual_seed(3)
     choices = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
     assert torch.equal(torch.rand(4), expected)
-    assert {c.key for c in choices} == {*CROPS, "model.lr_mult", HFLIP}
+    assert {c.key for c in choices} == {*CROPS, "model.lr_mult", "model.lr_spread", HFLIP}
     assert cfg.model.image_size == "auto"  # the config is written by apply_recipe, not here
 
 

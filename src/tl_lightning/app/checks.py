@@ -59,7 +59,10 @@ def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
 
     from tl_lightning.models.backbones import check_backbone_name
     from tl_lightning.models.checkpoint import check_checkpoint_file
+    from tl_lightning.models.groups import SPREADS
 
+    if model.get("lr_spread") not in (AUTO, *SPREADS):
+        raise BadValue(f"model.lr_spread={model.get('lr_spread')!r} is not one of: {AUTO}, {', '.join(SPREADS)}.")
     check_backbone_name(str(model.backbone))
     if model.get("image_size") not in (None, AUTO):
         check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})

@@ -31,8 +31,8 @@ from tl_lightning.finetuning.measure import (
 from tl_lightning.finetuning.recipe import (
     Choice,
     automatic_choices,
+    choose_backbone_lr,
     choose_hflip,
-    choose_lr_mult,
     choose_resolution,
     resolution_candidates,
 )
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 DATA_KEYS = ("model.image_size", "model.crop_pct", "model.crop_mode", "data.train_transform.crop_scale")
 VIEW_KEYS = ("model.crop_pct", "model.crop_mode")
-LR_KEYS = ("model.lr_mult",)
+LR_KEYS = ("model.lr_mult", "model.lr_spread")
 MIRROR_KEYS = ("data.train_transform.hflip",)
 # At most this many training images (evenly spaced over the classes' sorted files) are measured.
 MEASURED_IMAGES = 1000
@@ -101,7 +101,7 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
             pixels.stderr,
         )
     if lr_wanted:
-        choices.append(choose_lr_mult(measured[used], pixels))
+        choices += [c for c in choose_backbone_lr(measured[used], pixels) if c.key in lr_wanted]
     if mirror_wanted:
         mirrored = frozen_features(backbone.model, lambda config: Mirrored(images(config)))
         features_mirrored = probe_mirrored(features, mirrored, backbone.data_config, used, measured[used].c)
