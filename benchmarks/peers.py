@@ -90,12 +90,13 @@ def paired(ours: list[str], peer: list[str]) -> dict:
     }
 
 
-def run_ours(folder: Path, seed: int, epochs: int, work: Path) -> dict:
-    """The default run, with `_clock.TestClock` scoring the test split as it trains (off the clock): `curve` holds
-    (seconds since the run started measuring the data, test accuracy), ending at the kept model's."""
+def run_ours(folder: Path, seed: int, epochs: int, work: Path, *overrides: str) -> dict:
+    """The default run (with `overrides`), with `_clock.TestClock` scoring the test split as it trains (off the
+    clock): `curve` holds (seconds since the run started measuring the data, test accuracy), ending at the kept
+    model's."""
     out = work / "ours"
     clock = ["+callbacks.test_clock._target_=_clock.TestClock", f"+callbacks.test_clock.path={work / 'clock.json'}"]
-    metrics = train_default(folder, seed, epochs, out, *clock)
+    metrics = train_default(folder, seed, epochs, out, *clock, *overrides)
     config = yaml.safe_load((out / "config.yaml").read_text())
     log = (out / "train.log").read_text()
     recipe = [line.split("recipe: ", 1)[1] for line in log.splitlines() if "recipe: " in line]

@@ -1,11 +1,11 @@
 """The default against itself with one piece changed, on the real-data suite: what each piece of the recipe is worth.
 
 Each step is `python train.py data=folder data.root=DIR seed=S` plus that step's overrides (a subprocess per run,
-as a user runs it): the pieces issue 22 changed, put back one at a time (selection on accuracy, C fixed at 1),
-fastai's flat body LR, and the other pieces of fastai's `fine_tune` the default does not take (BatchNorm statistics
-that adapt, with or without a BatchNorm head). Each (step, dataset, seed) is a row of
-`benchmarks/results/recipe_path_runs.json`, kept across sessions; `recipe_path.json` has the table that
-`report.py` writes into BENCHMARKS.md.
+as a user runs it, scoring the test split as it trains like `peers.py`'s "ours"): the pieces issue 22 changed, put
+back one at a time (selection on accuracy, C fixed at 1, the geometric spread of backbone LRs), and the other pieces
+of fastai's `fine_tune` the default does not take (BatchNorm statistics that adapt, with or without a BatchNorm
+head). Each (step, dataset, seed) is a row of `benchmarks/results/recipe_path_runs.json`, kept across sessions;
+`recipe_path.json` has the tables that `report.py` writes into BENCHMARKS.md.
 
     python benchmarks/recipe_path.py [--steps default adapt-bn ...] [--datasets clipart galaxies] [--seeds 1]
 """
@@ -20,39 +20,46 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _results import RESULTS, machine, save_json, save_row, train_default
+from _results import RESULTS, machine, save_json, save_row
+from peers import run_ours
 from suite import DEFAULT_ROOT, SUITE, write
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCURACY = "model.score_accuracy_from=0"
+# The epoch at which the default (`finetuning=lp_ft`) unfreezes the backbone.
+UNFREEZE_EPOCH = 5
+# The backbone's LRs spread geometrically up to the head's: the recipe's choice for every set before the flat body
+# became the gentle one. The steps measured before then carry it, so each still reproduces what it measured.
+GEOMETRIC = "model.lr_spread=geometric"
 # name -> (what changes, overrides on top of the default config). The steps after "accuracy-selection" change one
 # piece each from it: they were measured before selection moved to the loss on small validation splits.
 STEPS: dict[str, tuple[str, list[str]]] = {
     "accuracy-selection": (
-        "checkpoints chosen on validation accuracy (ties by loss) whatever the split's size, as before issue 22",
-        [ACCURACY],
-    ),
-    "flat-body": (
-        "+ every backbone group at head LR / lr_mult (fastai's `slice(lr / 100, lr)` over a timm body) "
-        "instead of the geometric spread up to the head's LR",
-        [ACCURACY, "model.lr_spread=flat"],
+        "checkpoints chosen on validation accuracy (ties by loss) whatever the split's size, as before issue 22, "
+        "and the backbone's LRs spread geometrically",
+        [ACCURACY, GEOMETRIC],
     ),
     "probe-c1": (
         "+ the probe's C fixed at 1 (before issue 22) instead of cross-validated",
-        [ACCURACY, "callbacks.probe_floor.c=1.0"],
+        [ACCURACY, GEOMETRIC, "callbacks.probe_floor.c=1.0"],
     ),
     "adapt-bn": (
         "+ BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN)",
-        [ACCURACY, "callbacks.finetuning.update_bn_stats=true"],
+        [ACCURACY, GEOMETRIC, "callbacks.finetuning.update_bn_stats=true"],
     ),
     "adapt-bn-head": (
         "+ and a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
-        [ACCURACY, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"],
+        [ACCURACY, GEOMETRIC, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"],
+    ),
+    "geometric-body": (
+        "the backbone's LRs spread geometrically from head LR / 100 up to the head's (the top block at head LR / 1.8) "
+        "where the features fit, instead of the whole backbone at head LR / 100 (fastai's `fine_tune`)",
+        [GEOMETRIC],
     ),
     "early-stop-overall": (
         "early stopping's patience counted from the best score of the whole run, frozen phase included, instead of "
         "from the best since the last unfreeze",
-        ["callbacks.early_stopping.restart_at_unfreeze=false"],
+        [GEOMETRIC, "callbacks.early_stopping.restart_at_unfreeze=false"],
     ),
     "flips-always": (
         "half the training images flipped on every set (`hflip=0.5`, fixed before the flip rule) instead of "
@@ -67,12 +74,19 @@ STEPS: dict[str, tuple[str, list[str]]] = {
 
 
 def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:
-    metrics = train_default(folder, seed, epochs, work / "run", *STEPS[step][1])
+    return run_ours(folder, seed, epochs, work, *STEPS[step][1]) | {"threads": torch.get_num_threads()}
+
+
+def around_unfreeze(curves: list[list[list[float]]]) -> dict:
+    """Mean test accuracy over the seeds at the last frozen epoch, at the first unfrozen one and at the lowest
+    unfrozen one (how far the backbone's first steps knock the model back), and of the kept model. A curve
+    (`peers.run_ours`) starts with the probe head, has one point per epoch and ends with the kept model's."""
     return {
-        "acc": metrics["test/acc"],
-        "seconds": metrics["seconds"],
-        "selected": metrics.get("selected"),
-        "threads": torch.get_num_threads(),
+        "frozen": statistics.mean(c[UNFREEZE_EPOCH][1] for c in curves),
+        "first": statistics.mean(c[UNFREEZE_EPOCH + 1][1] for c in curves),
+        "lowest": statistics.mean(min(acc for _, acc in c[UNFREEZE_EPOCH + 1 : -1]) for c in curves),
+        "kept": statistics.mean(c[-1][1] for c in curves),
+        "seeds": len(curves),
     }
 
 
@@ -118,8 +132,15 @@ def main() -> None:
         }
         for step in STEPS
     }
+    unfreeze = {}
+    for step in STEPS:
+        for name in measured:
+            curves = [r["curve"] for k, r in runs.items() if k.startswith(f"{step}/{name}/") and r.get("curve")]
+            if curves:
+                unfreeze.setdefault(step, {})[name] = around_unfreeze(curves)
     about = {step: text for step, (text, _) in STEPS.items()}
-    save_json("recipe_path", {"machine": machine(), "epochs": args.epochs, "steps": about, "table": table})
+    result = {"machine": machine(), "epochs": args.epochs, "steps": about, "table": table, "unfreeze": unfreeze}
+    save_json("recipe_path", result)
 
 
 if __name__ == "__main__":

@@ -189,9 +189,11 @@ def peers(r: dict) -> list[str]:
         "",
         "fastai's rows are what its defaults do with these folders: on few-shot its default batch of 64 exceeds the 50 "
         "training images and its training loader drops the incomplete batch, so `fine_tune` takes no step "
-        "(`len(dls.train) == 0`); on galaxies it ends below the majority class, which its BatchNorm layers training "
-        "in train mode from the first epoch would explain (the `adapt-bn` step below loses the same way), not "
-        "investigated further. Rows marked n=1 have one seed: a 2-core session fits one fastai run per set.",
+        "(`len(dls.train) == 0`); on galaxies it ends below the majority class, and so does the Lightning docs "
+        "recipe, which both BatchNorm layers updating their statistics in train mode would explain (fastai's from the "
+        "first epoch; Lightning's `BackboneFinetuning` leaves the frozen backbone in train mode, so its statistics "
+        "drift while its weights stay; the `adapt-bn` step below loses the same way), not investigated further. "
+        "Rows marked n=1 have one seed: a 2-core session fits one fastai run per set.",
     ]
     compared = {
         name: {tool: v["paired"] for tool, v in row.items() if v.get("paired")} for name, row in r["table"].items()
@@ -275,6 +277,24 @@ def recipe_path(r: dict) -> list[str]:
     for step, row in r["table"].items():
         cells = [f"{row[name]:.3f}" if name in row else "-" for name in datasets]
         lines.append(f"| {step} | {r['steps'][step]} | " + " | ".join(cells) + " |")
+    if not r.get("unfreeze"):
+        return lines
+    lines += [
+        "",
+        "**Around the unfreeze.** Test accuracy (mean over the seeds) of the steps whose runs scored the test split "
+        "as they trained (`benchmarks/_clock.py`): at the last frozen epoch (the head on the frozen backbone), at the "
+        "first epoch after the backbone unfreezes, and at the lowest epoch after it; then where the run ended, with "
+        "the model it kept.",
+        "",
+        "| step | data | last frozen epoch | first unfrozen epoch | lowest unfrozen epoch | kept model | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for step, row in r["unfreeze"].items():
+        for name, v in row.items():
+            lines.append(
+                f"| {step} | {name} | {v['frozen']:.3f} | {v['first']:.3f} | {v['lowest']:.3f} | "
+                f"{v['kept']:.3f} | {v['seeds']} |"
+            )
     return lines
 
 
