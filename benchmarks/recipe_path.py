@@ -123,20 +123,19 @@ def main() -> None:
                         row = run(step, folder, seed, args.epochs, Path(tmp) / key.replace("/", "_"))
                         runs = save_row("recipe_path_runs", key, row)
                     print(f"{key:<28} acc {runs[key]['acc']:.4f}  {runs[key]['seconds']:>6.1f} s", flush=True)
-    measured = [name for name in SUITE if any(key.split("/")[1] == name for key in runs)]
+    rows: dict[tuple[str, str], list[dict]] = {}  # (step, dataset) -> its seeds' rows, grouped once
+    for key, row in sorted(runs.items()):
+        step, name, _ = key.split("/")
+        rows.setdefault((step, name), []).append(row)
+    measured = [name for name in SUITE if any(name == n for _, n in rows)]
     table = {
-        step: {
-            name: statistics.mean(r["acc"] for k, r in runs.items() if k.startswith(f"{step}/{name}/"))
-            for name in measured
-            if any(k.startswith(f"{step}/{name}/") for k in runs)
-        }
+        step: {name: statistics.mean(r["acc"] for r in rows[step, name]) for name in measured if (step, name) in rows}
         for step in STEPS
     }
     unfreeze = {}
     for step in STEPS:
         for name in measured:
-            curves = [r["curve"] for k, r in runs.items() if k.startswith(f"{step}/{name}/") and r.get("curve")]
-            if curves:
+            if curves := [r["curve"] for r in rows.get((step, name), []) if r.get("curve")]:
                 unfreeze.setdefault(step, {})[name] = around_unfreeze(curves)
     about = {step: text for step, (text, _) in STEPS.items()}
     result = {"machine": machine(), "epochs": args.epochs, "steps": about, "table": table, "unfreeze": unfreeze}
