@@ -66,6 +66,11 @@ STEPS: dict[str, tuple[str, list[str]]] = {
         "where the mirror tests allow it",
         ["data.train_transform.hflip=0.5"],
     ),
+    "unfreeze-early": (
+        "the backbone unfrozen after one frozen epoch instead of five (fastai's `fine_tune`: one frozen epoch; LP-FT "
+        "goes from the converged probe straight to fine-tuning), so it trains at the schedule's highest LRs",
+        ["callbacks.finetuning.unfreeze_epoch=1"],
+    ),
     "default": (
         "the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation images",
         [],
@@ -77,14 +82,21 @@ def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:
     return run_ours(folder, seed, epochs, work, *STEPS[step][1]) | {"threads": torch.get_num_threads()}
 
 
-def around_unfreeze(curves: list[list[list[float]]]) -> dict:
+def unfreeze_epoch(step: str) -> int:
+    """The epoch at which `step`'s runs unfreeze the backbone: its override, or the default's."""
+    prefix = "callbacks.finetuning.unfreeze_epoch="
+    return next((int(o.removeprefix(prefix)) for o in STEPS[step][1] if o.startswith(prefix)), UNFREEZE_EPOCH)
+
+
+def around_unfreeze(curves: list[list[list[float]]], epoch: int = UNFREEZE_EPOCH) -> dict:
     """Mean test accuracy over the seeds at the last frozen epoch, at the first unfrozen one and at the lowest
-    unfrozen one (how far the backbone's first steps knock the model back), and of the kept model. A curve
-    (`peers.run_ours`) starts with the probe head, has one point per epoch and ends with the kept model's."""
+    unfrozen one (how far the backbone's first steps knock the model back), and of the kept model, for runs that
+    unfreeze at `epoch`. A curve (`peers.run_ours`) starts with the probe head, has one point per epoch and ends
+    with the kept model's."""
     return {
-        "frozen": statistics.mean(c[UNFREEZE_EPOCH][1] for c in curves),
-        "first": statistics.mean(c[UNFREEZE_EPOCH + 1][1] for c in curves),
-        "lowest": statistics.mean(min(acc for _, acc in c[UNFREEZE_EPOCH + 1 : -1]) for c in curves),
+        "frozen": statistics.mean(c[epoch][1] for c in curves),
+        "first": statistics.mean(c[epoch + 1][1] for c in curves),
+        "lowest": statistics.mean(min(acc for _, acc in c[epoch + 1 : -1]) for c in curves),
         "kept": statistics.mean(c[-1][1] for c in curves),
         "seeds": len(curves),
     }
@@ -136,7 +148,7 @@ def main() -> None:
     for step in STEPS:
         for name in measured:
             if curves := [r["curve"] for r in rows.get((step, name), []) if r.get("curve")]:
-                unfreeze.setdefault(step, {})[name] = around_unfreeze(curves)
+                unfreeze.setdefault(step, {})[name] = around_unfreeze(curves, unfreeze_epoch(step))
     about = {step: text for step, (text, _) in STEPS.items()}
     result = {"machine": machine(), "epochs": args.epochs, "steps": about, "table": table, "unfreeze": unfreeze}
     save_json("recipe_path", result)
