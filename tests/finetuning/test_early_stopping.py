@@ -1,6 +1,7 @@
 """Phase-aware early stopping, and the test metrics coming from the best checkpoint, not the last epoch."""
 
 import json
+import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -48,7 +49,8 @@ DIP_AND_CLIMB = [0.9, 0.8, 0.8, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.86, 0.86,
 
 
 @pytest.mark.parametrize(("restart", "last_epoch"), [(True, 11), (False, 5)])
-def test_patience_counts_from_the_unfreeze_so_a_climbing_run_is_not_stopped(split_folder, restart, last_epoch):
+def test_patience_counts_from_the_unfreeze_so_a_climbing_run_is_not_stopped(split_folder, restart, last_epoch, caplog):
+    caplog.set_level(logging.INFO, logger="tl_lightning")
     stopper = PhaseAwareEarlyStopping(monitor="val/scripted", mode="max", patience=2, restart_at_unfreeze=restart)
     callbacks = [LayerFinetuning(milestones={3: "all"}), ScriptedScore(DIP_AND_CLIMB), stopper]
     trainer = tiny_trainer(max_epochs=len(DIP_AND_CLIMB), callbacks=callbacks)
@@ -58,6 +60,8 @@ def test_patience_counts_from_the_unfreeze_so_a_climbing_run_is_not_stopped(spli
     # 0.9 is never beaten, so the earliest allowed stop (unfreeze + patience = epoch 5) ends it mid-climb.
     assert stopper.stopped_epoch == last_epoch
     assert stopper.best_score.item() == pytest.approx(0.86 if restart else 0.9)
+    said = [r.getMessage() for r in caplog.records if "patience counts from the last unfreeze" in r.getMessage()]
+    assert said == (["early stopping: patience counts from the last unfreeze (epoch 3) on"] if restart else [])
 
 
 def test_the_restart_survives_a_checkpoint_so_a_resumed_run_does_not_restart_again():

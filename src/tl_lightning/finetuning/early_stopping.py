@@ -57,13 +57,14 @@ class PhaseAwareEarlyStopping(EarlyStopping):
         last_change = self._earliest - self.patience
         if self.restart_at_unfreeze and 0 < last_change <= self._epoch and self.restarted_at is None:
             self.restart(last_change)
+            if trainer.is_global_zero:  # every DDP rank restarts; one says so
+                log.info("early stopping: patience counts from the last unfreeze (epoch %d) on", last_change)
         super()._run_early_stopping_check(trainer)
 
     def restart(self, epoch: int) -> None:
         """Forget the best score and the epochs waited, so the phase that starts at `epoch` is measured alone."""
         worst = torch.tensor(torch.inf if self.monitor_op == torch.lt else -torch.inf)
         self.best_score, self.wait_count, self.restarted_at = worst, 0, epoch
-        log.info("early stopping: patience counts from the last unfreeze (epoch %d) on", epoch)
 
     def state_dict(self) -> dict:
         return super().state_dict() | {"restarted_at": self.restarted_at}
