@@ -71,6 +71,16 @@ STEPS: dict[str, tuple[str, list[str]]] = {
         "goes from the converged probe straight to fine-tuning), so it trains at the schedule's highest LRs",
         ["callbacks.finetuning.unfreeze_epoch=1"],
     ),
+    "adapt-bn-flat": (
+        "BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN), with the default's flat "
+        "body (`adapt-bn` above ran with the geometric spread)",
+        ["callbacks.finetuning.update_bn_stats=true"],
+    ),
+    "bolder-body": (
+        "the whole backbone at head LR / 10 instead of / 100 where the features fit: does fine-tuning have room to "
+        "gain over the probe when the backbone moves ten times as far?",
+        ["model.lr_mult=10"],
+    ),
     "default": (
         "the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation images",
         [],
