@@ -2,9 +2,10 @@
 
 Each step is `python train.py data=folder data.root=DIR seed=S` plus that step's overrides (a subprocess per run,
 as a user runs it, scoring the test split as it trains like `peers.py`'s "ours"): the pieces issue 22 changed, put
-back one at a time (selection on accuracy, C fixed at 1, the geometric spread of backbone LRs), and the other pieces
+back one at a time (selection on accuracy, C fixed at 1, the geometric spread of backbone LRs), the other pieces
 of fastai's `fine_tune` the default does not take (BatchNorm statistics that adapt, with or without a BatchNorm
-head). Each (step, dataset, seed) is a row of `benchmarks/results/recipe_path_runs.json`, kept across sessions;
+head, with either spread; one frozen epoch instead of five), and a backbone LR ten times the gentle one. Each
+(step, dataset, seed) is a row of `benchmarks/results/recipe_path_runs.json`, kept across sessions;
 `recipe_path.json` has the tables that `report.py` writes into BENCHMARKS.md.
 
     python benchmarks/recipe_path.py [--steps default adapt-bn ...] [--datasets clipart galaxies] [--seeds 1]
@@ -20,14 +21,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 from _results import RESULTS, machine, save_json, save_row
 from peers import run_ours
 from suite import DEFAULT_ROOT, SUITE, write
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCURACY = "model.score_accuracy_from=0"
-# The epoch at which the default (`finetuning=lp_ft`) unfreezes the backbone.
-UNFREEZE_EPOCH = 5
+# The epoch at which the default (`finetuning=lp_ft`) unfreezes the backbone, read from the config it runs.
+UNFREEZE_EPOCH = int(yaml.safe_load((ROOT / "conf" / "finetuning" / "lp_ft.yaml").read_text())["unfreeze_epoch"])
 # The backbone's LRs spread geometrically up to the head's: the recipe's choice for every set before the flat body
 # became the gentle one. The steps measured before then carry it, so each still reproduces what it measured.
 GEOMETRIC = "model.lr_spread=geometric"
@@ -77,8 +79,7 @@ STEPS: dict[str, tuple[str, list[str]]] = {
         ["callbacks.finetuning.update_bn_stats=true"],
     ),
     "bolder-body": (
-        "the whole backbone at head LR / 10 instead of / 100 where the features fit: does fine-tuning have room to "
-        "gain over the probe when the backbone moves ten times as far?",
+        "the whole backbone at head LR / 10 instead of / 100 where the features fit, so it moves ten times as far",
         ["model.lr_mult=10"],
     ),
     "default": (
@@ -98,7 +99,7 @@ def unfreeze_epoch(step: str) -> int:
     return next((int(o.removeprefix(prefix)) for o in STEPS[step][1] if o.startswith(prefix)), UNFREEZE_EPOCH)
 
 
-def around_unfreeze(curves: list[list[list[float]]], epoch: int = UNFREEZE_EPOCH) -> dict:
+def around_unfreeze(curves: list[list[list[float]]], epoch: int) -> dict:
     """Mean test accuracy over the seeds at the last frozen epoch, at the first unfrozen one and at the lowest
     unfrozen one (how far the backbone's first steps knock the model back), and of the kept model, for runs that
     unfreeze at `epoch`. A curve (`peers.run_ours`) starts with the probe head, has one point per epoch and ends
