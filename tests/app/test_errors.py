@@ -86,6 +86,14 @@ TRAIN_CASES = {
     "missing ckpt": (lambda f, o: [*folder(f["data"], o), f"ckpt_path={f['base']}/nope.ckpt"], "ckpt_path '"),
     "truncated ckpt": (lambda f, o: [*folder(f["data"], o), f"ckpt_path={f['truncated']}"], "ckpt_path '"),
     "other classes": (lambda f, o: [*folder(f["other"], o), f"ckpt_path={f['ckpt']}"], "The checkpoint was trained"),
+    "checkpoint of another shape": (
+        lambda f, o: [*folder(f["data"], o), f"ckpt_path={f['ckpt']}", "trainer.max_epochs=0"],
+        "Checkpoint '{ckpt}' holds a model of another shape than this config builds",
+    ),
+    "pooling the backbone cannot take": (
+        lambda f, o: [*folder(f["data"], o), "backbone.name=test_vit", "model.pool=catavgmax"],
+        "model.pool=catavgmax does not fit test_vit",
+    ),
     "unknown backbone": (lambda f, o: [*folder(f["data"], o), "backbone.name=efficientnet_b99"], "Unknown backbone"),
     "missing weights": (
         lambda f, o: [*folder(f["data"], o), "backbone.pretrained=true", f"backbone.weights_file={f['base']}/w.pth"],

@@ -55,6 +55,13 @@ def test_probe_features_are_cached_and_reused_until_a_file_changes(
     dm.data_config = dict(other.data_config)
     assert not linear_probe(other, dm, tmp_path / "features").from_cache  # other preprocessing, other key
 
+    dm.data_config = dict(model.data_config)
+    assert linear_probe(model, dm, tmp_path / "features").from_cache
+    lite0 = {"backbone": "tf_efficientnet_lite0", "weights_file": "package:efficientnet_lite0"}
+    pooled = tiny_model(**lite0, pool="fastcatavgmax")
+    fresh = linear_probe(pooled, dm, tmp_path / "features")  # other pooling: other features, twice as wide
+    assert not fresh.from_cache and fresh.feature_dim == 2 * first.feature_dim
+
 
 def test_random_weights_are_probed_but_never_cached(split_folder: Path, tmp_path: Path, extractions: list[int]):
     model = tiny_model()

@@ -21,10 +21,12 @@ from tl_lightning.finetuning.measure import (
     pixel_baseline,
 )
 from tl_lightning.finetuning.recipe import (
+    CONCAT_POOL,
     automatic_choices,
     choose_backbone_lr,
     choose_eval_view,
     choose_hflip,
+    choose_pool,
     choose_resolution,
     choose_train_crop,
     resolution_candidates,
@@ -211,6 +213,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         assert job.datamodule.build_train_transform.keywords["hflip"] == 0.5
         assert written.model.lr_mult == job.model.hparams.lr_mult != "auto"
         assert written.model.lr_spread == job.model.hparams.lr_spread != "auto"
+        assert written.model.pool == job.model.hparams.pool == CONCAT_POOL
         # Built from the decided values, not patched afterwards: the model's input size, the datamodule's crops.
         assert job.model.data_config["input_size"][-1] == written.model.image_size
         assert job.datamodule.build_train_transform.keywords["crop_scale"] == [0.75, 1.0]
@@ -220,7 +223,7 @@ def test_a_run_logs_each_choice_and_writes_it_to_config_yaml_the_same_every_time
         assert any(line.startswith(f"recipe: probe at {size} px: cross-validated accuracy") for line in logged)
     assert any(line.startswith("recipe: an SVM on the training images' pixels") for line in logged)
     assert any(line.startswith("recipe: a probe fitted on upright training images scores") for line in logged)
-    for key in (*CROPS, "model.lr_mult", "model.lr_spread", HFLIP):
+    for key in (*CROPS, "model.lr_mult", "model.lr_spread", HFLIP, "model.pool"):
         assert any(line.startswith(f"recipe: {key}=") and " because " in line for line in logged), key
         assert f"# recipe: {key}=" in configs[0]
 
@@ -237,8 +240,10 @@ def test_explicit_values_win_over_the_recipe(tmp_path: Path):
         "model.lr_spread=geometric",
         "data.train_transform.crop_scale=[0.5,1.0]",
         "data.train_transform.hflip=0.25",
+        "model.pool=avg",
     ]
     job = prepare(compose_train(overrides))
+    assert job.model.hparams.pool == "avg" and job.model.head[-1].in_features == job.model.backbone.num_features
     assert job.model.data_config["input_size"][-1] == 32 and job.model.data_config["crop_pct"] == 0.9
     assert job.model.hparams.lr_mult == 7 and job.model.hparams.lr_spread == "geometric"
     assert job.datamodule.build_train_transform.keywords["hflip"] == 0.25
@@ -256,7 +261,7 @@ def test_measuring_leaves_the_random_state_of_training_alone(tmp_path: Path):
     torch.manual_seed(3)
     choices = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
     assert torch.equal(torch.rand(4), expected)
-    assert {c.key for c in choices} == {*CROPS, "model.lr_mult", "model.lr_spread", HFLIP}
+    assert {c.key for c in choices} == {*CROPS, "model.lr_mult", "model.lr_spread", HFLIP, "model.pool"}
     assert cfg.model.image_size == "auto"  # the config is written by apply_recipe, not here
 
 
@@ -300,3 +305,29 @@ def test_a_folder_whose_classes_mirroring_swaps_trains_without_flips(tmp_path: P
     assert choices[HFLIP].value == 0.0 and "both lower" in choices[HFLIP].because
     logged = [r.getMessage() for r in caplog.records if "on them mirrored" in r.getMessage()]
     assert len(logged) == 1 and "0.000 on them mirrored" in logged[0]
+
+
+def test_the_head_reads_average_and_max_pooling_where_the_backbone_s_weights_take_it_and_its_own_pooling_elsewhere():
+    from tl_lightning.models.backbones import pool_misfit
+
+    assert choose_pool("test_resnet", pool_misfit("test_resnet", CONCAT_POOL)).value == CONCAT_POOL
+    for name in ("test_vit", "test_convnext", "mobilenetv3_small_100"):  # refused by timm, or a weight changes shape
+        misfit = pool_misfit(name, CONCAT_POOL)
+        kept = choose_pool(name, misfit)
+        assert misfit and kept.value is None and misfit in kept.because, name
+    assert "conv_head.weight" in pool_misfit("mobilenetv3_small_100", CONCAT_POOL)  # pooled width feeds a conv
+    given = choose_pool("test_resnet", None, given="avgmax")  # the backbone's own arguments name one: kept
+    assert given.value is None and "backbone.kwargs.global_pool=avgmax" in given.because
+
+
+def test_a_vit_picked_by_name_keeps_its_own_pooling_and_trains(tmp_path: Path, caplog):
+    from tl_lightning.app.train import prepare
+
+    folder = write_images(tmp_path / "data", per_class=6, size=20)
+    overrides = [*folder_overrides(folder, tmp_path / "out"), "backbone.name=test_vit", "model.image_size=null"]
+    with caplog.at_level(logging.INFO, logger="tl_lightning"):
+        job = prepare(compose_train(overrides))
+    assert job.model.hparams.pool is None
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe: model.pool=")]
+    assert logged and "test_vit keeps its own pooling" in logged[0]
+    assert job.model(torch.zeros(2, 3, *job.model.data_config["input_size"][1:])).shape == (2, 3)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import fit_with_checkpoints, tiny_data, tiny_model, tiny_trainer
 
+from tl_lightning.finetuning.recipe import CONCAT_POOL
 from tl_lightning.finetuning.unfreezing import LayerFinetuning
 from tl_lightning.models import Imbalance, Regularization
 from tl_lightning.models.losses import mix_batch
@@ -214,3 +215,26 @@ def test_a_plain_lightning_fit_connects_the_data_itself_and_refuses_other_classe
     other = ImageFolderDataModule(tmp_path / "other", batch_size=6, num_workers=0, val_fraction=0.3, test_fraction=0)
     with pytest.raises(ValueError, match=r"The datamodule's classes \['CAT', 'DOG', 'FOX'\] .* are not the model's"):
         tiny_trainer(max_epochs=1).fit(tiny_model(), other)
+
+
+def test_concat_pooling_feeds_the_head_the_average_and_the_maximum_of_the_last_feature_map(
+    split_folder: Path, tmp_path: Path
+):
+    pooled, plain = tiny_model(pool=CONCAT_POOL), tiny_model()
+    assert pooled.head[-1].in_features == 2 * plain.head[-1].in_features
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feature_map = pooled.backbone.eval().forward_features(x)
+        expected = torch.cat([feature_map.mean((2, 3)), feature_map.amax((2, 3))], dim=1)
+        assert torch.allclose(pooled.backbone(x), expected, atol=1e-6)
+    # Saved with the model: a checkpoint rebuilds the pooling it trained with, whatever the defaults.
+    fit_with_checkpoints(pooled, split_folder, tmp_path, max_epochs=1)
+    loaded = TransferClassifier.load_from_checkpoint(tmp_path / "last.ckpt")
+    assert loaded.hparams.pool == CONCAT_POOL
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), pooled.eval()(x))
+
+
+def test_the_pooling_is_given_once():
+    with pytest.raises(ValueError, match=r"give the pooling once, as model\.pool"):
+        tiny_model(pool=CONCAT_POOL, backbone_kwargs={"global_pool": "max"})

@@ -66,6 +66,8 @@ def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
     check_backbone_name(str(model.backbone))
     if model.get("image_size") not in (None, AUTO):
         check_image_size(str(model.backbone), int(model.image_size), model.get("backbone_kwargs") or {})
+    if model.get("pool") not in (None, AUTO):
+        check_pool(str(model.backbone), str(model.pool), model.get("backbone_kwargs") or {})
     if cfg.get("ckpt_path"):
         check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
 
@@ -168,6 +170,17 @@ def check_image_size(backbone: str, size: int, kwargs: dict[str, Any]) -> None:
         raise BadValue(
             f"model.image_size={size} is smaller than {backbone}'s total stride {stride}: its last feature map "
             f"would be empty. Use at least {stride} (its weights were trained at {native})."
+        )
+
+
+def check_pool(backbone: str, pool: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a pooling the backbone cannot take with its pretrained weights (`backbones.pool_misfit`)."""
+    from tl_lightning.models.backbones import pool_misfit
+
+    if (misfit := pool_misfit(backbone, pool, kwargs)) is not None:
+        raise BadValue(
+            f"model.pool={pool} does not fit {backbone}: {misfit}. Use model.pool=auto (the recipe picks one that "
+            "fits) or model.pool=null (the weights' own)."
         )
 
 

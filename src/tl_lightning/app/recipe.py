@@ -29,14 +29,16 @@ from tl_lightning.finetuning.measure import (
     probe_mirrored,
 )
 from tl_lightning.finetuning.recipe import (
+    CONCAT_POOL,
     Choice,
     automatic_choices,
     choose_backbone_lr,
     choose_hflip,
+    choose_pool,
     choose_resolution,
     resolution_candidates,
 )
-from tl_lightning.models.backbones import Backbone, backbone_geometry, create_backbone
+from tl_lightning.models.backbones import Backbone, backbone_geometry, build_kwargs, create_backbone, pool_misfit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ DATA_KEYS = ("model.image_size", "model.crop_pct", "model.crop_mode", "data.trai
 VIEW_KEYS = ("model.crop_pct", "model.crop_mode")
 LR_KEYS = ("model.lr_mult", "model.lr_spread")
 MIRROR_KEYS = ("data.train_transform.hflip",)
+POOL_KEYS = ("model.pool",)
 # At most this many training images (evenly spaced over the classes' sorted files) are measured.
 MEASURED_IMAGES = 1000
 
@@ -59,10 +62,21 @@ def plan_recipe(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
 
 
 def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
-    wanted = [key for key in (*DATA_KEYS, *LR_KEYS, *MIRROR_KEYS) if OmegaConf.select(cfg, key, default=None) == AUTO]
+    keys = (*POOL_KEYS, *DATA_KEYS, *LR_KEYS, *MIRROR_KEYS)
+    wanted = [key for key in keys if OmegaConf.select(cfg, key, default=None) == AUTO]
     if not wanted:
         return []
-    native, stride, crop_pct = backbone_geometry(str(cfg.model.backbone), cfg.model.get("backbone_kwargs"))
+    name, kwargs = str(cfg.model.backbone), _backbone_kwargs(cfg)
+    pool = cfg.model.get("pool")
+    choices = []
+    if pool == AUTO:  # first: every measurement below reads the features pooled as the model will pool them
+        given = kwargs.get("global_pool")
+        choices.append(choose_pool(name, None if given else pool_misfit(name, CONCAT_POOL, kwargs), given))
+        pool = choices[-1].value
+    wanted = [key for key in wanted if key not in POOL_KEYS]
+    if not wanted:
+        return choices
+    native, stride, crop_pct = backbone_geometry(name, kwargs)
     sides = scan.short_sides()
     median = statistics.median(sides or [native])
     size = cfg.model.get("image_size")
@@ -77,7 +91,7 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
     mirror_wanted = any(key in wanted for key in MIRROR_KEYS)
     view_wanted = any(key in wanted for key in VIEW_KEYS)
     probed = bool(lr_wanted or view_wanted or mirror_wanted)  # these read the probe at the resolution used
-    backbone = _backbone(cfg) if candidates or probed else None
+    backbone = _backbone(cfg, build_kwargs(kwargs, pool)) if candidates or probed else None
     features = frozen_features(backbone.model, images) if backbone is not None else None
     measured = probe_at_resolutions(features, backbone.data_config, candidates) if candidates else {}
     used = int(given or choose_resolution(median, native, measured or None).value)
@@ -90,7 +104,7 @@ def _plan(cfg: DictConfig, scan: ImageFolderDataModule) -> list[Choice]:
     data_wanted = [key for key in wanted if key in DATA_KEYS]
     mode = cfg.model.get("crop_mode")
     given_mode = None if mode in (None, AUTO) else str(mode)
-    choices = automatic_choices(
+    choices += automatic_choices(
         sides, count, native, stride, crop_pct, data_wanted, given, measured or None, centre, given_mode
     )
     if lr_wanted or mirror_wanted:
@@ -116,9 +130,12 @@ def apply_recipe(cfg: DictConfig, choices: list[Choice]) -> None:
         log.info(choice.line())
 
 
-def _backbone(cfg: DictConfig) -> Backbone:
+def _backbone_kwargs(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.model.get("backbone_kwargs") or OmegaConf.create({}))
+
+
+def _backbone(cfg: DictConfig, kwargs: dict) -> Backbone:
     model = cfg.model
-    kwargs = OmegaConf.to_container(model.get("backbone_kwargs") or OmegaConf.create({}))
     built = create_backbone(str(model.backbone), bool(model.pretrained), model.get("weights_file"), **kwargs)
     built.model.eval()
     return built

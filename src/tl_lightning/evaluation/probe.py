@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 
+from tl_lightning.models.backbones import build_kwargs
 from tl_lightning.models.features import FeatureCache, cache_key, fit_probe, split_features
 from tl_lightning.models.outputs import predict_outputs
 from tl_lightning.utils import BadValue
@@ -98,7 +99,11 @@ def linear_probe(
         log.warning("The backbone has random weights: the probe measures random features, and nothing is cached.")
     cache = None if random_init or cache_dir is None else FeatureCache(cache_dir)
     key = cache_key(
-        model.hparams.backbone, model.weights_info, model.data_config, {s: datamodule.samples(s) for s in splits}
+        model.hparams.backbone,
+        model.weights_info,
+        model.data_config,
+        {s: datamodule.samples(s) for s in splits},
+        build_kwargs(model.hparams.get("backbone_kwargs"), model.hparams.get("pool")),
     )
     extract = None if trainer is None else partial(predict_outputs, trainer)
     features, from_cache = split_features(model.backbone, loaders, key, cache, extract)

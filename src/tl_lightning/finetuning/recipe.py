@@ -221,3 +221,33 @@ def choose_backbone_lr(features: ProbeScore, pixels: ProbeScore) -> tuple[Choice
         Choice("model.lr_mult", BOLD_LR_MULT, because),
         Choice("model.lr_spread", "geometric", because + ", its top blocks most"),
     )
+
+
+# fastai's head pools the last feature map by average and by maximum side by side (`AdaptiveConcatPool2d`): the
+# average says how much of the image shows a pattern, the maximum whether any part shows it strongly, which a small
+# subject in a large frame leaves to the maximum alone. timm's `fastcatavgmax` computes the same numbers as its
+# `catavgmax` with `mean` and `amax`, which every export format has (ExecuTorch's has no adaptive max pooling).
+CONCAT_POOL = "fastcatavgmax"
+
+
+def choose_pool(backbone: str, misfit: str | None, given: str | None = None) -> Choice:
+    """Average and max pooling side by side where `backbone`'s pretrained weights take it unchanged (`misfit` is
+    `None`, from `models.backbones.pool_misfit`); the weights' own pooling where they do not, or where the backbone's
+    own arguments already name one (`given`: `backbone.kwargs.global_pool`).
+
+    >>> choose_pool("resnet50", None).value
+    'fastcatavgmax'
+    >>> print(choose_pool("vit_small_patch16_224", "only avg or token pooling").because)
+    vit_small_patch16_224 keeps its own pooling: fastcatavgmax does not fit it (only avg or token pooling)
+    """
+    key = "model.pool"
+    if given is not None:
+        return Choice(key, None, f"backbone.kwargs.global_pool={given} already sets {backbone}'s pooling")
+    if misfit is not None:
+        return Choice(key, None, f"{backbone} keeps its own pooling: {CONCAT_POOL} does not fit it ({misfit})")
+    because = (
+        f"the last feature map pooled by average and by maximum side by side (fastai's head) lets the probe and the "
+        f"head read both how much of an image shows a pattern and where it shows most, and {backbone}'s pretrained "
+        "weights take it unchanged"
+    )
+    return Choice(key, CONCAT_POOL, because)

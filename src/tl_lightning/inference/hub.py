@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tl_lightning.inference.export import InferenceModel, example_input
+from tl_lightning.models.backbones import build_kwargs
 from tl_lightning.models.heads import as_single_linear
 from tl_lightning.utils import BadValue, UserError
 
@@ -40,7 +41,8 @@ def as_timm_model(model: Any) -> nn.Module:
             f"has {len(linears)} linear layers (model.head_hidden={list(model.hparams.get('head_hidden') or [])}). "
             "Export it with --format onnx or torchscript, or train with model.head_hidden=[]."
         )
-    kwargs = {k: v for k, v in (model.hparams.get("backbone_kwargs") or {}).items() if v is not None}
+    built = build_kwargs(model.hparams.get("backbone_kwargs"), model.hparams.get("pool"))
+    kwargs = {k: v for k, v in built.items() if v is not None}
     rebuilt = timm.create_model(model.hparams.backbone, pretrained=False, num_classes=len(model.class_names), **kwargs)
     classifier = rebuilt.get_classifier()
     prefix = next(name for name, module in rebuilt.named_modules() if module is classifier)

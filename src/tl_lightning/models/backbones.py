@@ -78,7 +78,7 @@ def create_backbone(
     data_config = _with_channels(timm.data.resolve_model_data_config(model), kwargs.get("in_chans", 3))
     # A headless timm model outputs its pre-logits: `head_hidden_size` wide, which differs from `num_features` where
     # a head conv sits after pooling (MobileNetV3: 288 -> 1024), and twice as wide under concatenated avg + max pooling
-    # (`global_pool="catavgmax"`, fastai's head's pooling).
+    # (`global_pool="fastcatavgmax"`, fastai's head's pooling).
     width = getattr(model, "head_hidden_size", None) or model.num_features
     pool = getattr(model, "global_pool", None)
     if hasattr(pool, "feat_mult") and not getattr(model, "head_hidden_size", None):
@@ -96,6 +96,52 @@ def backbone_geometry(name: str, kwargs: Mapping[str, Any] | None = None) -> tup
     stride = int(info[-1]["reduction"]) if info else 1
     config = model.pretrained_cfg
     return int(config.get("input_size", (3, 224, 224))[-1]), stride, float(config.get("crop_pct") or 1.0)
+
+
+def build_kwargs(backbone_kwargs: Mapping[str, Any] | None, pool: str | None) -> dict[str, Any]:
+    """The `timm.create_model` arguments a `TransferClassifier` builds its backbone with: `backbone_kwargs`, plus
+    `global_pool` when a `pool` is given. Every rebuild of a saved model (hub export, the feature cache's key)
+    reads them from here, so none can build a backbone that pools differently from the one that trained.
+
+    >>> build_kwargs({"drop_path_rate": 0.1}, "fastcatavgmax")
+    {'drop_path_rate': 0.1, 'global_pool': 'fastcatavgmax'}
+    """
+    kwargs = dict(backbone_kwargs or {})
+    if pool is not None:
+        kwargs["global_pool"] = pool
+    return kwargs
+
+
+def pool_misfit(name: str, pool: str, kwargs: Mapping[str, Any] | None = None) -> str | None:
+    """Why timm model `name` cannot pool its last feature map with `pool` (timm's `global_pool`) and keep its
+    pretrained weights as they are, or `None` when it can.
+
+    timm refuses some poolings itself (a ViT takes no `catavgmax`; ConvNeXt's head norm has the pooled width), and
+    some it accepts change a weight's shape (MobileNetV3's conv after pooling reads the pooled width), so pretrained
+    weights would not load. Both models are built on the meta device (no memory, no weights) and one input of the
+    weights' size goes through the pooled one.
+
+    >>> pool_misfit("test_resnet", "catavgmax") is None
+    True
+    >>> pool_misfit("test_vit", "catavgmax") is not None
+    True
+    """
+    options = {k: v for k, v in (kwargs or {}).items() if v is not None and k != "global_pool"}
+    try:
+        with torch.device("meta"):
+            own = timm.create_model(name, pretrained=False, num_classes=0, **options)
+            pooled = timm.create_model(name, pretrained=False, num_classes=0, global_pool=pool, **options)
+            size = own.pretrained_cfg.get("input_size", (3, 224, 224))[1:]
+            pooled(torch.empty(1, int(options.get("in_chans", 3)), *size))
+    except Exception as error:  # timm's asserts and shape errors alike: the pooling does not fit
+        return str(error).strip() or type(error).__name__
+    shapes = {key: value.shape for key, value in own.state_dict().items()}
+    pooled_shapes = {key: value.shape for key, value in pooled.state_dict().items()}
+    if pooled_shapes != shapes:
+        keys = shapes.keys() | pooled_shapes.keys()
+        changed = sorted(key for key in keys if shapes.get(key) != pooled_shapes.get(key))
+        return f"it changes the pretrained weights' shapes ({', '.join(changed[:3])})"
+    return None
 
 
 def _with_channels(config: dict[str, Any], in_chans: int) -> dict[str, Any]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from tl_lightning.utils import BadValue, NotFound, atomic_path
 
@@ -129,4 +130,37 @@ def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
         f"The checkpoint was trained on classes {list(saved)} but this run has {list(current)} ({detail}). "
         "Resume only with the same class folders; to reuse its backbone for new classes, start a new run with "
         "backbone.weights_file pointing at exported backbone weights."
+    )
+
+
+# The settings that decide a TransferClassifier's tensor shapes, named when a checkpoint's shapes are not the model's.
+SHAPE_SETTINGS = ("backbone", "backbone_kwargs", "pool", "head_hidden", "head_norm")
+
+
+def check_same_shapes(saved: Mapping[str, Any], model: nn.Module, path: str | Path) -> None:
+    """Raise a `ValueError` naming the first tensor whose shape differs, and the settings behind it, when the
+    checkpoint `saved` (read from `path`) holds a model of another shape than `model`: Lightning would otherwise stop
+    in `load_state_dict` with a list of every mismatched tensor."""
+    tensors = saved.get("state_dict") or {}
+    own = model.state_dict()
+    differs = [
+        key
+        for key in sorted(own.keys() | tensors.keys())
+        if key not in own or key not in tensors or tuple(own[key].shape) != tuple(tensors[key].shape)
+    ]
+    if not differs:
+        return
+    key = differs[0]
+    there = tuple(tensors[key].shape) if key in tensors else "absent"
+    here = tuple(own[key].shape) if key in own else "absent"
+    hparams, current = saved.get("hyper_parameters") or {}, getattr(model, "hparams", {})
+    settings = [
+        f"model.{name}={hparams.get(name)!r} there, {current.get(name)!r} here"
+        for name in SHAPE_SETTINGS
+        if hparams.get(name) != current.get(name)
+    ]
+    because = f" ({'; '.join(settings)})" if settings else ""
+    raise BadValue(
+        f"Checkpoint '{path}' holds a model of another shape than this config builds: {key} is {there} there and "
+        f"{here} here{because}. Run with the checkpoint's settings, or start a new run without ckpt_path."
     )

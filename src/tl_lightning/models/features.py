@@ -2,9 +2,9 @@
 
 A frozen backbone maps an image, preprocessed deterministically, to the same vector every epoch, so the linear
 probe (and the head on a frozen backbone) need one backbone pass per image, not one per epoch. The key hashes
-the backbone's name, its weights' provenance (SHA-256 or source), the preprocessing, and every file's path,
-label and stat stamp (`utils.file_stamp`: size, times, inode): change any of them and the features are extracted
-again.
+the backbone's name and build arguments (its pooling among them), its weights' provenance (SHA-256 or source), the
+preprocessing, and every file's path, label and stat stamp (`utils.file_stamp`: size, times, inode): change any of
+them and the features are extracted again.
 `finetuning.FrozenFeatureCache` does the same in memory for training: the head trains on `Features` batches
 while the backbone is frozen.
 """
@@ -80,14 +80,22 @@ def extract_features(backbone: nn.Module, loader: DataLoader) -> tuple[torch.Ten
 
 
 def cache_key(
-    backbone: str, weights: Mapping[str, Any], data_config: Mapping[str, Any], splits: Mapping[str, Samples]
+    backbone: str,
+    weights: Mapping[str, Any],
+    data_config: Mapping[str, Any],
+    splits: Mapping[str, Samples],
+    backbone_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
-    """A hex digest of everything the features depend on (see the module docstring)."""
+    """A hex digest of everything the features depend on (see the module docstring); `backbone_kwargs` are the
+    `timm.create_model` arguments (`backbones.build_kwargs`): a pooling or an input-channel count changes the
+    features as much as the weights do."""
     files = {
         split: [[str(path), label, *file_stamp(path)] for path, label in samples] for split, samples in splits.items()
     }
     provenance = {k: weights.get(k) for k in ("source", "sha256", "file", "tag") if weights.get(k) is not None}
     payload = {"backbone": backbone, "weights": provenance, "data_config": dict(data_config), "files": files}
+    if backbone_kwargs:
+        payload["backbone_kwargs"] = dict(backbone_kwargs)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

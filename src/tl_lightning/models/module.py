@@ -17,7 +17,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric, SumMetric
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.drift import InputStatistics
 from tl_lightning.data.transforms import CROP_MODES, DataConfig
-from tl_lightning.models.backbones import create_backbone, with_overrides
+from tl_lightning.models.backbones import build_kwargs, create_backbone, with_overrides
 from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
 from tl_lightning.models.features import Features
 from tl_lightning.models.groups import SPREADS, LayerGroup, build_param_groups, discriminative_lrs, layer_groups
@@ -54,6 +54,9 @@ class TransferClassifier(pl.LightningModule):
         pretrained: start from pretrained weights (see `create_backbone`).
         weights_file: local weights file or `package:NAME` to use instead of timm's hub.
         backbone_kwargs: extra `timm.create_model` arguments (e.g. `drop_path_rate`).
+        pool: how the backbone pools its last feature map (timm's `global_pool`, e.g. ``"fastcatavgmax"``: average
+            and maximum side by side, fastai's head's pooling); `None` keeps the weights' own. The recipe chooses it
+            (`finetuning.recipe.choose_pool`).
         image_size: input resolution, overriding the weights' native one (e.g. 64 for 8x8 digits).
         crop_pct: eval centre-crop fraction, overriding the weights' own.
         crop_mode: how the eval resize treats the aspect ratio, overriding the weights' own: ``"center"`` (shorter
@@ -96,6 +99,7 @@ class TransferClassifier(pl.LightningModule):
         pretrained: bool = True,
         weights_file: str | None = None,
         backbone_kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
         image_size: int | None = None,
         crop_pct: float | None = None,
         crop_mode: str | None = None,
@@ -119,6 +123,11 @@ class TransferClassifier(pl.LightningModule):
             raise BadValue(f"model.lr_spread must be one of {', '.join(SPREADS)}, got {lr_spread!r}.")
         if crop_mode not in (None, *CROP_MODES):
             raise BadValue(f"model.crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}.")
+        if pool is not None and (backbone_kwargs or {}).get("global_pool") is not None:
+            raise BadValue(
+                f"Both model.pool={pool!r} and backbone.kwargs.global_pool={backbone_kwargs['global_pool']!r} are "
+                "set: give the pooling once, as model.pool."
+            )
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
             raise BadValue(f"{len(class_names)} class_names given for num_classes={num_classes}.")
@@ -133,7 +142,7 @@ class TransferClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        created = create_backbone(backbone, pretrained, weights_file, **(backbone_kwargs or {}))
+        created = create_backbone(backbone, pretrained, weights_file, **build_kwargs(backbone_kwargs, pool))
         self.backbone = created.model
         self.head = create_head(created.num_features, num_classes, head_hidden, head_dropout, head_norm)
         self.weights_info = created.weights
