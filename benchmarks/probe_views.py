@@ -1,6 +1,7 @@
 """What the recipe's probe-level rules are worth on the suite: the eval view (the whole image squashed to the square
-vs the weights' centre crop), refitting the kept probe on train + val, and how far a choice no rule makes (the
-resize's interpolation: the weights' bicubic, or the bilinear the peers' torchvision `Resize` uses) moves the probe.
+vs the weights' centre crop), the pooling (average alone, the weights' own, vs average and maximum side by side,
+`model.pool`), refitting the kept probe on train + val, and how far a choice no rule makes (the resize's
+interpolation: the weights' bicubic, or the bilinear the peers' torchvision `Resize` uses) moves the probe.
 
 For each suite set, the pretrained EfficientNet-Lite0 features of every split are extracted through the library's
 own data module and eval transform (`ImageFolderDataModule`, `data.transforms.eval_transform`) at the resolution
@@ -25,6 +26,7 @@ from suite import DEFAULT_ROOT, SUITE, write
 
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.finetuning.measure import centre_crop, cross_validate_probe, whole_image
+from tl_lightning.finetuning.recipe import CONCAT_POOL
 from tl_lightning.models.backbones import create_backbone
 from tl_lightning.models.features import extract_features, fit_probe
 
@@ -34,20 +36,25 @@ SIZES = {"galaxies": 224, "clipart": 224, "few-shot": 224, "clipart-tiny": 224, 
 
 
 def measure(folder: Path, size: int) -> dict:
-    backbone = create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS)
-    model = backbone.model.eval()
-    whole = whole_image(backbone.data_config, size)
-    views = {
-        "whole": whole,
-        "centre": centre_crop(backbone.data_config, size),
-        "whole, bilinear": whole | {"interpolation": "bilinear"},
+    backbones = {
+        pool: create_backbone(ARCH, pretrained=True, weights_file=WEIGHTS, global_pool=pool)
+        for pool in ("avg", CONCAT_POOL)
+    }
+    models = {pool: backbone.model.eval() for pool, backbone in backbones.items()}
+    data_config = backbones["avg"].data_config
+    whole = whole_image(data_config, size)
+    views = {  # name -> (eval preprocessing, pooling)
+        "whole": (whole, "avg"),
+        "centre": (centre_crop(data_config, size), "avg"),
+        "whole, bilinear": (whole | {"interpolation": "bilinear"}, "avg"),
+        "whole, average + max": (whole, CONCAT_POOL),
     }
     rows = {}
-    for view, config in views.items():
+    for view, (config, pool) in views.items():
         data = ImageFolderDataModule(folder, num_workers=0, audit=False, data_config=config)
         data.setup("fit")
         started = time.perf_counter()
-        split = {s: extract_features(model, data.eval_dataloader(s)) for s in ("train", "val", "test")}
+        split = {s: extract_features(models[pool], data.eval_dataloader(s)) for s in ("train", "val", "test")}
         cv = cross_validate_probe(*split["train"])
         first = fit_probe(*split["train"], c=cv.c)
         both = torch.cat([split["train"][0], split["val"][0]]), torch.cat([split["train"][1], split["val"][1]])
@@ -57,6 +64,7 @@ def measure(folder: Path, size: int) -> dict:
             "interpolation": config["interpolation"],
             "crop_pct": config["crop_pct"],
             "crop_mode": config["crop_mode"],
+            "pool": pool,
             "c": cv.c,
             "cv_acc": cv.accuracy,
             "cv_stderr": cv.stderr,

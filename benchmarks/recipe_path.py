@@ -4,7 +4,8 @@ Each step is `python train.py data=folder data.root=DIR seed=S` plus that step's
 as a user runs it, scoring the test split as it trains like `peers.py`'s "ours"): the pieces issue 22 changed, put
 back one at a time (selection on accuracy, C fixed at 1, the geometric spread of backbone LRs), the other pieces
 of fastai's `fine_tune` the default does not take (BatchNorm statistics that adapt, with or without a BatchNorm
-head, with either spread; one frozen epoch instead of five), and a backbone LR ten times the gentle one. Each
+head, with either spread; one frozen epoch instead of five), a backbone LR ten times the gentle one, and the
+pooling before fastai's average and maximum side by side became the default (average alone). Each
 (step, dataset, seed) is a row of `benchmarks/results/recipe_path_runs.json`, kept across sessions;
 `recipe_path.json` has the tables that `report.py` writes into BENCHMARKS.md.
 
@@ -33,54 +34,62 @@ UNFREEZE_EPOCH = int(yaml.safe_load((ROOT / "conf" / "finetuning" / "lp_ft.yaml"
 # The backbone's LRs spread geometrically up to the head's: the recipe's choice for every set before the flat body
 # became the gentle one. The steps measured before then carry it, so each still reproduces what it measured.
 GEOMETRIC = "model.lr_spread=geometric"
+# The last feature map pooled by average alone: the weights' own pooling, and the default's until average and max
+# side by side (`model.pool=auto`) replaced it. Every step measured before then carries it.
+AVERAGE = "model.pool=avg"
 # name -> (what changes, overrides on top of the default config). The steps after "accuracy-selection" change one
 # piece each from it: they were measured before selection moved to the loss on small validation splits.
 STEPS: dict[str, tuple[str, list[str]]] = {
     "accuracy-selection": (
         "checkpoints chosen on validation accuracy (ties by loss) whatever the split's size, as before issue 22, "
         "and the backbone's LRs spread geometrically",
-        [ACCURACY, GEOMETRIC],
+        [ACCURACY, GEOMETRIC, AVERAGE],
     ),
     "probe-c1": (
         "+ the probe's C fixed at 1 (before issue 22) instead of cross-validated",
-        [ACCURACY, GEOMETRIC, "callbacks.probe_floor.c=1.0"],
+        [ACCURACY, GEOMETRIC, "callbacks.probe_floor.c=1.0", AVERAGE],
     ),
     "adapt-bn": (
         "+ BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN)",
-        [ACCURACY, GEOMETRIC, "callbacks.finetuning.update_bn_stats=true"],
+        [ACCURACY, GEOMETRIC, "callbacks.finetuning.update_bn_stats=true", AVERAGE],
     ),
     "adapt-bn-head": (
         "+ and a BatchNorm1d head started from the probe, so the head re-standardises shifting features",
-        [ACCURACY, GEOMETRIC, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true"],
+        [ACCURACY, GEOMETRIC, "callbacks.finetuning.update_bn_stats=true", "model.head_norm=true", AVERAGE],
     ),
     "geometric-body": (
         "the backbone's LRs spread geometrically from head LR / 100 up to the head's (the top block at head LR / 1.8) "
         "where the features fit, instead of the whole backbone at head LR / 100 (fastai's `fine_tune`)",
-        [GEOMETRIC],
+        [GEOMETRIC, AVERAGE],
     ),
     "early-stop-overall": (
         "early stopping's patience counted from the best score of the whole run, frozen phase included, instead of "
         "from the best since the last unfreeze",
-        [GEOMETRIC, "callbacks.early_stopping.restart_at_unfreeze=false"],
+        [GEOMETRIC, AVERAGE, "callbacks.early_stopping.restart_at_unfreeze=false"],
     ),
     "flips-always": (
         "half the training images flipped on every set (`hflip=0.5`, fixed before the flip rule) instead of "
         "where the mirror tests allow it",
-        ["data.train_transform.hflip=0.5"],
+        ["data.train_transform.hflip=0.5", AVERAGE],
     ),
     "unfreeze-early": (
         "the backbone unfrozen after one frozen epoch instead of five (fastai's `fine_tune`: one frozen epoch; LP-FT "
         "goes from the converged probe straight to fine-tuning), so it trains at the schedule's highest LRs",
-        ["callbacks.finetuning.unfreeze_epoch=1"],
+        ["callbacks.finetuning.unfreeze_epoch=1", AVERAGE],
     ),
     "adapt-bn-flat": (
         "BatchNorm statistics adapt once unfrozen (fastai's train-mode BatchNorm, AdaBN), with the default's flat "
         "body (`adapt-bn` above ran with the geometric spread)",
-        ["callbacks.finetuning.update_bn_stats=true"],
+        ["callbacks.finetuning.update_bn_stats=true", AVERAGE],
     ),
     "bolder-body": (
         "the whole backbone at head LR / 10 instead of / 100 where the features fit, so it moves ten times as far",
-        ["model.lr_mult=10"],
+        ["model.lr_mult=10", AVERAGE],
+    ),
+    "average-pool": (
+        "the last feature map pooled by average alone (the weights' own pooling, the default until this step) "
+        "instead of by average and maximum side by side, so the probe and the head read half as many features",
+        [AVERAGE],
     ),
     "default": (
         "the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation images",

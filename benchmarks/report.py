@@ -307,8 +307,10 @@ def probe_views(r: dict) -> list[str]:
         "data module and eval transform, at the resolution the default recipe uses for each set; a logistic probe "
         "with C by cross-validation on the training features. *whole*: the whole image squashed to the square "
         "(`model.crop_mode=squash`, `crop_pct=1`); *centre*: the weights' centre crop (timm's protocol); each "
-        "resized with the weights' interpolation, and the whole image once more with the bilinear one the peers' "
-        "`Resize` uses, a choice no rule of the recipe makes. CV is what the recipe sees (training images only); "
+        "resized with the weights' interpolation and pooled by average (the weights' own pooling), and the whole "
+        "image once more with the bilinear one the peers' `Resize` uses, a choice no rule of the recipe makes, and "
+        "once pooled by average and maximum side by side (`model.pool`'s default). CV is what the recipe sees "
+        "(training images only); "
         "test what it earns, fitted on train alone and refitted on train + val (what the probe floor keeps).",
         "",
         "| data | px | view | CV acc | test acc (train) | test acc (train + val) |",
@@ -318,7 +320,7 @@ def probe_views(r: dict) -> list[str]:
         for view, v in row["views"].items():
             lines.append(
                 f"| {name} | {row['size']} | {view} ({v['crop_mode']}, {v['crop_pct']:g}, "
-                f"{v['interpolation']}) | "
+                f"{v['interpolation']}, {v.get('pool', 'avg')}) | "
                 f"{v['cv_acc']:.3f} +- {v['cv_stderr']:.3f} | {v['test_acc_train']:.3f} | "
                 f"{v['test_acc_train_val']:.3f} |"
             )
