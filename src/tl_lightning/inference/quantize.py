@@ -89,7 +89,11 @@ def quantize(model: Any, fp32: Path, out: Path, calibration: list[Path]) -> Path
 
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))  # shape inference and fusions that quantization relies on
+        # Shape inference and fusions that quantization relies on. ONNX's own shape inference: the export holds
+        # standard ops only, which it covers; onnxruntime's symbolic one, meant for its fused transformer ops, finds
+        # no shape for ReduceMax when its axes are an input (opset 18), as concatenated average + max pooling
+        # exports it, and stops.
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         with atomic_path(out) as tmp:
             quantize_static(
                 str(prepared),
