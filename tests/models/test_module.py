@@ -235,6 +235,17 @@ def test_concat_pooling_feeds_the_head_the_average_and_the_maximum_of_the_last_f
         assert torch.equal(loaded.eval()(x), pooled.eval()(x))
 
 
+def test_resuming_a_checkpoint_of_another_pooling_in_a_plain_lightning_fit_names_the_tensor_and_the_setting(
+    split_folder: Path, tmp_path: Path
+):
+    fit_with_checkpoints(tiny_model(pool=CONCAT_POOL), split_folder, tmp_path, max_epochs=1)
+    ckpt = tmp_path / "last.ckpt"
+    expected = rf"Checkpoint '{ckpt}' holds a model of another shape than this config builds: head\.\d\.weight .*"
+    expected += r"model\.pool='fastcatavgmax' there, 'avg' here"
+    with pytest.raises(ValueError, match=expected):
+        tiny_trainer(max_epochs=2).fit(tiny_model(pool="avg"), tiny_data(split_folder), ckpt_path=ckpt)
+
+
 def test_the_pooling_is_given_once():
     with pytest.raises(ValueError, match=r"give the pooling once, as model\.pool"):
         tiny_model(pool=CONCAT_POOL, backbone_kwargs={"global_pool": "max"})

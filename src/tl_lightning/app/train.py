@@ -39,7 +39,7 @@ from tl_lightning.evaluation.probe import linear_probe
 from tl_lightning.evaluation.report import write_metrics
 from tl_lightning.finetuning.lr_finder import lr_range_test, plot_range_tests
 from tl_lightning.finetuning.sync_batchnorm import TimmSyncBatchNorm
-from tl_lightning.models.checkpoint import AtomicCheckpointIO, check_same_shapes, read_checkpoint
+from tl_lightning.models.checkpoint import AtomicCheckpointIO
 from tl_lightning.models.losses import balanced_class_weights
 from tl_lightning.models.module import TransferClassifier
 from tl_lightning.utils import BadValue, write_text
@@ -90,8 +90,6 @@ def prepare(cfg: DictConfig) -> Job:
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names, _convert_="all", **overrides
     )
     model.connect_data(datamodule)
-    if cfg.get("ckpt_path"):
-        check_same_shapes(read_checkpoint(cfg.ckpt_path, "ckpt_path"), model, cfg.ckpt_path)
     resuming = resume_from(cfg, out) if cfg.get("task", "train") == "train" else None
     previous = _config_of(resuming)
     if resuming and previous is not None and cfg.get("resume") != "force":

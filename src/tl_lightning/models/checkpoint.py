@@ -20,7 +20,14 @@ from torch import nn
 
 from tl_lightning.utils import BadValue, NotFound, atomic_path
 
-__all__ = ["AtomicCheckpointIO", "check_checkpoint_file", "check_same_classes", "load_tensors", "read_checkpoint"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "check_checkpoint_file",
+    "check_same_classes",
+    "check_same_shapes",
+    "load_tensors",
+    "read_checkpoint",
+]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -137,10 +144,10 @@ def check_same_classes(saved: Sequence[str], current: Sequence[str]) -> None:
 SHAPE_SETTINGS = ("backbone", "backbone_kwargs", "pool", "head_hidden", "head_norm")
 
 
-def check_same_shapes(saved: Mapping[str, Any], model: nn.Module, path: str | Path) -> None:
+def check_same_shapes(saved: Mapping[str, Any], model: nn.Module, path: str | Path | None = None) -> None:
     """Raise a `ValueError` naming the first tensor whose shape differs, and the settings behind it, when the
-    checkpoint `saved` (read from `path`) holds a model of another shape than `model`: Lightning would otherwise stop
-    in `load_state_dict` with a list of every mismatched tensor."""
+    checkpoint `saved` (read from `path`, where known) holds a model of another shape than `model`: Lightning would
+    otherwise stop in `load_state_dict` with a list of every mismatched tensor."""
     tensors = saved.get("state_dict") or {}
     own = model.state_dict()
     differs = [
@@ -160,7 +167,8 @@ def check_same_shapes(saved: Mapping[str, Any], model: nn.Module, path: str | Pa
         if hparams.get(name) != current.get(name)
     ]
     because = f" ({'; '.join(settings)})" if settings else ""
+    which = f"Checkpoint '{path}'" if path else "The checkpoint"
     raise BadValue(
-        f"Checkpoint '{path}' holds a model of another shape than this config builds: {key} is {there} there and "
+        f"{which} holds a model of another shape than this config builds: {key} is {there} there and "
         f"{here} here{because}. Run with the checkpoint's settings, or start a new run without ckpt_path."
     )

@@ -18,7 +18,12 @@ from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.data.drift import InputStatistics
 from tl_lightning.data.transforms import CROP_MODES, DataConfig
 from tl_lightning.models.backbones import build_kwargs, create_backbone, with_overrides
-from tl_lightning.models.checkpoint import check_checkpoint_file, check_same_classes, read_checkpoint
+from tl_lightning.models.checkpoint import (
+    check_checkpoint_file,
+    check_same_classes,
+    check_same_shapes,
+    read_checkpoint,
+)
 from tl_lightning.models.features import Features
 from tl_lightning.models.groups import SPREADS, LayerGroup, build_param_groups, discriminative_lrs, layer_groups
 from tl_lightning.models.heads import create_head, scaled_softmax
@@ -375,6 +380,9 @@ class TransferClassifier(pl.LightningModule):
         # Checkpoints from before calibration existed: uncalibrated.
         checkpoint["state_dict"].setdefault("temperature", torch.tensor(1.0))
         checkpoint["state_dict"].setdefault("val_acc_best.max_value", torch.tensor(float("-inf")))
+        # Here, with the dict Lightning has loaded and older checkpoints filled in: every way in (train.py, a user's
+        # own `trainer.fit(ckpt_path=...)`, `load_from_checkpoint`) gets the one sentence, and the file is read once.
+        check_same_shapes(checkpoint, self, self._trainer.ckpt_path if self._trainer is not None else None)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, **kwargs: Any) -> TransferClassifier:  # type: ignore[override]
