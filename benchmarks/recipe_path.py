@@ -92,7 +92,9 @@ STEPS: dict[str, tuple[str, list[str]]] = {
         [AVERAGE],
     ),
     "default": (
-        "the default (`python train.py data=folder`, no flags): the loss selects on under 100 validation images",
+        "the default (`python train.py data=folder`, no flags): under 100 validation images the loss of each model "
+        "as the run would calibrate it selects, and the probe stays unless fine-tuning beats it in both that loss "
+        "and accuracy",
         [],
     ),
 }

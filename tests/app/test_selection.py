@@ -5,6 +5,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import FAST, compose_train
 from PIL import Image
@@ -76,3 +77,74 @@ def test_a_run_whose_fine_tuning_never_beats_the_probe_keeps_the_probe_and_says_
     assert all(torch.equal(probe[k], best[k]) for k in probe if k != "temperature")
     assert metrics["test/acc"] >= 0.5  # the probe's model, not the wrecked one, was tested
     assert "the linear probe's model" in (out / "report.md").read_text()
+
+
+def _better_than_chance(images: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of three classes that rank the true class first more often than not, but not always."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.arange(images) % 3
+    logits = torch.randn(images, 3, generator=generator)
+    logits[torch.arange(images), targets] += 1.0
+    assert not bool((logits.argmax(-1) == targets).all())
+    return logits, targets
+
+
+def test_splits_the_run_can_calibrate_select_on_the_loss_the_calibrated_model_will_have():
+    from conftest import tiny_model
+
+    from tl_lightning.models.metrics import MIN_CALIBRATION_IMAGES
+
+    model = tiny_model()
+    logits, targets = _better_than_chance(MIN_CALIBRATION_IMAGES + 10)
+    timid, confident = model.selection_losses(logits, targets), model.selection_losses(5 * logits, targets)
+    # The same ranking, five times as confident, scores the same: a temperature takes the difference away ...
+    assert torch.allclose(timid, confident, atol=1e-3)
+    # ... where the training loss (label smoothing) tells them apart by more than a tenth of a nat.
+    assert abs(float(model.criterion(5 * logits, targets) - model.criterion(logits, targets))) > 0.1
+    # The mean is the plain log-likelihood at its best temperature, found here on a grid.
+    best = min(float(torch.nn.functional.cross_entropy(logits / t, targets)) for t in torch.logspace(-2, 2, 4001))
+    assert float(timid.mean()) == pytest.approx(best, rel=1e-3)
+
+
+def test_splits_too_small_to_calibrate_select_on_the_training_loss():
+    from conftest import tiny_model
+
+    from tl_lightning.models.metrics import MIN_CALIBRATION_IMAGES
+
+    model = tiny_model()
+    logits, targets = _better_than_chance(MIN_CALIBRATION_IMAGES - 1)
+    losses = model.selection_losses(logits, targets)
+    assert float(losses.mean()) == pytest.approx(float(model.criterion(logits, targets)), rel=1e-5)
+    separated = torch.nn.functional.one_hot(targets, 3).float() * 4  # every image right: no temperature either
+    many = torch.cat([separated] * 2), torch.cat([targets] * 2)
+    assert float(model.selection_losses(*many).mean()) == pytest.approx(float(model.criterion(*many)), rel=1e-5)
+
+
+def test_the_validation_loop_scores_a_small_split_on_its_calibrated_loss(tmp_path: Path):
+    from conftest import tiny_data, tiny_model, tiny_trainer, write_images
+
+    from tl_lightning.finetuning.probe_floor import start_head
+    from tl_lightning.models.features import extract_features, fit_probe
+    from tl_lightning.models.metrics import MIN_CALIBRATION_IMAGES
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    write_images(tmp_path / "train", per_class=4, seed=1)
+    write_images(tmp_path / "val", per_class=(MIN_CALIBRATION_IMAGES + 2) // 3, seed=2, size=24)
+    for moved in sorted((tmp_path / "val" / "dog").iterdir())[:3]:  # mislabelled: the probe gets them wrong
+        moved.rename(tmp_path / "val" / "cat" / moved.name)
+    data = tiny_data(tmp_path, model, batch_size=5)
+    model.connect_data(data)
+    data.setup("fit")
+    start_head(model.head, fit_probe(*extract_features(model.backbone, data.eval_dataloader("train"))), 3)
+    trainer = tiny_trainer()
+    score = trainer.validate(model, data, verbose=False)[0]["val/score"]
+    logits, targets = [], []
+    with torch.no_grad():
+        for x, y in data.val_dataloader():
+            logits.append(model.eval()(x))
+            targets.append(y)
+    logits, targets = torch.cat(logits), torch.cat(targets)
+    assert MIN_CALIBRATION_IMAGES <= len(targets) < model.hparams.score_accuracy_from
+    assert score == pytest.approx(-float(model.selection_losses(logits, targets).mean()), rel=1e-4)
+    assert score != pytest.approx(-float(model.criterion(logits, targets)), rel=1e-2)  # not the training loss

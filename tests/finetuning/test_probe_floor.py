@@ -121,7 +121,7 @@ def test_the_run_never_ends_below_the_probe_on_validation(tmp_path: Path):
 
 
 def test_fine_tuning_must_beat_the_probe_by_more_than_its_standard_error_on_validation(split_folder: Path, tmp_path):
-    from tl_lightning.finetuning.probe_floor import SCORE, STDERR
+    from tl_lightning.finetuning.probe_floor import ACC_STDERR, SCORE, STDERR
 
     model, data, best, floor = _fit(split_folder, tmp_path / "ckpt", lr=50.0, epochs=1)
     fresh = tiny_model()
@@ -143,8 +143,46 @@ def test_fine_tuning_must_beat_the_probe_by_more_than_its_standard_error_on_vali
     floor.on_fit_end(model.trainer, model)
     probe = (tmp_path / "ckpt" / "probe.ckpt").read_bytes()
     assert floor.kept and (tmp_path / "ckpt" / "tuned.ckpt").read_bytes() == probe
-    # ... one ahead by more does.
+    # ... one ahead by more, but not more accurate on validation by more than a standard error, does not either ...
+    probe_acc = floor.probe_metrics["val/acc"]
+    assert floor.probe_metrics[ACC_STDERR] == pytest.approx((probe_acc * (1 - probe_acc) / n) ** 0.5)
+    probe_acc, acc_stderr = 0.5, (0.25 / n) ** 0.5  # a probe right on half the images (this one may be on all)
+    floor.probe_metrics |= {"val/acc": probe_acc, ACC_STDERR: acc_stderr}
     model.trainer.save_checkpoint(best.best_model_path)
-    best.best_model_score, floor.kept = torch.tensor(ahead + floor.probe_metrics[STDERR]), False
+    floor.best_epoch = {SCORE: ahead + floor.probe_metrics[STDERR], "val/acc": probe_acc + 0.5 * acc_stderr}
+    best.best_model_score, floor.kept = torch.tensor(floor.best_epoch[SCORE]), False
+    floor.on_fit_end(model.trainer, model)
+    assert floor.kept and (tmp_path / "ckpt" / "tuned.ckpt").read_bytes() == probe
+    # ... one ahead by more in both does.
+    model.trainer.save_checkpoint(best.best_model_path)
+    floor.best_epoch["val/acc"] = probe_acc + 1.5 * acc_stderr
+    best.best_model_score, floor.kept = torch.tensor(floor.best_epoch[SCORE]), False
     floor.on_fit_end(model.trainer, model)
     assert not floor.kept and (tmp_path / "ckpt" / "tuned.ckpt").read_bytes() != probe
+
+
+def test_the_floor_remembers_the_accuracy_of_the_first_epoch_with_the_best_score(split_folder: Path, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    from tl_lightning.finetuning.probe_floor import SCORE
+
+    class Record(Callback):
+        def __init__(self):
+            self.epochs = []
+
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                metrics = trainer.callback_metrics
+                self.epochs.append((float(metrics[SCORE]), float(metrics["val/acc"])))
+
+    torch.manual_seed(0)
+    model, record = tiny_model(lr=1e-2, lr_mult=1.0), Record()
+    data = tiny_data(split_folder, model, batch_size=6)
+    floor = ProbeFloor(keep_probe=False)
+    trainer = tiny_trainer(max_epochs=4, callbacks=[LayerFinetuning(milestones={1: "all"}), floor, record])
+    trainer.fit(model, data)
+    best_score = max(score for score, _ in record.epochs)
+    first_best = next((score, acc) for score, acc in record.epochs if score == best_score)
+    assert len(record.epochs) == 4
+    assert floor.best_epoch == {SCORE: first_best[0], "val/acc": first_best[1]}
+    assert floor.state_dict()["best_epoch"] == floor.best_epoch  # a resumed run compares the same epoch

@@ -22,11 +22,12 @@ from tl_lightning.app import hardware
 from tl_lightning.app.trackers import log_run_files
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.abstention import answered, choose_threshold, per_class_accuracy
-from tl_lightning.evaluation.calibration import MIN_CALIBRATION_IMAGES, fit_temperature, store_temperature
+from tl_lightning.evaluation.calibration import fit_temperature, store_temperature
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import Preemption
 from tl_lightning.models.heads import scaled_softmax
+from tl_lightning.models.metrics import MIN_CALIBRATION_IMAGES
 from tl_lightning.models.module import TransferClassifier
 from tl_lightning.models.outputs import predict_outputs
 
@@ -97,7 +98,7 @@ def train_and_evaluate(
         test = predict_outputs(trainer, model, datamodule.eval_dataloader("test"))  # every rank: its shard
         if trainer.is_global_zero:
             refit = ", refitted on train and val" if kept_refit_probe(trainer) else ""
-            kept = f" (the linear probe's model{refit}: no fine-tuned epoch beat it on validation)"
+            kept = f" (the linear probe's model{refit}: no fine-tuned epoch beat it on validation by both measures)"
             described = best + (kept if metrics.get("selected") == "linear probe" else "")
             metrics |= evaluate_test(model, datamodule, trainer, out, test, described)
     else:

@@ -2,7 +2,8 @@
 
 Temperature scaling (Guo et al., 2017) divides the logits by one scalar fitted to minimise the validation
 negative log-likelihood: the predicted class never changes, only how confident the probabilities are. Fitting
-one scalar needs no library; the error itself is torchmetrics' `MulticlassCalibrationError`.
+one scalar needs no library (`models.metrics.calibration_temperature`, which selection uses too); the error itself is
+torchmetrics' `MulticlassCalibrationError`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from tl_lightning.models.features import extract_features
+from tl_lightning.models.metrics import calibration_temperature
 from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
-# A temperature fitted outside these is not used: the model's logits carry no signal worth scaling there (a model
-# that predicts one class drives T to infinity).
-TEMPERATURE_RANGE = (0.05, 20.0)
-# Fewer validation images than this cannot tell a temperature apart from noise.
-MIN_CALIBRATION_IMAGES = 30
 
 
 def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,52 +35,13 @@ def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, 
     return extract_features(model, loader)
 
 
-@torch.enable_grad()
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
-    """The temperature T > 0 minimising the NLL of `softmax(logits / T)`; optimised as log T with L-BFGS.
-
-    T = 1 (no scaling), with a warning, where a fit would mislead: fewer than `MIN_CALIBRATION_IMAGES` validation
-    images, a perfectly separated validation set (its NLL keeps falling as T -> 0, so any T would be arbitrary and
-    overconfident on new data), or a fit outside `TEMPERATURE_RANGE` (predictions close to uninformative).
-    """
-    logits, targets = logits.detach().float(), targets.detach()
-    if len(targets) < MIN_CALIBRATION_IMAGES:
-        log.warning(
-            "Temperature scaling skipped (T = 1): %d validation images are too few to fit it on; "
-            "probabilities stay as the model gives them.",
-            len(targets),
-        )
-        return 1.0
-    if bool((logits.argmax(-1) == targets).all()):
-        log.warning(
-            "Temperature scaling skipped (T = 1): the model separates all %d validation images, so the fit would "
-            "only drive T towards 0 and make it overconfident on new images.",
-            len(targets),
-        )
-        return 1.0
-    log_t = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), targets)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    fitted = float(log_t.detach().exp())
-    low, high = TEMPERATURE_RANGE
-    if not low <= fitted <= high:
-        log.warning(
-            "Temperature scaling skipped (T = 1): the fitted temperature %.3g is outside [%s, %s]. The model's "
-            "validation predictions are close to uninformative: check training before trusting its "
-            "probabilities.",
-            fitted,
-            low,
-            high,
-        )
-        return 1.0
-    return fitted
+    """The temperature T > 0 minimising the NLL of `softmax(logits / T)`; T = 1, with a warning saying why, where
+    a fit would mislead (`models.metrics.calibration_temperature`)."""
+    temperature, why = calibration_temperature(logits.detach().float(), targets.detach(), max_iter)
+    if why:
+        log.warning("Temperature scaling skipped (T = 1): %s", why)
+    return temperature
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:

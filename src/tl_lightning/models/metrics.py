@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
@@ -22,7 +23,8 @@ MIN_ACCURACY_IMAGES = 100
 def selection_score(acc: Any, loss: Any, samples: Any, accuracy_from: int = MIN_ACCURACY_IMAGES) -> Any:
     """What checkpoints, early stopping and the probe floor select on, higher is better (`val/score`): on at least
     `accuracy_from` validation images, accuracy with ties broken by lower loss (loss counts for less than one
-    image, `loss / (10 N)`, so no accuracy difference is overturned); on fewer, the negative loss. Floats or tensors.
+    image, `loss / (10 N)`, so no accuracy difference is overturned); on fewer, the negative loss, which callers
+    give as the run will calibrate the model (`TransferClassifier.selection_losses`). Floats or tensors.
 
     >>> selection_score(0.9, 0.3, 200), selection_score(0.9, 0.3, 40), selection_score(0.9, 0.3, 40, accuracy_from=0)
     (0.89985, -0.3, 0.89925)
@@ -30,6 +32,63 @@ def selection_score(acc: Any, loss: Any, samples: Any, accuracy_from: int = MIN_
     if samples < accuracy_from:
         return -loss
     return acc - loss / (10 * samples)
+
+
+def optimal_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+    """The temperature T > 0 minimising the NLL of `softmax(logits / T)`, optimised as log T with L-BFGS (Guo et
+    al., 2017); one scalar, so written here rather than taken from a library."""
+    logits, targets = logits.detach().float(), targets.detach()
+    if not bool(torch.isfinite(logits).all()):
+        return 1.0  # a diverged model: no temperature makes it right, and its loss says so
+    # Autograd even inside the validation loop's inference mode, on a copy of its (inference) logits.
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, targets = logits.clone(), targets.clone()
+        log_t = torch.zeros((), requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), targets)
+            loss.backward()
+            return loss
+
+        try:
+            optimizer.step(closure)
+        except RuntimeError as err:  # logits so large (a diverged model) that L-BFGS's float arithmetic overflows
+            if "overflow" not in str(err):
+                raise
+            return 1.0
+    return float(log_t.detach().exp())
+
+
+# A temperature fitted outside these is not used: the model's logits carry no signal worth scaling there (a model
+# that predicts one class drives T to infinity).
+TEMPERATURE_RANGE = (0.05, 20.0)
+# Fewer validation images than this cannot tell a temperature apart from noise.
+MIN_CALIBRATION_IMAGES = 30
+
+
+def calibration_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> tuple[float, str]:
+    """The temperature a run calibrates with (`optimal_temperature` on validation), and why it is 1 instead
+    where a fit would mislead ("" where it was fitted): fewer than `MIN_CALIBRATION_IMAGES` images, a perfectly
+    separated split (its NLL keeps falling as T -> 0, so any T would be arbitrary and overconfident on new data),
+    or a fit outside `TEMPERATURE_RANGE` (predictions close to uninformative).
+
+    >>> calibration_temperature(torch.zeros(3, 2), torch.tensor([0, 1, 1]))[1]
+    '3 validation images are too few to fit it on; probabilities stay as the model gives them.'
+    """
+    if len(targets) < MIN_CALIBRATION_IMAGES:
+        why = f"{len(targets)} validation images are too few to fit it on; "
+        return 1.0, why + "probabilities stay as the model gives them."
+    if bool((logits.argmax(-1) == targets).all()):
+        why = f"the model separates all {len(targets)} validation images, so the fit would only drive T towards 0 "
+        return 1.0, why + "and make it overconfident on new images."
+    fitted = optimal_temperature(logits, targets, max_iter)
+    low, high = TEMPERATURE_RANGE
+    if not low <= fitted <= high:
+        why = f"the fitted temperature {fitted:.3g} is outside [{low}, {high}]. The model's validation predictions "
+        return 1.0, why + "are close to uninformative: check training before trusting its probabilities."
+    return fitted, ""
 
 
 def stage_metrics(num_classes: int, stage: str) -> MetricCollection:
