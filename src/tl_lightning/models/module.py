@@ -179,7 +179,9 @@ class TransferClassifier(pl.LightningModule):
         self.val_loss = MeanMetric()  # for val/score
         # The validation logits, for val/score's calibrated loss, while the split is under `score_accuracy_from`
         # images (past that val/score is accuracy, and a large split's logits are not kept). Gathered over ranks.
-        self.val_logits, self.val_targets = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
+        # A diverged model's NaN logits are kept, as infinities (CatMetric would drop them), so its loss is NaN: the
+        # worst score.
+        self.val_logits, self.val_targets = CatMetric(nan_strategy=float("inf")), CatMetric()
 
     def connect_data(self, datamodule: ImageFolderDataModule) -> None:
         """The one seam between model and data, called once before fitting: the datamodule gets this model's
