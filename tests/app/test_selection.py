@@ -120,6 +120,29 @@ def test_splits_too_small_to_calibrate_select_on_the_training_loss():
     assert float(model.selection_losses(*many).mean()) == pytest.approx(float(model.criterion(*many)), rel=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal"])
+def test_class_weights_count_in_the_selection_loss_whether_or_not_the_run_calibrates(loss: str):
+    from conftest import tiny_model
+
+    from tl_lightning.models.metrics import MIN_CALIBRATION_IMAGES
+
+    weights = torch.tensor([1.0, 4.0, 0.5])
+    model = tiny_model(imbalance={"class_weights": weights.tolist(), "loss": loss})
+    small = _better_than_chance(MIN_CALIBRATION_IMAGES - 1)
+    # Too few to calibrate: the training loss over the split, the weighted mean a batch of it would get.
+    assert float(model.selection_losses(*small).mean()) == pytest.approx(float(model.criterion(*small)), rel=1e-5)
+    unweighted = tiny_model(imbalance={"loss": loss})
+    assert abs(float(model.selection_losses(*small).mean() - unweighted.selection_losses(*small).mean())) > 1e-3
+    # Calibrated: the weighted log-likelihood at its best temperature, found here on a grid.
+    logits, targets = _better_than_chance(MIN_CALIBRATION_IMAGES + 10)
+    temperatures = torch.logspace(-2, 2, 4001)
+    best = min(float(torch.nn.functional.cross_entropy(logits / t, targets)) for t in temperatures)
+    t = min(temperatures, key=lambda t: float(torch.nn.functional.cross_entropy(logits / t, targets)))
+    weighted = float(torch.nn.functional.cross_entropy(logits / t, targets, weight=weights))
+    assert float(model.selection_losses(logits, targets).mean()) == pytest.approx(weighted, rel=1e-3)
+    assert weighted != pytest.approx(best, rel=1e-2)  # the weights moved it
+
+
 def test_the_validation_loop_scores_a_small_split_on_its_calibrated_loss(tmp_path: Path):
     from conftest import tiny_data, tiny_model, tiny_trainer, write_images
 

@@ -21,8 +21,10 @@ def focal_loss(
     weight: torch.Tensor | None = None,
     gamma: float = 2.0,
     label_smoothing: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy scaled by `(1 - p_true) ** gamma`, so confidently right examples count less (Lin et al. 2017).
+    `reduction="none"` gives each image's weighted loss, as `F.cross_entropy` does.
 
     >>> logits, target = torch.tensor([[4.0, 0.0], [0.0, 0.1]]), torch.tensor([0, 0])
     >>> bool(focal_loss(logits, target, gamma=0.0).isclose(F.cross_entropy(logits, target)))
@@ -31,6 +33,8 @@ def focal_loss(
     ce = F.cross_entropy(logits, target, weight=weight, reduction="none", label_smoothing=label_smoothing)
     p_true = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
     loss = (1 - p_true).pow(gamma) * ce
+    if reduction == "none":
+        return loss
     norm = weight[target].sum() if weight is not None else target.new_tensor(len(target), dtype=loss.dtype)
     return loss.sum() / norm
 

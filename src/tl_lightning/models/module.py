@@ -252,11 +252,11 @@ class TransferClassifier(pl.LightningModule):
         """Re-normalise and resize a batch prepared for this model into what the teacher was trained on."""
         return convert_batch(x, self.data_config, self.teacher.data_config)
 
-    def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def criterion(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         smoothing = self.regularization.label_smoothing
         if self.imbalance.loss == "focal":
-            return focal_loss(logits, target, self.class_weight, self.imbalance.focal_gamma, smoothing)
-        return F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=smoothing)
+            return focal_loss(logits, target, self.class_weight, self.imbalance.focal_gamma, smoothing, reduction)
+        return F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=smoothing, reduction=reduction)
 
     @torch.no_grad()
     def selection_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -275,10 +275,10 @@ class TransferClassifier(pl.LightningModule):
         logits, targets = logits.detach().float(), targets.to(logits.device)
         temperature, uncalibrated = calibration_temperature(logits, targets)
         if uncalibrated:
-            return torch.stack([self.criterion(row[None], y[None]) for row, y in zip(logits, targets, strict=True)])
-        losses = F.cross_entropy(logits / temperature, targets, reduction="none")
-        weights = self.class_weight.to(losses.dtype)[targets]
-        return losses * weights / weights.mean()
+            losses = self.criterion(logits, targets, reduction="none")
+        else:
+            losses = F.cross_entropy(logits / temperature, targets, weight=self.class_weight, reduction="none")
+        return losses / self.class_weight.to(losses.dtype)[targets].mean()
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
