@@ -135,9 +135,9 @@ def test_class_weights_count_in_the_selection_loss_whether_or_not_the_run_calibr
     assert abs(float(model.selection_losses(*small).mean() - unweighted.selection_losses(*small).mean())) > 1e-3
     # Calibrated: the weighted log-likelihood at its best temperature, found here on a grid.
     logits, targets = _better_than_chance(MIN_CALIBRATION_IMAGES + 10)
-    temperatures = torch.logspace(-2, 2, 4001)
-    best = min(float(torch.nn.functional.cross_entropy(logits / t, targets)) for t in temperatures)
-    t = min(temperatures, key=lambda t: float(torch.nn.functional.cross_entropy(logits / t, targets)))
+    nll = {float(t): float(torch.nn.functional.cross_entropy(logits / t, targets)) for t in torch.logspace(-2, 2, 4001)}
+    t = min(nll, key=nll.get)
+    best = nll[t]
     weighted = float(torch.nn.functional.cross_entropy(logits / t, targets, weight=weights))
     assert float(model.selection_losses(logits, targets).mean()) == pytest.approx(weighted, rel=1e-3)
     assert weighted != pytest.approx(best, rel=1e-2)  # the weights moved it
