@@ -44,7 +44,7 @@ VERDICTS = (
     ),
     Verdict(
         0.70,
-        "good: fine-tuning usually gains several points here (digits: probe 0.88, fine-tuned 0.985); the default "
+        "good: fine-tuning usually gains several points here (digits: probe 0.88, fine-tuned 0.99); the default "
         "starts from this probe and keeps it if fine-tuning does not beat it",
         "finetuning=lp_ft (the default)",
     ),
