@@ -177,6 +177,20 @@ def test_focal_loss_down_weights_easy_examples():
     assert torch.allclose(model.criterion(logits, target), focal.mean())
 
 
+def test_focal_loss_reduces_as_cross_entropy_does_and_refuses_other_reductions():
+    from tl_lightning.models.losses import focal_loss
+
+    logits, target = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.5, 0.0]]), torch.tensor([0, 0, 1])
+    weight = torch.tensor([1.0, 3.0])
+    per_image = focal_loss(logits, target, weight=weight, gamma=0.0, reduction="none")
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(per_image, ce(logits, target, weight=weight, reduction="none"))
+    assert torch.allclose(focal_loss(logits, target, weight=weight, gamma=0.0, reduction="sum"), per_image.sum())
+    assert torch.allclose(focal_loss(logits, target, weight=weight, gamma=0.0), ce(logits, target, weight=weight))
+    with pytest.raises(ValueError, match="reduction='average'"):
+        focal_loss(logits, target, reduction="average")
+
+
 def test_mixup_and_cutmix_give_soft_targets_and_train(split_folder: Path):
     model = tiny_model(regularization=Regularization(mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1))
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])

@@ -24,7 +24,8 @@ def focal_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy scaled by `(1 - p_true) ** gamma`, so confidently right examples count less (Lin et al. 2017).
-    `reduction="none"` gives each image's weighted loss, as `F.cross_entropy` does.
+    `reduction` takes `F.cross_entropy`'s values: "none" gives each image's weighted loss, "mean" their mean
+    weighted by class (so a class weight scales how much an image counts, not the loss's scale).
 
     >>> logits, target = torch.tensor([[4.0, 0.0], [0.0, 0.1]]), torch.tensor([0, 0])
     >>> bool(focal_loss(logits, target, gamma=0.0).isclose(F.cross_entropy(logits, target)))
@@ -35,6 +36,10 @@ def focal_loss(
     loss = (1 - p_true).pow(gamma) * ce
     if reduction == "none":
         return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction != "mean":
+        raise ValueError(f"focal_loss(reduction={reduction!r}): use 'mean', 'sum' or 'none', as F.cross_entropy takes")
     norm = weight[target].sum() if weight is not None else target.new_tensor(len(target), dtype=loss.dtype)
     return loss.sum() / norm
 
