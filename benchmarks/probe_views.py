@@ -1,7 +1,9 @@
 """What the recipe's probe-level rules are worth on the suite: the eval view (the whole image squashed to the square
 vs the weights' centre crop), the pooling (average alone, the weights' own, vs average and maximum side by side,
-`model.pool`), refitting the kept probe on train + val, and how far a choice no rule makes (the resize's
-interpolation: the weights' bicubic, or the bilinear the peers' torchvision `Resize` uses) moves the probe.
+`model.pool`), refitting the kept probe on train + val, and how far choices no rule makes move the probe: the
+resize's interpolation (the weights' bicubic, or the bilinear the peers' torchvision `Resize` uses), and BatchNorm
+statistics re-estimated from the training images (AdaBN, Li et al. 2016) instead of the weights' ImageNet ones,
+which is what train-mode BatchNorm (fastai's, Lightning's `BackboneFinetuning`) converges to on a frozen body.
 
 For each suite set, the pretrained EfficientNet-Lite0 features of every split are extracted through the library's
 own data module and eval transform (`ImageFolderDataModule`, `data.transforms.eval_transform`) at the resolution
@@ -16,6 +18,7 @@ recipe sees; the test accuracy what it earns. The results go to `results/probe_v
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from pathlib import Path
@@ -23,6 +26,8 @@ from pathlib import Path
 import torch
 from _results import machine, save_json
 from suite import DEFAULT_ROOT, SUITE, write
+from torch import nn
+from torch.utils.data import DataLoader
 
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.finetuning.measure import centre_crop, cross_validate_probe, whole_image
@@ -33,6 +38,23 @@ from tl_lightning.models.features import extract_features, fit_probe
 ARCH, WEIGHTS = "tf_efficientnet_lite0", "package:efficientnet_lite0"
 # The resolution the default recipe runs each set at (its `model.image_size` in the peers benchmark's runs).
 SIZES = {"galaxies": 224, "clipart": 224, "few-shot": 224, "clipart-tiny": 224, "digits": 224}
+
+
+def data_statistics(model: nn.Module, loader: DataLoader) -> nn.Module:
+    """A copy of `model` whose BatchNorm statistics are the training images' own (AdaBN): every BatchNorm reset and
+    re-estimated as a cumulative average (`momentum=None`) over one pass of `loader`, the rest of the copy in eval
+    mode, so only the statistics change. Written here because no library offers it for a timm model; it is a
+    measurement, not a recipe step."""
+    adapted = copy.deepcopy(model).eval()
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    with torch.no_grad():
+        for x, _ in loader:
+            adapted(x)
+    return adapted.eval()
 
 
 def measure(folder: Path, size: int) -> dict:
@@ -48,13 +70,17 @@ def measure(folder: Path, size: int) -> dict:
         "centre": (centre_crop(data_config, size), "avg"),
         "whole, bilinear": (whole | {"interpolation": "bilinear"}, "avg"),
         "whole, average + max": (whole, CONCAT_POOL),
+        "whole, average + max, the data's BatchNorm statistics": (whole, CONCAT_POOL),
     }
     rows = {}
     for view, (config, pool) in views.items():
         data = ImageFolderDataModule(folder, num_workers=0, audit=False, data_config=config)
         data.setup("fit")
         started = time.perf_counter()
-        split = {s: extract_features(models[pool], data.eval_dataloader(s)) for s in ("train", "val", "test")}
+        model = models[pool]
+        if "BatchNorm" in view:
+            model = data_statistics(model, data.eval_dataloader("train"))
+        split = {s: extract_features(model, data.eval_dataloader(s)) for s in ("train", "val", "test")}
         cv = cross_validate_probe(*split["train"])
         first = fit_probe(*split["train"], c=cv.c)
         both = torch.cat([split["train"][0], split["val"][0]]), torch.cat([split["train"][1], split["val"][1]])

@@ -309,7 +309,10 @@ def probe_views(r: dict) -> list[str]:
         "(`model.crop_mode=squash`, `crop_pct=1`); *centre*: the weights' centre crop (timm's protocol); each "
         "resized with the weights' interpolation and pooled by average (the weights' own pooling), and the whole "
         "image once more with the bilinear one the peers' `Resize` uses, a choice no rule of the recipe makes, and "
-        "once pooled by average and maximum side by side (`model.pool`'s default). CV is what the recipe sees "
+        "once pooled by average and maximum side by side (`model.pool`'s default); that last view once more with "
+        "BatchNorm statistics re-estimated from the training images (AdaBN: what train-mode BatchNorm, fastai's and "
+        "Lightning's `BackboneFinetuning`'s, converges to on a frozen body) instead of the weights' ImageNet "
+        "statistics, which the default keeps all run. CV is what the recipe sees "
         "(training images only); "
         "test what it earns, fitted on train alone and refitted on train + val (what the probe floor keeps).",
         "",
