@@ -27,6 +27,7 @@ import torch
 from _results import machine, save_json
 from suite import DEFAULT_ROOT, SUITE, write
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from tl_lightning.data.datamodule import ImageFolderDataModule
@@ -41,19 +42,10 @@ SIZES = {"galaxies": 224, "clipart": 224, "few-shot": 224, "clipart-tiny": 224, 
 
 
 def data_statistics(model: nn.Module, loader: DataLoader) -> nn.Module:
-    """A copy of `model` whose BatchNorm statistics are the training images' own (AdaBN): every BatchNorm reset and
-    re-estimated as a cumulative average (`momentum=None`) over one pass of `loader`, the rest of the copy in eval
-    mode, so only the statistics change. Written here because no library offers it for a timm model; it is a
-    measurement, not a recipe step."""
-    adapted = copy.deepcopy(model).eval()
-    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-        norm.train()
-    with torch.no_grad():
-        for x, _ in loader:
-            adapted(x)
+    """A copy of `model` whose BatchNorm statistics are the training images' own (AdaBN): torch's `update_bn` resets
+    them and re-estimates them as a cumulative average over one pass of `loader`; the weights stay as they are."""
+    adapted = copy.deepcopy(model)
+    update_bn(loader, adapted)
     return adapted.eval()
 
 
@@ -65,21 +57,19 @@ def measure(folder: Path, size: int) -> dict:
     models = {pool: backbone.model.eval() for pool, backbone in backbones.items()}
     data_config = backbones["avg"].data_config
     whole = whole_image(data_config, size)
-    views = {  # name -> (eval preprocessing, pooling)
-        "whole": (whole, "avg"),
-        "centre": (centre_crop(data_config, size), "avg"),
-        "whole, bilinear": (whole | {"interpolation": "bilinear"}, "avg"),
-        "whole, average + max": (whole, CONCAT_POOL),
-        "whole, average + max, the data's BatchNorm statistics": (whole, CONCAT_POOL),
+    views = {  # name -> (eval preprocessing, pooling, BatchNorm statistics from the training images)
+        "whole": (whole, "avg", False),
+        "centre": (centre_crop(data_config, size), "avg", False),
+        "whole, bilinear": (whole | {"interpolation": "bilinear"}, "avg", False),
+        "whole, average + max": (whole, CONCAT_POOL, False),
+        "whole, average + max, the data's BatchNorm statistics": (whole, CONCAT_POOL, True),
     }
     rows = {}
-    for view, (config, pool) in views.items():
+    for view, (config, pool, adapt_statistics) in views.items():
         data = ImageFolderDataModule(folder, num_workers=0, audit=False, data_config=config)
         data.setup("fit")
         started = time.perf_counter()
-        model = models[pool]
-        if "BatchNorm" in view:
-            model = data_statistics(model, data.eval_dataloader("train"))
+        model = data_statistics(models[pool], data.eval_dataloader("train")) if adapt_statistics else models[pool]
         split = {s: extract_features(model, data.eval_dataloader(s)) for s in ("train", "val", "test")}
         cv = cross_validate_probe(*split["train"])
         first = fit_probe(*split["train"], c=cv.c)
