@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import time
 from pathlib import Path
 
 import torch
-from _results import machine, save_json
+from _results import RESULTS, machine, save_json
 from suite import DEFAULT_ROOT, SUITE, write
 from torch import nn
 from torch.optim.swa_utils import update_bn
@@ -38,7 +39,7 @@ from tl_lightning.models.features import extract_features, fit_probe
 
 ARCH, WEIGHTS = "tf_efficientnet_lite0", "package:efficientnet_lite0"
 # The resolution the default recipe runs each set at (its `model.image_size` in the peers benchmark's runs).
-SIZES = {"galaxies": 224, "clipart": 224, "few-shot": 224, "clipart-tiny": 224, "digits": 224}
+SIZES = {"galaxies": 224, "clipart": 224, "few-shot": 224, "clipart-tiny": 224, "digits": 224, "deep-sky": 224}
 
 
 def data_statistics(model: nn.Module, loader: DataLoader) -> nn.Module:
@@ -99,7 +100,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    table = {name: measure(write(name, args.data_root), SIZES[name]) for name in args.datasets}
+    stored = RESULTS / "probe_views.json"
+    table = json.loads(stored.read_text())["table"] if stored.is_file() else {}  # other sets' rows are kept
+    table |= {name: measure(write(name, args.data_root), SIZES[name]) for name in args.datasets}
     save_json("probe_views", {"machine": machine(), "backbone": ARCH, "table": table})
 
 

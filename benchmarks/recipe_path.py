@@ -37,6 +37,9 @@ GEOMETRIC = "model.lr_spread=geometric"
 # The last feature map pooled by average alone: the weights' own pooling, and the default's until average and max
 # side by side (`model.pool=auto`) replaced it. Every step measured before then carries it.
 AVERAGE = "model.pool=avg"
+# fastai's `fine_tune` at its defaults, rebuilt on this library's objects (conf/experiment/fastai.yaml): the steps
+# named fastai-* change one piece of it toward the default.
+FASTAI = "experiment=fastai"
 # name -> (what changes, overrides on top of the default config). The steps after "accuracy-selection" change one
 # piece each from it: they were measured before selection moved to the loss on small validation splits.
 STEPS: dict[str, tuple[str, list[str]]] = {
@@ -90,6 +93,32 @@ STEPS: dict[str, tuple[str, list[str]]] = {
         "the last feature map pooled by average alone (the weights' own pooling, the default until this step) "
         "instead of by average and maximum side by side, so the probe and the head read half as many features",
         [AVERAGE],
+    ),
+    "fastai": (
+        "fastai's `fine_tune` rebuilt on this library (`experiment=fastai`): `Resize(224)`'s crops, `aug_transforms`, "
+        "`create_head`, train-mode BatchNorm while frozen, one frozen epoch then one-cycle with `slice(lr / 100, lr)`, "
+        "fastai's Adam, batch 64, the last epoch's model",
+        [FASTAI],
+    ),
+    "fastai-fixed-bn": (
+        "the fastai preset with BatchNorm statistics held at the weights' own (eval mode) all run, affine trainable",
+        [FASTAI, "callbacks.finetuning.update_bn_stats=false"],
+    ),
+    "fastai-linear-head": (
+        "the fastai preset with a linear head on the pooled features instead of `create_head`'s two BatchNorm layers, "
+        "dropout and hidden layer",
+        [FASTAI, "model.head_hidden=[]", "model.head_dropout=0.0", "model.head_norm=false"],
+    ),
+    "fastai-whole-image": (
+        "the fastai preset with the whole image squashed to the square (eval) and random crops of 75-100% of it "
+        "(train), ours' views of large images, instead of `Resize(224)`'s square crops",
+        [
+            FASTAI,
+            "model.crop_mode=squash",
+            "data.train_transform.crop_mode=random_resized",
+            "data.train_transform.crop_scale=[0.75,1.0]",
+            "data.train_transform.crop_ratio=[0.75,1.333]",
+        ],
     ),
     "default": (
         "the default (`python train.py data=folder`, no flags): under 100 validation images the loss of each model "

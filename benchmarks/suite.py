@@ -10,7 +10,9 @@ deterministic (its own fixed subsampling seed, independent of the training seeds
   ImageNet's objects but not photographs;
 - **clipart-tiny**: the same drawings of 8 categories at 28 px grayscale: tiny images;
 - **few-shot**: clip art, 10 training images a class, 5 classes;
-- **digits**: scikit-learn's 8 px handwritten digits, 500 train: tiny and far from ImageNet.
+- **digits**: scikit-learn's 8 px handwritten digits, 500 train: tiny and far from ImageNet;
+- **deep-sky**: astrophotographs of galaxies, clusters and nebulae (Debian `stellarium-data`), ~512 px colour,
+  5 object types: natural photographs, the kind where fine-tuning the backbone pays most.
 
 Clip art is RGBA with transparent backgrounds; it is flattened onto white here, once, so every tool reads the same
 pixels (what each tool does with an alpha channel is not what this suite measures). Kept out on purpose:
@@ -18,7 +20,8 @@ scikit-image's `lfw_subset` and its brick/grass/gravel textures, reserved for he
 
 The clip art comes from Debian's package: `apt-get download openclipart-png` and `dpkg-deb -x` into
 `ROOT/.openclipart` on first use (or pass `--clipart DIR`); the galaxies from `pip install --no-deps
-firstgalaxydata==0.2.1`.
+firstgalaxydata==0.2.1`; the deep-sky photos from `apt-get download stellarium-data`, unpacked under
+`ROOT/.stellarium` on first use (or set `TL_STELLARIUM` to a folder holding `usr/share/stellarium/nebulae`).
 
     python benchmarks/suite.py [--root benchmarks/.data]
 """
@@ -26,10 +29,14 @@ firstgalaxydata==0.2.1`.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import os
+import re
+import struct
 import subprocess
 import zipfile
 from collections import Counter
@@ -39,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 DEFAULT_ROOT = Path(__file__).parent / ".data"
 Splits = dict[str, dict[str, list[Image.Image]]]
@@ -145,6 +153,105 @@ def _digits(per_class: dict[str, list[int]], seed: int) -> Splits:
     return out
 
 
+def stellarium_folder(root: Path) -> Path:
+    """Debian's stellarium-data, its nebula images unpacked under `root` once (apt reaches Debian's mirror)."""
+    folder = Path(os.environ.get("TL_STELLARIUM", root / ".stellarium"))
+    nebulae = folder / "usr/share/stellarium/nebulae/default"
+    if (nebulae / "catalog.dat").is_file():
+        return nebulae
+    folder.mkdir(parents=True, exist_ok=True)
+    if not list(folder.glob("stellarium-data_*.deb")):
+        subprocess.run(["apt-get", "download", "stellarium-data"], cwd=folder, check=True, capture_output=True)
+    deb = next(folder.glob("stellarium-data_*.deb"))
+    unpack = f"dpkg-deb --fsys-tarfile {deb.name} | tar -x ./usr/share/stellarium/nebulae"
+    subprocess.run(["sh", "-c", unpack], cwd=folder, check=True)
+    deb.unlink()
+    return nebulae
+
+
+# Stellarium's object types (its `Nebula::NebulaType`) grouped into the five classes with enough photographs.
+DEEP_SKY_TYPES = {
+    **dict.fromkeys((0, 1, 2, 3), "galaxy"),
+    **dict.fromkeys((5, 6), "open_cluster"),
+    7: "globular_cluster",
+    11: "planetary_nebula",
+    **dict.fromkeys((10, 13, 15, 16, 17), "diffuse_nebula"),
+}
+
+
+class _QtStream:
+    """Reads Qt `QDataStream` values (big-endian) from bytes: what Stellarium's `catalog.dat` is written in."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def uint32(self, count: int = 1) -> tuple[int, ...]:
+        values = struct.unpack_from(f">{count}I", self.data, self.pos)
+        self.pos += 4 * count
+        return values
+
+    def double(self, count: int = 1) -> tuple[float, ...]:
+        values = struct.unpack_from(f">{count}d", self.data, self.pos)
+        self.pos += 8 * count
+        return values
+
+    def string(self, count: int = 1) -> None:  # skipped: a byte length (0xFFFFFFFF for null), then UTF-16
+        for _ in range(count):
+            (length,) = self.uint32()
+            self.pos += 0 if length == 0xFFFFFFFF else length
+
+
+def _deep_sky_types(catalog: Path) -> dict[tuple[str, int], int]:
+    """`{(catalogue, number): object type}` for the Messier ("m"), NGC ("n") and IC ("ic") numbers in `catalog`."""
+    stream = _QtStream(gzip.decompress(catalog.read_bytes()))
+    stream.string(2)  # version, edition
+    types: dict[tuple[str, int], int] = {}
+    while stream.pos < len(stream.data):
+        stream.uint32()  # id
+        stream.double(4)  # ra, dec, bmag, vmag
+        (kind,) = stream.uint32()
+        stream.string()  # morphological type
+        stream.double(2)  # axes
+        stream.uint32()  # orientation
+        stream.double(6)  # redshift, parallax, distance, each with its error
+        numbers = stream.uint32(14)  # NGC, IC, M, C, B, Sh2, VdBH, RCW, LDN, LBN, Cr, Mel, PGC, UGC
+        stream.string()  # ced
+        stream.uint32(2)  # arp, vv
+        stream.string(7)  # pk, png, snrg, aco, hcg, eso, vdbh
+        stream.uint32(5)
+        for prefix, number in zip(("n", "ic", "m"), numbers[:3], strict=True):
+            if number:
+                types[(prefix, number)] = kind
+    return types
+
+
+def _deep_sky(root: Path, test: int, val_fraction: float, seed: int) -> Splits:
+    """Stellarium's deep-sky photographs labelled by object type: a stratified `test` images for test, and of the
+    rest `val_fraction` for validation (what a user's folder gets), each image once, onto black (the sky)."""
+    nebulae = stellarium_folder(root)
+    types = _deep_sky_types(nebulae / "catalog.dat")
+    listing = re.sub(r"(?<=[\[,\s:-])\.(\d)", r"0.\1", (nebulae / "textures.json").read_text())  # `.5` -> `0.5`
+    labelled = {}
+    for url in sorted({tile["imageUrl"] for tile in json.loads(listing)["subTiles"]}):
+        named = re.match(r"(m|n|ic)(\d+)", url)
+        kind = types.get((named.group(1), int(named.group(2)))) if named else None
+        if kind in DEEP_SKY_TYPES:
+            labelled[url] = DEEP_SKY_TYPES[kind]
+    urls, labels = list(labelled), list(labelled.values())
+    rest, test_urls = train_test_split(urls, test_size=test, stratify=labels, random_state=seed)
+    train_urls, val_urls = train_test_split(
+        rest, test_size=val_fraction, stratify=[labelled[u] for u in rest], random_state=seed
+    )
+    out: Splits = {}
+    for split, chosen in (("train", train_urls), ("val", val_urls), ("test", test_urls)):
+        out[split] = {}
+        for url in sorted(chosen):
+            image = Image.open(nebulae / url).convert("RGBA")
+            flat = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image).convert("RGB")
+            out[split].setdefault(labelled[url], []).append(flat)
+    return out
+
+
 def _each(n: int, classes: int) -> list[int]:
     return [n] * classes
 
@@ -179,6 +286,10 @@ SUITE: dict[str, tuple[str, Callable[[Path], Splits]]] = {
     "digits": (
         "far from ImageNet: 8 px handwritten digits, 10 classes, 500 train",
         lambda root: _digits({"train": _each(50, 10), "val": _each(15, 10), "test": _each(-1, 10)}, seed=0),
+    ),
+    "deep-sky": (
+        "natural photographs: ~512 px colour astrophotographs, 5 object types (galaxy 190 ... diffuse nebula 53)",
+        lambda root: _deep_sky(root, test=222, val_fraction=0.15, seed=0),
     ),
 }
 

@@ -207,3 +207,26 @@ def test_heavy_preset_has_randaugment_ops_and_erasing_and_flips_can_be_off():
     heavy = train_transform(DATA_CONFIG, rand_ops=2, erasing=0.25, hflip=0.0)
     names = [type(t).__name__ for t in heavy.transforms]
     assert "SomeOf" in names and "CoarseDropout" in names and "HorizontalFlip" not in names
+
+
+def test_random_square_crop_keeps_the_whole_shorter_side_at_a_random_place():
+    # A 40 x 80 image whose left half is black and right half white: fastai's Resize crop scales the shorter side to
+    # the input size and cuts a random square, so the crops see different shares of white but always the full height.
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, 40:, 0] = 255
+    image[:, :, 1] = np.linspace(0, 255, 40).astype(np.uint8)[:, None]  # top to bottom: dark to bright
+    config = DATA_CONFIG | {"input_size": (3, 32, 32), "mean": (0.0,) * 3, "std": (1.0,) * 3}
+    crop = train_transform(config, crop_mode="random_square", hflip=0.0)
+    crops = [crop(image=image)["image"] for _ in range(20)]
+    assert {tuple(c.shape) for c in crops} == {(3, 32, 32)}
+    assert len({round(float(c[0].mean()), 2) for c in crops}) > 1  # where it cuts across is random
+    assert all(c[1, 0].max() < 0.05 and c[1, -1].min() > 0.95 for c in crops)  # the full height, top to bottom
+
+
+def test_lighting_and_warp_add_fastais_batch_augmentations_and_a_bad_crop_mode_is_named():
+    names = [type(t).__name__ for t in train_transform(DATA_CONFIG, lighting=0.2, warp=0.2).transforms]
+    assert "RandomBrightnessContrast" in names and "Perspective" in names
+    plain = [type(t).__name__ for t in train_transform(DATA_CONFIG).transforms]
+    assert "RandomBrightnessContrast" not in plain and "Perspective" not in plain
+    with pytest.raises(ValueError, match="crop_mode must be one of random_resized, random_square, got 'square'"):
+        train_transform(DATA_CONFIG, crop_mode="square")

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tl_lightning.finetuning.unfreezing import LayerFinetuning, gradual, top_k
 from tl_lightning.models.groups import discriminative_lrs
+from tl_lightning.models.lr_schedules import FineTuneOneCycle
 from tl_lightning.models.module import TransferClassifier
 
 
@@ -32,6 +33,19 @@ class Recorder(pl.Callback):
         self.trainable[epoch] = [all(p.requires_grad for _, p in g.params) for g in groups]
         self.lrs[epoch] = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
         self.bn_training[epoch] = [bn.training for g in groups for bn in g.batchnorms]
+
+
+class BetaRecorder(pl.Callback):
+    """Adam's first beta at each epoch's first step, and at every step."""
+
+    def __init__(self):
+        self.first: dict[int, float] = {}
+        self.all: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        beta = trainer.optimizers[0].param_groups[0]["betas"][0]
+        self.first.setdefault(trainer.current_epoch, beta)
+        self.all.append(beta)
 
 
 def backbone_state(model) -> dict[str, torch.Tensor]:
@@ -100,6 +114,57 @@ def test_train_bn_trains_bn_affine_but_not_statistics_or_convolutions(split_fold
     assert not torch.equal(before["bn1.weight"], after["bn1.weight"])
     assert torch.equal(before["bn1.running_var"], after["bn1.running_var"])
     assert torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])
+
+
+def test_train_bn_with_update_bn_stats_trains_frozen_bn_in_train_mode_as_fastai_does(split_folder: Path):
+    model = tiny_model()
+    before = backbone_state(model)
+    recorder = Recorder()
+    callback = LayerFinetuning(milestones={}, train_bn=True, update_bn_stats=True)
+    tiny_trainer(max_epochs=1, callbacks=[callback, recorder]).fit(model, tiny_data(split_folder, model))
+    after = model.backbone.state_dict()
+    assert recorder.bn_training[0] == [True] * 13
+    assert not torch.equal(before["bn1.running_var"], after["bn1.running_var"])  # statistics follow the data
+    assert not torch.equal(before["bn1.weight"], after["bn1.weight"])
+    assert torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])  # the body itself stays frozen
+    model.eval()
+    callback.apply_bn_modes(model)
+    assert not any(bn.training for g in model.layer_groups() for bn in g.batchnorms)  # evaluation: eval mode
+
+
+def test_fine_tune_one_cycle_gives_every_group_fastais_lrs_and_betas(split_folder: Path):
+    # One frozen epoch, then two: the unfrozen cycle starts at epoch 1.
+    scheduler = partial(FineTuneOneCycle, frozen_epochs=1)
+    model = tiny_model(lr=1e-2, lr_mult=100.0, lr_spread="flat", scheduler=scheduler)
+    recorder, betas = Recorder(), BetaRecorder()
+    trainer = tiny_trainer(max_epochs=3, callbacks=[LayerFinetuning(milestones={1: "all"}), recorder, betas])
+    trainer.fit(model, tiny_data(split_folder, model, batch_size=2))
+    first = model.layer_groups()[0].name
+    assert recorder.lrs[0]["head"] == pytest.approx(2e-2 / 25)  # the frozen cycle starts at 2 lr / 25
+    assert recorder.lrs[1]["head"] == pytest.approx(1e-2 / 5)  # the unfrozen one at lr / 5 ...
+    assert recorder.lrs[1][first] == pytest.approx(1e-4 / 5)  # ... every group at its own
+    assert betas.first[0] == betas.first[1] == 0.95
+    assert min(betas.all) == pytest.approx(0.85, abs=0.02)  # cycled down near the peak LR
+
+
+def test_fine_tune_one_cycle_resumes_on_the_same_lrs_and_betas():
+    def scheduled(steps: int) -> tuple[torch.optim.Optimizer, FineTuneOneCycle]:
+        optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        scheduler = FineTuneOneCycle(optimizer, total_steps=50, steps_per_epoch=5)
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+        return optimizer, scheduler
+
+    straight, _ = scheduled(20)
+    optimizer, scheduler = scheduled(0)
+    _, saved = scheduled(12)
+    scheduler.load_state_dict(saved.state_dict())
+    for _ in range(8):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == straight.param_groups[0]["lr"]
+    assert optimizer.param_groups[0]["betas"] == straight.param_groups[0]["betas"]
 
 
 def test_warmup_cosine_scales_every_group_by_the_same_factor(split_folder: Path):

@@ -263,3 +263,21 @@ def test_resuming_a_checkpoint_of_another_pooling_in_a_plain_lightning_fit_names
 def test_the_pooling_is_given_once():
     with pytest.raises(ValueError, match=r"give the pooling once, as model\.pool"):
         tiny_model(pool=CONCAT_POOL, backbone_kwargs={"global_pool": "max"})
+
+
+def test_a_head_with_one_dropout_rate_per_linear_layer_is_fastais_and_a_wrong_count_is_named():
+    model = TransferClassifier(
+        "test_resnet", num_classes=3, pretrained=False, head_hidden=[16], head_dropout=[0.25, 0.5], head_norm=True
+    )
+    layers = [(type(m).__name__, getattr(m, "p", None)) for m in model.head]
+    assert layers == [
+        ("BatchNorm1d", None),
+        ("Dropout", 0.25),
+        ("Linear", None),
+        ("ReLU", None),
+        ("BatchNorm1d", None),
+        ("Dropout", 0.5),
+        ("Linear", None),
+    ]
+    with pytest.raises(ValueError, match="head_dropout has 1 rates for a head of 2 linear layers"):
+        TransferClassifier("test_resnet", num_classes=3, pretrained=False, head_hidden=[16], head_dropout=[0.5])

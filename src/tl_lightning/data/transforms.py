@@ -14,8 +14,12 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from tl_lightning.utils import BadValue
+
 # How the eval resize may treat the aspect ratio (timm's `crop_mode` names; timm's "border" is not offered).
 CROP_MODES = ("center", "squash")
+# How training images are cut to the input square (`train_transform`).
+TRAIN_CROP_MODES = ("random_resized", "random_square")
 
 _INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
@@ -60,8 +64,11 @@ def train_transform(
     vflip: float = 0.0,
     rand_ops: int = 0,
     erasing: float = 0.0,
+    crop_mode: str = "random_resized",
+    lighting: float = 0.0,
+    warp: float = 0.0,
 ) -> A.Compose:
-    """RandomResizedCrop, then optional flip, colour jitter and affine, then normalisation.
+    """A random crop, then optional flip, colour jitter, lighting, affine and warp, then normalisation.
 
     Args:
         data_config: the backbone's config (`input_size`, `interpolation`, `mean`, `std`).
@@ -78,19 +85,35 @@ def train_transform(
         rand_ops: apply this many ops drawn from a RandAugment-style pool (equalize, posterize, solarize,
             sharpen, contrast, shear, ...) to every image; albumentations has no RandAugment of its own.
         erasing: probability of erasing up to 4 random rectangles (RandomErasing / CoarseDropout).
+        crop_mode: ``"random_resized"`` (`RandomResizedCrop` with `crop_scale` and `crop_ratio`) or
+            ``"random_square"``: the shorter side resized to the input size, then a random square of it, which is
+            what fastai's `Resize` does to training images (`crop_scale` and `crop_ratio` are then unused).
+        lighting: brightness and contrast change (+-fraction), for three images in four (fastai's `max_lighting`).
+        warp: perspective warp strength, for three images in four (fastai's `max_warp`; 0.2 moves a corner by up
+            to a tenth of the side).
     """
+    if crop_mode not in TRAIN_CROP_MODES:
+        raise BadValue(f"train_transform.crop_mode must be one of {', '.join(TRAIN_CROP_MODES)}, got {crop_mode!r}.")
     height, width, interpolation = _size_and_interpolation(data_config)
-    ops: list[A.BasicTransform] = [
-        A.RandomResizedCrop(
-            size=(height, width), scale=tuple(crop_scale), ratio=tuple(crop_ratio), interpolation=interpolation
-        )
-    ]
+    if crop_mode == "random_square":
+        ops: list[A.BasicTransform] = [
+            A.SmallestMaxSize(max_size=max(height, width), interpolation=interpolation),
+            A.RandomCrop(height=height, width=width),
+        ]
+    else:
+        ops = [
+            A.RandomResizedCrop(
+                size=(height, width), scale=tuple(crop_scale), ratio=tuple(crop_ratio), interpolation=interpolation
+            )
+        ]
     if hflip > 0:
         ops.append(A.HorizontalFlip(p=hflip))
     rgb = data_config["input_size"][0] == 3  # colour ops and the RandAugment pool assume RGB
     if color_jitter > 0 and rgb:
         j = color_jitter
         ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
+    if lighting > 0:
+        ops.append(A.RandomBrightnessContrast(brightness_limit=lighting, contrast_limit=lighting, p=0.75))
     if affine_degrees or affine_scale or affine_translate:
         ops.append(
             A.Affine(
@@ -101,6 +124,8 @@ def train_transform(
                 p=1.0,
             )
         )
+    if warp > 0:
+        ops.append(A.Perspective(scale=(0.0, warp / 2), keep_size=True, interpolation=interpolation, p=0.75))
     if vflip > 0:
         ops.append(A.VerticalFlip(p=vflip))
     if rand_ops > 0 and rgb:

@@ -54,8 +54,10 @@ class LayerFinetuning(BaseFinetuning):
         milestones: ``{epoch: n}`` - from `epoch` on, the last `n` backbone layer groups (counted from the head)
             train; ``"all"`` unfreezes every group. Before the first milestone only the head trains, and
             ``{}`` keeps the backbone frozen throughout (feature extraction).
-        train_bn: keep BatchNorm scale and shift trainable in frozen groups (their statistics stay fixed).
-        update_bn_stats: let BatchNorm in unfrozen groups re-estimate running statistics (train mode).
+        train_bn: keep BatchNorm scale and shift trainable in frozen groups (their statistics stay fixed unless
+            `update_bn_stats`).
+        update_bn_stats: let BatchNorm that trains (in unfrozen groups, and in frozen ones with `train_bn`)
+            normalise with batch statistics and re-estimate its running ones (train mode): fastai's `train_bn`.
         rewarm_epochs: ramp a group's LR linearly from ~0 to its scheduled value over this many epochs after
             it is unfrozen (groups trainable from epoch 0 rely on the scheduler's own warmup); 0 turns it off.
 
@@ -218,15 +220,15 @@ class LayerFinetuning(BaseFinetuning):
             self.apply_bn_modes(pl_module)
 
     def apply_bn_modes(self, pl_module: pl.LightningModule) -> None:
-        """Hold BatchNorm in eval mode in frozen groups (and in unfrozen ones unless `update_bn_stats`), and
-        dropout / DropPath in frozen groups: a frozen group is a fixed function of its input."""
+        """Hold BatchNorm in eval mode unless it trains and `update_bn_stats` is on, and dropout / DropPath in
+        frozen groups: a frozen group is then a fixed function of its input."""
         groups, count = self.groups(pl_module), self._applied
         if count is None:
             return
         for i, group in enumerate(groups):
             trains = pl_module.training and i >= len(groups) - count
             for bn in group.batchnorms:
-                bn.train(trains and self.update_bn_stats)
+                bn.train((trains or (pl_module.training and self.train_bn)) and self.update_bn_stats)
             for module in group.stochastic:
                 module.training = trains  # the flag alone: `train()` would recurse into a model's other groups
 

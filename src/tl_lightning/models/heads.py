@@ -12,11 +12,16 @@ from tl_lightning.utils import BadValue
 
 
 def create_head(
-    in_features: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0, norm: bool = False
+    in_features: int,
+    num_classes: int,
+    hidden: Sequence[int] = (),
+    dropout: float | Sequence[float] = 0.0,
+    norm: bool = False,
 ) -> nn.Sequential:
     """A linear head, or an MLP `Linear -> ReLU` per hidden size, then `Linear`.
 
-    Dropout sits before the last linear layer, as timm's classifiers place `drop_rate`. With `norm`, a
+    A single `dropout` sits before the last linear layer, as timm's classifiers place `drop_rate`; a sequence gives
+    one rate per linear layer, each before its layer (fastai's `create_head`: 0.25 then 0.5). With `norm`, a
     `BatchNorm1d` comes before each linear layer, as in fastai's `create_head`: it standardises the pooled features
     the way the linear probe's scaler does (so a probe starts the head exactly, `ProbeFloor`), and keeps doing so
     when fine-tuning moves the backbone's statistics, where a head fitted to fixed feature scales would be thrown off.
@@ -25,22 +30,38 @@ def create_head(
     Linear(in_features=256, out_features=10, bias=True)
     >>> [type(m).__name__ for m in create_head(1280, 10, norm=True, dropout=0.25)]
     ['BatchNorm1d', 'Dropout', 'Linear']
+    >>> [type(m).__name__ for m in create_head(2560, 5, hidden=[512], dropout=[0.25, 0.5], norm=True)]
+    ['BatchNorm1d', 'Dropout', 'Linear', 'ReLU', 'BatchNorm1d', 'Dropout', 'Linear']
     """
     if num_classes < 1:
         raise BadValue(f"num_classes must be at least 1, got {num_classes}.")
+    rates = _dropout_rates(dropout, len(hidden) + 1)
     layers: list[nn.Module] = []
     width = in_features
-    for size in hidden:
+    sizes = [*hidden, num_classes]
+    for i, (size, rate) in enumerate(zip(sizes, rates, strict=True)):
         if norm:
             layers.append(nn.BatchNorm1d(width))
-        layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+        if rate > 0:
+            layers.append(nn.Dropout(rate))
+        layers.append(nn.Linear(width, size))
+        if i < len(hidden):
+            layers.append(nn.ReLU(inplace=True))
         width = size
-    if norm:
-        layers.append(nn.BatchNorm1d(width))
-    if dropout > 0:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def _dropout_rates(dropout: float | Sequence[float], linears: int) -> list[float]:
+    """One rate per linear layer: a single rate goes before the last one only."""
+    if isinstance(dropout, (int, float)):
+        return [0.0] * (linears - 1) + [float(dropout)]
+    rates = [float(rate) for rate in dropout]
+    if len(rates) != linears:
+        raise BadValue(
+            f"head_dropout has {len(rates)} rates for a head of {linears} linear layers: give one per layer "
+            "(hidden sizes + 1), or a single rate for the last layer."
+        )
+    return rates
 
 
 @torch.no_grad()

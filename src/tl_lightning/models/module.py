@@ -73,7 +73,7 @@ class TransferClassifier(pl.LightningModule):
         crop_mode: how the eval resize treats the aspect ratio, overriding the weights' own: ``"center"`` (shorter
             side) or ``"squash"`` (the whole image to the square; `data.transforms.eval_transform`).
         head_hidden: hidden sizes of an MLP head; empty for a linear head.
-        head_dropout: dropout before the head's last linear layer.
+        head_dropout: dropout before the head's last linear layer, or one rate per linear layer (`create_head`).
         head_norm: a `BatchNorm1d` before each of the head's linear layers (fastai's head; see `create_head`).
         lr: the head's learning rate; backbone groups get less (see `lr_mult`).
         lr_mult: ratio of the head's LR to the first backbone group's.
@@ -89,7 +89,8 @@ class TransferClassifier(pl.LightningModule):
         distillation: a teacher checkpoint to distil from (`Distillation`).
         performance: channels-last and `torch.compile` (`Performance`).
         optimizer: called with the named param groups; a partial carries e.g. `weight_decay`.
-        scheduler: called with the optimizer (and `total_steps` when it takes one, then stepped per batch;
+        scheduler: called with the optimizer (and `total_steps`, with `steps_per_epoch` if it takes that too, when
+            it takes one, then stepped per batch;
             otherwise per epoch, with `val/loss` monitored for `ReduceLROnPlateau`). `None` for constant LRs.
 
     Attributes:
@@ -115,7 +116,7 @@ class TransferClassifier(pl.LightningModule):
         crop_pct: float | None = None,
         crop_mode: str | None = None,
         head_hidden: Sequence[int] = (),
-        head_dropout: float = 0.0,
+        head_dropout: float | Sequence[float] = 0.0,
         head_norm: bool = False,
         lr: float = 1e-3,
         lr_mult: float = 10.0,
@@ -395,8 +396,13 @@ class TransferClassifier(pl.LightningModule):
         factory = self.scheduler_factory
         if factory is None:
             return {"optimizer": optimizer}
-        if "total_steps" in inspect.signature(factory).parameters:
-            scheduler = factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        takes = inspect.signature(factory).parameters
+        if "total_steps" in takes:
+            total = int(self.trainer.estimated_stepping_batches)
+            steps = {"total_steps": total}
+            if "steps_per_epoch" in takes:  # schedules with a phase per epoch range (`FineTuneOneCycle`)
+                steps["steps_per_epoch"] = max(1, total // max(1, self.trainer.max_epochs or 1))
+            scheduler = factory(optimizer, **steps)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
