@@ -23,7 +23,6 @@ from _results import machine, save_json
 from suite import DEFAULT_ROOT, SUITE, write
 from torch.utils.data import Subset
 
-from tl_lightning.app.recipe import MEASURED_IMAGES, evenly_spaced
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.finetuning.measure import (
     Mirrored,
@@ -33,6 +32,7 @@ from tl_lightning.finetuning.measure import (
     probe_at_resolutions,
     probe_mirrored,
 )
+from tl_lightning.finetuning.plan import MEASURED_IMAGES, evenly_spaced
 from tl_lightning.finetuning.recipe import choose_hflip
 from tl_lightning.models.backbones import create_backbone
 

@@ -37,6 +37,7 @@ _EXPORTS = {
     "PhaseAwareEarlyStopping": "tl_lightning.finetuning",
     "Preemption": "tl_lightning.finetuning",
     "ProbeFloor": "tl_lightning.finetuning",
+    "Recipe": "tl_lightning.finetuning",
     "Regularization": "tl_lightning.models",
     "ResumeRNG": "tl_lightning.finetuning",
     "TimmSyncBatchNorm": "tl_lightning.finetuning",
@@ -46,6 +47,8 @@ _EXPORTS = {
     "create_head": "tl_lightning.models",
     "discriminative_lrs": "tl_lightning.models",
     "layer_groups": "tl_lightning.models",
+    "plan": "tl_lightning.finetuning",
+    "train_transform": "tl_lightning.data",
     "warmup_cosine": "tl_lightning.models",
 }
 __all__ = sorted(_EXPORTS)

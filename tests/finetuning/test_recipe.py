@@ -259,7 +259,7 @@ def test_measuring_leaves_the_random_state_of_training_alone(tmp_path: Path):
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    choices = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
+    choices = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False)).choices
     assert torch.equal(torch.rand(4), expected)
     assert {c.key for c in choices} == {*CROPS, "model.lr_mult", "model.lr_spread", HFLIP, "model.pool"}
     assert cfg.model.image_size == "auto"  # the config is written by apply_recipe, not here
@@ -272,7 +272,8 @@ def test_large_images_measure_the_weights_centre_crop_against_the_whole_image(tm
     folder = write_images(tmp_path / "data", per_class=10, size=200)  # above test_resnet's 160 px
     cfg = compose_train([o for o in folder_overrides(folder, tmp_path / "out") if "image_size" not in o])
     with caplog.at_level(logging.INFO, logger="tl_lightning"):
-        choices = {c.key: c for c in plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))}
+        recipe = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
+    choices = {c.key: c for c in recipe.choices}
     logged = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("recipe: probe of the weights' 0.950 centre crop at 160 px") for line in logged)
     assert any(line.startswith("recipe: probe at 160 px") for line in logged)  # the whole image, at the same size
@@ -301,7 +302,8 @@ def test_a_folder_whose_classes_mirroring_swaps_trains_without_flips(tmp_path: P
     folder = write_ramps(tmp_path / "data")
     cfg = compose_train([o for o in folder_overrides(folder, tmp_path / "out") if "image_size" not in o])
     with caplog.at_level(logging.INFO, logger="tl_lightning"):
-        choices = {c.key: c for c in plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))}
+        recipe = plan_recipe(cfg, ImageFolderDataModule(folder, num_workers=0, audit=False))
+    choices = {c.key: c for c in recipe.choices}
     assert choices[HFLIP].value == 0.0 and "both lower" in choices[HFLIP].because
     logged = [r.getMessage() for r in caplog.records if "on them mirrored" in r.getMessage()]
     assert len(logged) == 1 and "0.000 on them mirrored" in logged[0]
@@ -331,3 +333,29 @@ def test_a_vit_picked_by_name_keeps_its_own_pooling_and_trains(tmp_path: Path, c
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe: model.pool=")]
     assert logged and "test_vit keeps its own pooling" in logged[0]
     assert job.model(torch.zeros(2, 3, *job.model.data_config["input_size"][1:])).shape == (2, 3)
+
+
+def test_a_library_user_plans_the_recipe_without_hydra_and_builds_the_model_and_data_from_it(tmp_path: Path):
+    from functools import partial
+
+    from tl_lightning.data.datamodule import ImageFolderDataModule
+    from tl_lightning.data.transforms import train_transform
+    from tl_lightning.finetuning.plan import plan
+    from tl_lightning.models.module import TransferClassifier
+
+    folder = write_images(tmp_path / "data", per_class=10, size=20)
+    scan = ImageFolderDataModule(folder, num_workers=0, audit=False)
+    scan.prepare_data()
+    recipe = plan(scan, "test_resnet", pretrained=False, fixed={"model.image_size": 32, "model.pool": None})
+    chosen = recipe.values()
+    assert "model.image_size" not in chosen and "model.pool" not in chosen  # the user's values are not chosen
+    assert {"model.crop_pct", "model.lr_mult", "data.train_transform.hflip"} <= set(chosen)
+    assert all(line.startswith("recipe: ") and " because " in line for line in recipe.lines())
+    model = TransferClassifier(
+        "test_resnet", num_classes=scan.num_classes, pretrained=False, image_size=32, **recipe.model_kwargs()
+    )
+    assert model.hparams.lr_mult == chosen["model.lr_mult"] and model.data_config["input_size"][-1] == 32
+    data = ImageFolderDataModule(
+        folder, num_workers=0, audit=False, train_transform=partial(train_transform, **recipe.train_transform_kwargs())
+    )
+    assert data.build_train_transform.keywords["hflip"] == chosen["data.train_transform.hflip"]

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,11 +75,9 @@ def prepare(cfg: DictConfig) -> Job:
         )
     if cfg.get("ckpt_path"):
         check_resume(cfg.ckpt_path, scan.class_names)
-    started = time.perf_counter()
-    choices = plan_recipe(cfg, scan)
-    recipe_seconds = time.perf_counter() - started
-    apply_recipe(cfg, choices)
-    datamodule = instantiate(cfg.data) if choices else scan  # built from the decided values
+    recipe = plan_recipe(cfg, scan)
+    apply_recipe(cfg, recipe)
+    datamodule = instantiate(cfg.data) if recipe.choices else scan  # built from the decided values
     datamodule.prepare_data()
     overrides: dict[str, Any] = {}
     if cfg.model.get("imbalance", {}).get("class_weights") == "balanced":
@@ -95,9 +92,9 @@ def prepare(cfg: DictConfig) -> Job:
     if resuming and previous is not None and cfg.get("resume") != "force":
         check_same_run(previous, OmegaConf.to_container(cfg, resolve=True), resuming)
     if rank_zero_only.rank == 0:  # what ran: the recipe's choices are in the config, their reasons above it
-        reasons = "".join(f"# {choice.line()}\n" for choice in choices)
+        reasons = "".join(f"# {line}\n" for line in recipe.lines())
         write_text(out / "config.yaml", reasons + OmegaConf.to_yaml(cfg, resolve=True))
-    return Job(out, datamodule, model, recipe_seconds, resuming)
+    return Job(out, datamodule, model, recipe.seconds, resuming)
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
