@@ -21,16 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tl_lightning.data.transforms import DataConfig
-from tl_lightning.models.features import extract_features
+from tl_lightning.models.features import extract_features, probe_pipeline
+from tl_lightning.models.metrics import beats, binomial_stderr
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _folds(y: np.ndarray) -> int:
 
 
 def _probe(c: float) -> Callable[[], BaseEstimator]:
-    return lambda: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    return lambda: probe_pipeline(c)
 
 
 def _held_out(
@@ -139,15 +139,6 @@ def _held_out(
 def _mirror_score(right: np.ndarray, right_mirrored: np.ndarray) -> MirrorScore:
     disagree = int((right != right_mirrored).sum())
     return MirrorScore(float(right.mean()), float(right_mirrored.mean()), math.sqrt(disagree) / len(right))
-
-
-def binomial_stderr(accuracy: float, images: int) -> float:
-    """The standard error of an accuracy measured on `images` independent predictions.
-
-    >>> round(binomial_stderr(0.55, 225), 3)
-    0.033
-    """
-    return math.sqrt(accuracy * (1 - accuracy) / images)
 
 
 def whole_image(data_config: DataConfig, size: int) -> DataConfig:
@@ -286,8 +277,11 @@ def best_resolution(scores: dict[int, ProbeScore], native: int) -> int:
     frozen probe that measures, can use every extra position; on the suite's tiny clip art the probe on the
     training images preferred 160 px by 1.6 points (half a standard error) while the test images preferred 224
     (BENCHMARKS.md, "The resolution rule")."""
-    top = max(scores, key=lambda size: (scores[size].accuracy, -size))
-    bar = scores[top].accuracy - scores[top].stderr
-    if native in scores and scores[native].accuracy >= bar:
+    best = scores[max(scores, key=lambda size: (scores[size].accuracy, -size))]
+
+    def within(score: ProbeScore) -> bool:  # one the best does not beat
+        return not beats(best.accuracy, score.accuracy, best.stderr)
+
+    if native in scores and within(scores[native]):
         return native
-    return min(size for size, score in scores.items() if score.accuracy >= bar)
+    return min(size for size, score in scores.items() if within(score))

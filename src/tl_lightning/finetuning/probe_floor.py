@@ -44,7 +44,7 @@ from torch import nn
 from tl_lightning.finetuning.measure import cross_validate_probe
 from tl_lightning.models.features import extract_features, fit_probe, probe_as_linear
 from tl_lightning.models.heads import as_single_linear
-from tl_lightning.models.metrics import selection_score
+from tl_lightning.models.metrics import beats, binomial_stderr, selection_score
 from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class ProbeFloor(Callback):
             losses = pl_module.selection_losses(logits, val[1])
             loss = float(losses.mean())
             stderr = float(losses.std()) / math.sqrt(samples) if samples > 1 else 0.0
-        acc_stderr = math.sqrt(acc * (1 - acc) / samples)
+        acc_stderr = binomial_stderr(acc, samples)
         if samples >= accuracy_from:  # the score is an accuracy
             stderr = acc_stderr
         score = selection_score(acc, loss, samples, accuracy_from)
@@ -166,8 +166,8 @@ class ProbeFloor(Callback):
         measured += f"+- {stderr:.4f}"
         if best_acc is not None:
             measured += f", accuracy {best_acc:.3f} vs {probe_acc:.3f} +- {acc_stderr:.3f}"
-        beats_score = best is not None and float(best) > probe + stderr
-        beats_acc = best_acc is None or best_acc > probe_acc + acc_stderr
+        beats_score = best is not None and beats(float(best), probe, stderr)
+        beats_acc = best_acc is None or beats(best_acc, probe_acc, acc_stderr)
         if beats_score and beats_acc:
             log.info(
                 "recipe: kept the fine-tuned model because it beat the linear probe on validation by more than a "

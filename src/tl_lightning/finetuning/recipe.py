@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tl_lightning.finetuning.measure import MirrorScore, ProbeScore, best_resolution
+from tl_lightning.models.metrics import beats
 
 # Input sizes tried for images smaller than the weights' resolution. BiT's HyperRule (Kolesnikov et al. 2020)
 # resizes images under 96 px to 160 and crops 128; fastai's users train at 224. Rather than fix one, the recipe
@@ -98,7 +99,7 @@ def choose_eval_view(
         f"a cross-validated linear probe scores {whole.accuracy:.3f} +- {whole.stderr:.3f} on the whole image "
         f"and {centre.accuracy:.3f} on the weights' {weights_crop_pct:g} centre crop"
     )
-    if centre.accuracy > whole.accuracy + whole.stderr:
+    if beats(centre.accuracy, whole.accuracy, whole.stderr):
         because = measured + ": the crop is better by more than a standard error"
         return [Choice(keys[0], weights_crop_pct, because), Choice(keys[1], "center", because)]
     because = measured + ": the crop is not better by more than a standard error"
@@ -175,7 +176,7 @@ def choose_hflip(features: MirrorScore, pixels: MirrorScore) -> Choice:
     key = "data.train_transform.hflip"
 
     def lower(score: MirrorScore) -> bool:
-        return score.mirrored < score.upright - score.stderr
+        return beats(score.upright, score.mirrored, score.stderr)
 
     measured = (
         f"fitted on upright training images, a linear probe of the frozen features scores {features.upright:.3f} "

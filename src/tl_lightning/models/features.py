@@ -152,9 +152,14 @@ def fit_probe(
     max_iter: int = 2000,
     class_weight: Mapping[int, float] | None = None,
 ) -> Pipeline:
-    """A linear probe: standardise, then multinomial logistic regression (scikit-learn) with L2 strength `1/c`."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight))
-    return probe.fit(features.numpy(), labels.numpy())
+    """The linear probe fitted on `features` (`probe_pipeline`)."""
+    return probe_pipeline(c, max_iter, class_weight).fit(features.numpy(), labels.numpy())
+
+
+def probe_pipeline(c: float = 1.0, max_iter: int = 2000, class_weight: Mapping[int, float] | None = None) -> Pipeline:
+    """The linear probe every measurement and the probe floor fit: standardise, then multinomial logistic regression
+    (scikit-learn) with L2 strength `1/c`."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight))
 
 
 def probe_as_linear(probe: Pipeline, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@ logits gathered in one pass over a split (`TransferClassifier.score`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,26 @@ def selection_score(acc: Any, loss: Any, samples: Any, accuracy_from: int = MIN_
     if samples < accuracy_from:
         return -loss
     return acc - loss / (10 * samples)
+
+
+def binomial_stderr(accuracy: float, images: int) -> float:
+    """The standard error of an accuracy measured on `images` independent predictions.
+
+    >>> round(binomial_stderr(0.55, 225), 3)
+    0.033
+    """
+    return math.sqrt(accuracy * (1 - accuracy) / max(1, images))
+
+
+def beats(value: float, reference: float, stderr: float) -> bool:
+    """Whether `value` beats `reference` by more than one standard error: the one rule by which every measured
+    choice (a resolution, a crop, flips, fine-tuning over the probe) departs from its default, so that a difference
+    the measurement cannot tell from noise never changes what runs.
+
+    >>> beats(0.90, 0.86, 0.03), beats(0.88, 0.86, 0.03)
+    (True, False)
+    """
+    return value > reference + stderr
 
 
 def optimal_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
