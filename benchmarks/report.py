@@ -478,9 +478,9 @@ def main() -> None:
             "No GPU was available to this project's sessions so far: GPU throughput is still to measure "
             "(`python benchmarks/throughput.py --device cuda`).",
         ]
-    for page in (ROOT / "BENCHMARKS.md", ROOT / "docs" / "benchmarks.md"):  # the repository's page and the site's
-        page.write_text("\n".join(sections) + "\n")
-        print(f"-> {page}")
+    page = ROOT / "BENCHMARKS.md"  # the site's docs/benchmarks.md includes it
+    page.write_text("\n".join(sections) + "\n")
+    print(f"-> {page}")
 
 
 if __name__ == "__main__":
