@@ -1,7 +1,7 @@
 """Every deployable format of one checkpoint, side by side: file size, CPU latency at batch 1 (a phone classifying
 one photo) and accuracy on the run's test split, each file run in its own runtime.
 
-The checkpoint is exported once with `python -m tl_lightning.export CKPT --format onnx torchscript executorch litert
+The checkpoint is exported once with `python -m tl_lightning export CKPT --format onnx torchscript executorch litert
 --int8` (int8 calibrated on 256 of its run's training images); PyTorch eager is the reference row. Every runtime
 classifies the same preprocessed test images one at a time; latency is the median of `--repeats` calls on one image
 after warm-up, on this process's CPU threads (onnxruntime and PyTorch are set to them; ExecuTorch's XNNPACK
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=100)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="formats_"))
-    command = [sys.executable, "-m", "tl_lightning.export", str(args.checkpoint), "--int8", "--out", str(out)]
+    command = [sys.executable, "-m", "tl_lightning", "export", str(args.checkpoint), "--int8", "--out", str(out)]
     subprocess.run([*command, "--format", "onnx", "torchscript", "executorch", "litert"], check=True)
     model = TransferClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     split = read_split(args.checkpoint.resolve().parent.parent / "split.csv")

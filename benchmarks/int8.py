@@ -1,6 +1,6 @@
 """fp32 vs int8 ONNX, side by side: file size, CPU latency (onnxruntime) and test accuracy, per checkpoint.
 
-Each checkpoint is exported with `python -m tl_lightning.export CKPT --format onnx --int8` (calibrated on its run's
+Each checkpoint is exported with `python -m tl_lightning export CKPT --format onnx --int8` (calibrated on its run's
 training images; accuracy on its run's test split, from model.json), then both files are timed on the same
 preprocessed test images: batch 1 (an app on a phone) and batch 32, median of `--repeats` runs after warm-up.
 
@@ -45,7 +45,8 @@ def measure(name: str, checkpoint: Path, repeats: int) -> dict:
     command = [
         sys.executable,
         "-m",
-        "tl_lightning.export",
+        "tl_lightning",
+        "export",
         str(checkpoint),
         "--format",
         "onnx",

@@ -1,4 +1,4 @@
-"""Requests/s and latency of `python -m tl_lightning.serve`, at batch 1 and with dynamic batching, against the same
+"""Requests/s and latency of `python -m tl_lightning serve`, at batch 1 and with dynamic batching, against the same
 model called in-process (the floor the HTTP server adds to).
 
 Each setting starts the real server on a free local port, sends `--warmup` requests, then `--requests` multipart
@@ -87,7 +87,17 @@ def server(checkpoint: Path, batch: int, timeout: float, device: str, *flags: st
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "tl_lightning.serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "tl_lightning",
+        "serve",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     command += ["--max-batch-size", str(batch), "--batch-timeout", str(timeout), "--accelerator", device, *flags]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

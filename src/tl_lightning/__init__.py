@@ -11,10 +11,6 @@ The subpackages follow the data's path, each importing only those below it (a te
     utils         the user-error type, atomic file writes, usable CPUs
 """
 
-import importlib.abc
-import importlib.util
-import sys
-from importlib.machinery import ModuleSpec
 from importlib.metadata import PackageNotFoundError, version
 
 from tl_lightning.utils import lazy_exports
@@ -53,29 +49,3 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
-
-
-# The command-line tools live in `app/`; these names keep `python -m tl_lightning.<name>` running them.
-COMMANDS = ("predict", "serve", "export", "explain", "audit", "optimize", "backbones", "groups")
-# ... and the one the data layer names: `python -m tl_lightning.data.optimize`.
-_ALIASES = {f"{__name__}.{name}": name for name in COMMANDS} | {f"{__name__}.data.optimize": "optimize"}
-
-
-class _CommandFinder(importlib.abc.MetaPathFinder):
-    """Finds `tl_lightning.<command>` as the source of `tl_lightning.app.<command>`.
-
-    Written as a finder rather than a re-exporting module per command, which would put a one-line file per command by
-    the subpackages, and which `python -m` would find already imported (a runpy `RuntimeWarning`) whenever the
-    package imported it.
-    """
-
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
-        name = _ALIASES.get(fullname)
-        if name is None:
-            return None
-        source = importlib.util.find_spec(f"{__name__}.app.{name}")
-        return importlib.util.spec_from_file_location(fullname, source.origin) if source and source.origin else None
-
-
-if not any(isinstance(finder, _CommandFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_CommandFinder())

@@ -1,4 +1,4 @@
-"""LitData streaming: `python -m tl_lightning.data.optimize` writes real chunks of an audited folder, and
+"""LitData streaming: `python -m tl_lightning optimize` writes real chunks of an audited folder, and
 `data=streaming` trains from them: the same images and split as the folder, disjoint shares for two gloo ranks,
 and a run stopped mid-epoch resumes to the uninterrupted run's result."""
 
@@ -20,7 +20,7 @@ from tl_lightning.data.transforms import eval_transform
 
 
 def optimize(root: Path, out: Path) -> subprocess.CompletedProcess:
-    return preloaded.run([sys.executable, "-m", "tl_lightning.data.optimize", str(root), str(out)], cwd=ROOT)
+    return preloaded.run([sys.executable, "-m", "tl_lightning", "optimize", str(root), str(out)], cwd=ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.serve`: the real LitServe server on a free local port, real images posted over HTTP; its
+"""`python -m tl_lightning serve`: the real LitServe server on a free local port, real images posted over HTTP; its
 answers equal the predict CLI's, batched requests are answered one by one, and bad requests get their own 4xx."""
 
 import base64

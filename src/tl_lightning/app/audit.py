@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.audit DATA_ROOT [--json audit.json]`: the data audit alone, before any training
+"""`python -m tl_lightning audit DATA_ROOT [--json audit.json]`: the data audit alone, before any training
 (`data.audit`): unreadable files, ignored entries, modes, sizes, imbalance, duplicates across splits."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from tl_lightning.data.datamodule import ImageFolderDataModule
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tl_lightning.audit", description="Audit an image folder.")
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning audit", description="Audit an image folder.")
     parser.add_argument("root", help="data folder: class folders, or train/ [val/] [test/] of class folders")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.explain CKPT IMAGE [IMAGE ...] [--out gradcam/] [--class NAME] [--layer MODULE]` or
+"""`python -m tl_lightning explain CKPT IMAGE [IMAGE ...] [--out gradcam/] [--class NAME] [--layer MODULE]` or
 `... CKPT --top-losses RUN`: Grad-CAM overlays, one PNG per image (`evaluation.explain`)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tl_lightning.inference.predict import find_images
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tl_lightning.explain", description="Grad-CAM of predictions.")
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning explain", description="Grad-CAM of predictions.")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("paths", nargs="*", help="image files or folders")
     parser.add_argument("--top-losses", type=Path, metavar="RUN", help="explain a run's highest-loss test images")

@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.export CKPT [--format onnx torchscript executorch litert timm] [--out export/] [--int8]
+"""`python -m tl_lightning export CKPT [--format onnx torchscript executorch litert timm] [--out export/] [--int8]
 [--push-to-hub ID]`: ONNX and TorchScript files with their metadata, checked against PyTorch (`inference.export`);
 files for phones, each checked in its own runtime: ExecuTorch programs (`inference.on_device`) and LiteRT files
 (`inference.litert`); with `--int8`, an int8 file beside each fp32 ONNX or phone one, with both files' size and test
@@ -28,7 +28,7 @@ PHONES = {"executorch": on_device, "litert": litert}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tl_lightning.export", description="Export a checkpoint.")
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning export", description="Export a checkpoint.")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--format", nargs="+", default=list(FORMATS), choices=[*FORMATS, *PHONES, "timm"])
     parser.add_argument("--out", type=Path, default=Path("export"))

@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.groups BACKBONE`: a backbone's layer groups (the unit of freezing and of learning rate),
+"""`python -m tl_lightning groups BACKBONE`: a backbone's layer groups (the unit of freezing and of learning rate),
 with parameter and BatchNorm counts."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from tl_lightning.models.groups import layer_groups
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tl_lightning.groups", description="Print layer groups.")
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning groups", description="Print layer groups.")
     parser.add_argument("backbone", help="timm model name")
     args = parser.parse_args(argv)
     backbone = create_backbone(args.backbone, pretrained=False)

@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.data.optimize DATA_ROOT OUT [--val-fraction 0.15] [--test-fraction 0.15] [--seed 0]`:
+"""`python -m tl_lightning optimize DATA_ROOT OUT [--val-fraction 0.15] [--test-fraction 0.15] [--seed 0]`:
 an image folder, audited and split as training splits it, into LitData chunks under OUT (a folder or `s3://...`),
 for `data=streaming data.input_dir=OUT` (`data.streaming`; the `[stream]` extra)."""
 
@@ -14,7 +14,7 @@ from tl_lightning.utils import BadValue, UserError
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tl_lightning.data.optimize", description=__doc__.split(":")[1])
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning optimize", description=__doc__.split(":")[1])
     parser.add_argument("root", help="data folder: class folders, or train/ [val/] [test/] of class folders")
     parser.add_argument("out", help="output folder, or s3:// / gs:// URL")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="as data.val_fraction")

@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.predict CKPT PATH [PATH ...] [--out predictions.csv] [--tta] [--batch-size 64]`:
+"""`python -m tl_lightning predict CKPT PATH [PATH ...] [--out predictions.csv] [--tta] [--batch-size 64]`:
 predicted classes for image files or folders, into a CSV (`inference.predict`)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tl_lightning.utils import BadValue
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tl_lightning.predict", description="Predict classes of images.")
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning predict", description="Predict classes of images.")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))

@@ -1,4 +1,4 @@
-"""`python -m tl_lightning.serve CKPT [--port 8000] [--top-k 5] [--max-batch-size 1] [--batch-timeout 0]
+"""`python -m tl_lightning serve CKPT [--port 8000] [--top-k 5] [--max-batch-size 1] [--batch-timeout 0]
 [--workers-per-device 1] [--ui]`: an HTTP endpoint for a checkpoint (`inference.serve`, LitServe; the `[serve]`
 extra).
 
@@ -23,7 +23,7 @@ from tl_lightning.utils import BadValue, UserError
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tl_lightning.serve", description="Serve a checkpoint over HTTP.")
+    parser = argparse.ArgumentParser(prog="python -m tl_lightning serve", description="Serve a checkpoint over HTTP.")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--host", default="0.0.0.0", help="0.0.0.0: every interface; 127.0.0.1: this machine only")
     parser.add_argument("--port", type=int, default=8000)

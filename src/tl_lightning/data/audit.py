@@ -4,7 +4,7 @@ Written here because no maintained library audits an ImageFolder: peers either c
 truncated JPEG or train silently on leaked duplicates. Files are fully decoded (truncation only shows then)
 in a thread pool (PIL releases the GIL while decoding), and hashed for exact duplicates. With a cache folder,
 each file's result is kept under its path and stat stamp (`utils.file_stamp`), so a second run only stats the files
-and decodes those that changed. The command line is `python -m tl_lightning.audit DATA_ROOT`.
+and decodes those that changed. The command line is `python -m tl_lightning audit DATA_ROOT`.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def read_metadata(input_dir: str) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise NotFound(
             f"data.input_dir '{input_dir}' has no readable {METADATA} ({err}). Write it with "
-            f"`python -m tl_lightning.data.optimize IMAGE_FOLDER {input_dir}`."
+            f"`python -m tl_lightning optimize IMAGE_FOLDER {input_dir}`."
         ) from None
 
 
@@ -170,7 +170,7 @@ class _TrainLoader(StreamingDataLoader):
 
 
 class StreamingDataModule(ImageFolderDataModule):
-    """An `ImageFolderDataModule` over LitData chunks written by `python -m tl_lightning.data.optimize`.
+    """An `ImageFolderDataModule` over LitData chunks written by `python -m tl_lightning optimize`.
 
     Args:
         input_dir: the optimized folder or URL (`s3://bucket/plants`).

@@ -1,5 +1,5 @@
 """Grad-CAM maps of image files, drawn beside the images, and of a run's highest-loss test images (the maps
-themselves: `models.gradcam`). The command line is `python -m tl_lightning.explain`.
+themselves: `models.gradcam`). The command line is `python -m tl_lightning explain`.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def _markdown(
         "![top losses](report/top_losses.png)",
         "",
         "As a table in [report/top_losses.csv](report/top_losses.csv); Grad-CAM of these images: "
-        "`python -m tl_lightning.explain CKPT --top-losses RUN`.",
+        "`python -m tl_lightning explain CKPT --top-losses RUN`.",
         "",
         "| file | true | predicted | p(predicted) | loss |",
         "|---|---|---|---|---|",

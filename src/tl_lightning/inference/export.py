@@ -9,7 +9,7 @@ difference is reported; one above `tolerance` is an error.
 
 PyTorch deprecates TorchScript in favour of `torch.export`; it is still what C++ (libtorch) and older mobile
 runtimes load, so it is kept as a format, and its deprecation warnings are silenced here rather than shown on
-every export. The command line is `python -m tl_lightning.export`.
+every export. The command line is `python -m tl_lightning export`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Preprocessing (size, mean, std, channels), class names and the calibration temperature come from the
 checkpoint, so nothing is passed twice. A file that cannot be decoded is left out and named; a batch whose image
-statistics are far from the training images' is warned about. The command line is `python -m tl_lightning.predict`.
+statistics are far from the training images' is warned about. The command line is `python -m tl_lightning predict`.
 """
 
 from __future__ import annotations

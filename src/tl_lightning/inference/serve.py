@@ -3,7 +3,7 @@
 LitServe runs the model in worker processes (`workers_per_device` per GPU, or on the CPU), batches concurrent
 requests (`max_batch_size`, `batch_timeout`) and answers `/health` and `/info`; this module adds what a
 classifier needs around it. Preprocessing, class names and the calibration temperature come from the checkpoint,
-so answers equal `python -m tl_lightning.predict`'s. The command line is `python -m tl_lightning.serve`.
+so answers equal `python -m tl_lightning predict`'s. The command line is `python -m tl_lightning serve`.
 
 Two things are written here rather than taken from LitServe, each for a reason:
 

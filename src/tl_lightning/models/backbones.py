@@ -1,6 +1,6 @@
 """Headless timm backbones with the preprocessing their weights expect and a record of where weights came from.
 
-`python -m tl_lightning.backbones --list [PATTERN]` lists the names timm knows.
+`python -m tl_lightning backbones --list [PATTERN]` lists the names timm knows.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def check_backbone_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
-    raise BadValue(f"Unknown backbone '{name}'.{hint} List all with `python -m tl_lightning.backbones --list`.")
+    raise BadValue(f"Unknown backbone '{name}'.{hint} List all with `python -m tl_lightning backbones --list`.")
 
 
 def create_backbone(

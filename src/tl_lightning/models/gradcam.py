@@ -5,7 +5,7 @@ set of dependencies. For CNNs the map is the backbone's final feature map (timm'
 of global pooling); for vision transformers it is the last block's first norm, whose patch tokens still reach
 the class token through attention (the final outputs do not: only the class token is pooled, so their patch
 gradients are 0). A `layer` name picks any other module of the backbone. Files and reports are drawn by
-`evaluation.explain` (`python -m tl_lightning.explain`); the serving page gets `overlay_png`.
+`evaluation.explain` (`python -m tl_lightning explain`); the serving page gets `overlay_png`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Groups come from each timm model's own `group_matcher` (the table timm uses for 
 no per-architecture split table here. Param groups are written with real `lr` values, named, and all
 registered from step 0, so any torch or Lightning scheduler sees every group and resume restores them by name.
 
-`python -m tl_lightning.groups BACKBONE` prints a backbone's groups.
+`python -m tl_lightning groups BACKBONE` prints a backbone's groups.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def layer_groups(model: nn.Module, prefix: str = "") -> list[LayerGroup]:
     else:
         rank_zero_warn(
             f"{type(model).__name__} has no timm `group_matcher`: the whole backbone is one layer group.\n"
-            "HINT: gradual unfreezing and discriminative LRs need a timm model (`python -m tl_lightning.groups`)."
+            "HINT: gradual unfreezing and discriminative LRs need a timm model (`python -m tl_lightning groups`)."
         )
         names_per_group = [list(params)]
     groups = []

@@ -382,7 +382,7 @@ class TransferClassifier(pl.LightningModule):
         if len(factors) != len(groups):
             raise BadValue(
                 f"model.lr_factors has {len(factors)} entries for {len(groups)} groups: "
-                f"{[g.name for g in groups]}. Give one factor per group (`python -m tl_lightning.groups NAME`)."
+                f"{[g.name for g in groups]}. Give one factor per group (`python -m tl_lightning groups NAME`)."
             )
         return [lr * f for f in factors]
 
