@@ -77,8 +77,8 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
     """A package's `__getattr__` (PEP 562) that imports each exported name from its module on first use.
 
     Importing `tl_lightning.models.backbones` runs `tl_lightning/__init__` and `models/__init__` first; with eager
-    re-exports that loaded Lightning (5 of the 8 s an import took), so a command line that fails on its config
-    waited 10 s for its one sentence. Lazy, the config checks answer before Lightning loads.
+    re-exports that loaded Lightning (most of an import's time), so a command line that fails on its config waited
+    seconds for its one sentence. Lazy, the config checks answer before Lightning loads.
     """
 
     def __getattr__(name: str) -> Any:

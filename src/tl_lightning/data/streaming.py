@@ -68,7 +68,7 @@ def optimize_folder(
             keep_data_ordered=True,
             mode="overwrite",
             verbose=False,
-            # LitData spawns its writers by default: each re-imports torch and Lightning (~10 s, three times); the
+            # LitData spawns its writers by default: each re-imports torch and Lightning, seconds each time; the
             # writers only read files, which forking (Linux only: macOS forbids it with threads) does safely.
             start_method="fork" if sys.platform == "linux" else None,
         )

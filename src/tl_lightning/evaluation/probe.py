@@ -32,9 +32,10 @@ class Verdict(NamedTuple):
     preset: str
 
 
-# Best first. Calibrated on the peers suite (benchmarks/peers.py): a probe at 0.88 on digits still left 10 points
-# to fine-tuning (0.985), so feature extraction is suggested only above 0.97, and the default (which starts from
-# this probe and keeps it as its floor) everywhere else. docs/probe.md's table is this one (tests/app/test_readme.py).
+# Best first. Feature extraction is suggested only where the probe leaves almost nothing to fine-tuning, and the
+# default (which starts from this probe and keeps it as its floor) everywhere else; the thresholds come from the
+# peers suite (BENCHMARKS.md, "Ours with no flags vs the peers"). docs/probe.md's table is this one
+# (tests/app/test_readme.py).
 VERDICTS = (
     Verdict(
         0.97,

@@ -47,9 +47,8 @@ class ProbeScore:
 
     The standard error is the binomial one of the pooled held-out predictions, sqrt(acc (1 - acc) / n), not the
     spread of the fold means: both estimate the same quantity, but the spread of five numbers is itself so noisy
-    that on a few hundred images it came out at 0.005 where the images allow 0.028 (the suite's tiny clip art at
-    224 px, 320 training images), and every rule that compares two probes "by more than a standard error" then
-    follows noise."""
+    that every rule comparing two probes "by more than a standard error" would follow noise (BENCHMARKS.md, "The
+    resolution rule")."""
 
     c: float
     accuracy: float
@@ -274,9 +273,7 @@ def best_resolution(scores: dict[int, ProbeScore], native: int) -> int:
     the data cannot tell from the best is not worth its compute).
 
     The weights' size is the prior because the weights learnt their features there and fine-tuning, unlike the
-    frozen probe that measures, can use every extra position; on the suite's tiny clip art the probe on the
-    training images preferred 160 px by 1.6 points (half a standard error) while the test images preferred 224
-    (BENCHMARKS.md, "The resolution rule")."""
+    frozen probe that measures, can use every extra position (BENCHMARKS.md, "The resolution rule")."""
     best = scores[max(scores, key=lambda size: (scores[size].accuracy, -size))]
 
     def within(score: ProbeScore) -> bool:  # one the best does not beat

@@ -1,28 +1,17 @@
 """Start fine-tuning from a converged linear probe, and keep that probe when fine-tuning does not beat it.
 
-LP-FT as Kumar et al. define it (ICLR 2022, "Fine-Tuning can Distort Pretrained Features") fine-tunes from the
-*converged* linear probe: a random or half-trained head sends large, wrong gradients into the backbone at the
-unfreeze and distorts the features it is meant to reuse. A few epochs of SGD on the head do not converge a probe;
-a logistic regression on the frozen features does, in seconds. And on small data, fine-tuning can still end below
-that probe (on held-out faces our old default did, 0.89 vs 0.98), so the probe is also the floor: its model is
-saved as `probe.ckpt` and, unless a fine-tuned epoch scores higher on validation by more than the probe's standard
-error there, it becomes the best checkpoint: the one-standard-error rule (Breiman et al.) the recipe also chooses
-the resolution by, preferring the simpler model where a few dozen validation images cannot tell the two apart.
-Under 100 validation images the score is a loss, which can fall while accuracy does not rise: on the suite's radio
-galaxies the fine-tuned epochs' loss went below the probe's by two standard errors at the same validation accuracy
-(0.60), while on test they scored 0.60 to 0.655 against 0.66 to 0.70 for the epochs before the unfreeze. So a
-fine-tuned model also has to beat the probe's validation accuracy by more than its standard error. On the suite,
-fine-tuning beat the probe on test only on the 8 px digits, by many standard errors (0.99 against 0.91); on the
-other four sets the probe scored as high or higher (BENCHMARKS.md, "The default with one piece changed at a time").
+LP-FT (Kumar et al., ICLR 2022) fine-tunes from the *converged* linear probe: a random or half-trained head sends
+large, wrong gradients into the backbone at the unfreeze and distorts the features it is meant to reuse; a logistic
+regression on the frozen features converges in seconds. On small data fine-tuning can still end below that probe,
+so the probe is also the floor: a fine-tuned model is kept only if it beats the probe on validation by more than a
+standard error (`models.metrics.beats`), in the selection score and in accuracy both, because under 100 validation
+images the score is a loss, which can fall while accuracy does not rise. Once validation has chosen the probe, the
+probe is refitted on training and validation images together (scikit-learn's `refit` after model selection), and
+keeps temperature 1: its C, chosen by cross-validated log loss, calibrates it. The measurements behind each rule are
+in BENCHMARKS.md, "The default with one piece changed at a time" and "The probe's eval view and its refit".
 
-Once validation has chosen the probe, it has no more choosing to do, so the kept probe is refitted on the training
-and validation images together (scikit-learn's `refit` after model selection): on the suite's small sets a
-fifth more images gave the whole-image probe 1 to 3 points of test accuracy on four sets and cost 1 on the
-fifth (BENCHMARKS.md, "The probe's eval view and its refit"). Its temperature stays 1: validation cannot fit one
-for a model that has seen it, and the probe's C, chosen by cross-validated log loss, already calibrates it.
-
-Written here because neither Lightning nor timm has a probe-initialised head; the probe itself is
-scikit-learn's `LogisticRegression` (`models.features.fit_probe`).
+Written here because neither Lightning nor timm has a probe-initialised head; the probe itself is scikit-learn's
+`LogisticRegression` (`models.features.fit_probe`).
 """
 
 from __future__ import annotations
@@ -70,8 +59,7 @@ class ProbeFloor(Callback):
     Args:
         c: inverse L2 strength of the logistic regression (on standardised features); `None` chooses it by
             stratified 5-fold cross-validation on the training features (`measure.cross_validate_probe`): the best
-            strength differs by data set (it chose 0.03 on the suite's clip art, where C=1 ended 6.5 points lower,
-            BENCHMARKS.md).
+            strength differs by data set.
         keep_probe: make the probe the best checkpoint when fine-tuning does not beat it on validation.
         refit: the kept probe is the one refitted on training and validation images (same C); `refitted` says
             the saved probe is that one, so the run does not fit a temperature on validation for it.

@@ -198,16 +198,11 @@ def choose_backbone_lr(features: ProbeScore, pixels: ProbeScore) -> tuple[Choice
     raw pixels on this data.
 
     Where they do, they already fit, and a strong backbone LR on a few hundred images distorts them (Kumar et al.
-    2022): on held-out colour photographs the first group at head LR / 100 gave 0.896 against 0.865 at / 4. The
-    whole backbone then moves at head LR / 100, as fastai's `fine_tune` moves a timm body: spread geometrically
-    up to the head's LR instead, the top block got head LR / 1.8, and test accuracy fell in the first epoch after
-    the unfreeze on every data set of the suite (radio galaxies 0.687 -> 0.320, few-shot clip art 0.617 -> 0.565,
-    3-seed means) before it recovered; with the whole backbone at head LR / 100 it holds (0.687 -> 0.660,
-    0.617 -> 0.615; BENCHMARKS.md, "Around the unfreeze").
-    Where an SVM on the pixels matches or beats them (8 px handwritten digits: 0.97 against 0.91), the features do
-    not fit and have to be rewritten: head LR / 4 for the first group, spread geometrically up to the head's, so
-    the top blocks move most (the digits default's measured recipe). The BatchNorm domain shift this rule
-    replaces could not tell those kinds apart (0.94 on the inspection images, 0.85 on the digits).
+    2022): the whole backbone moves at head LR / 100, as fastai's `fine_tune` moves a timm body (a geometric spread
+    up to the head's LR knocked test accuracy down after the unfreeze on every suite set: BENCHMARKS.md, "Around
+    the unfreeze"). Where an SVM on the pixels matches or beats them (8 px digits), the features do not fit and have
+    to be rewritten: head LR / 4 for the first group, spread geometrically up to the head's, so the top blocks move
+    most (BENCHMARKS.md, "The default with one piece changed at a time").
     """
     measured = f"a linear probe of the frozen features scores {features.accuracy:.3f} against {pixels.accuracy:.3f} "
     measured += "for an SVM on the pixels: "

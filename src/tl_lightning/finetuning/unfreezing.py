@@ -12,8 +12,9 @@ Differs from Lightning's `BackboneFinetuning` where that one goes silently wrong
   `drop_path_rate`), so a frozen backbone computes the same features at every step, as the feature cache
   assumes. Unfrozen groups keep their BN statistics fixed too unless `update_bn_stats=True`: a head fitted
   on features standardised with the weights' statistics reads different features once batches of 32 re-estimate
-  them (fastai's train-mode BatchNorm, AdaBN), and test accuracy fell from 0.68 to 0.27 on the suite's radio
-  galaxies and from 0.685 to 0.37 on its clip art (BENCHMARKS.md, "The default with one piece changed at a time").
+  them (fastai's train-mode BatchNorm, AdaBN; `train_bn` with `update_bn_stats` is fastai's policy, frozen groups
+  included), which costs accuracy far from ImageNet (BENCHMARKS.md, "The default with one piece changed at a
+  time").
 - the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state;
 - under DDP, parameters that were frozen when DDP wrapped the model are not in its reducer, so their
   gradients would never be averaged and ranks would drift apart after the unfreeze (Lightning #20340);

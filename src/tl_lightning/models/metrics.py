@@ -15,9 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 # Per-class accuracy is logged as one scalar per class; past this many classes it would swamp the logger.
 PER_CLASS_LOG_LIMIT = 50
 # Below this many validation images, accuracy moves in steps of more than a point, and the best of a run's epochs on
-# it is mostly the luck of a few images (on 15 images one run kept the epoch whose accuracy jumped by one image while
-# its loss rose by a third, and lost 12 points on test against its probe). The loss, which reads every image's
-# confidence, selects there instead.
+# it is mostly the luck of a few images. The loss, which reads every image's confidence, selects there instead.
 MIN_ACCURACY_IMAGES = 100
 
 

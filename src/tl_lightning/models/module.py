@@ -269,9 +269,8 @@ class TransferClassifier(pl.LightningModule):
 
         Why calibrated: it is the loss the kept model will have, and it compares models of unlike confidence
         fairly. The training loss does not: a linear probe fitted without label smoothing is confident, a model
-        fine-tuned with it is not, and on 52 radio-galaxy validation images the probe's smoothed loss was 2.19 at
-        accuracy 0.60, above every fine-tuned epoch's after the unfreeze whatever its accuracy (1.0 to 1.6 at 0.40
-        to 0.69, at head LR / 10 and / 30); calibrated, the probe's is 1.26 (docs/train.md, checkpoint selection).
+        fine-tuned with it is not, so the smoothed loss ranks the probe below fine-tuned epochs of any accuracy
+        (docs/train.md, checkpoint selection).
         """
         logits, targets = logits.detach().float(), targets.to(logits.device)
         temperature, uncalibrated = calibration_temperature(logits, targets)
