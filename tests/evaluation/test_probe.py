@@ -4,7 +4,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import FAST, compose_train, tiny_data, tiny_model
 from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -110,3 +112,28 @@ def test_probe_task_on_digits_writes_its_verdict(tmp_path: Path):
     assert set(saved["accuracy"]) == {"train", "val", "test"} and saved["train_images"] == 500
     assert saved["accuracy"]["val"] > 0.5  # real ImageNet features on real digits: far above chance (0.1)
     assert saved["recommendation"] == interpret(saved["accuracy"]["val"])[1]
+
+
+def test_the_probe_fitted_in_the_training_rows_span_is_the_probe_fitted_on_every_feature():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tl_lightning.models.features import RowSpace, fit_probe, probe_as_linear
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 4
+    features = torch.randn(40, 300, generator=g) + labels[:, None].float() * torch.randn(1, 300, generator=g)
+    held_out = torch.randn(10, 300, generator=g)
+    probe = fit_probe(features, labels, c=0.1)
+    assert probe[1].components_.shape == (300, 39)  # 40 centred rows span 39 directions: fitted on 39, not 300
+
+    def fitted(*steps):  # to the optimum, so the two fits can be compared
+        pipeline = make_pipeline(StandardScaler(), *steps, LogisticRegression(C=0.1, max_iter=5000, tol=1e-10))
+        return pipeline.fit(features.numpy(), labels.numpy()).decision_function(held_out.numpy())
+
+    assert np.allclose(fitted(RowSpace()), fitted(), atol=1e-3)
+    weight, bias = probe_as_linear(probe, num_classes=4)  # the projection and the scaler folded into one layer
+    expected = torch.as_tensor(probe.decision_function(held_out.numpy())).float()
+    assert torch.allclose(held_out @ weight.T + bias, expected, atol=1e-4)
+    assert RowSpace().fit(np.ones((50, 8))).components_ is None  # more rows than features: nothing to gain

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tl_lightning.data.transforms import DataConfig
-from tl_lightning.models.features import extract_features, probe_pipeline
+from tl_lightning.models.features import RowSpace, extract_features, probe_pipeline
 from tl_lightning.models.metrics import beats, binomial_stderr
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def cross_validate_probe(features: torch.Tensor, labels: torch.Tensor, seed: int
     search = LogisticRegressionCV(Cs=list(PROBE_CS), cv=splitter, scoring="neg_log_loss", max_iter=2000)
     with warnings.catch_warnings():  # scikit-learn's notices about future defaults, not about this fit
         warnings.simplefilter("ignore", FutureWarning)
-        x = StandardScaler().fit_transform(features.numpy())
+        x = RowSpace().fit_transform(StandardScaler().fit_transform(features.numpy()))
         search.fit(x, y)
     c = float(np.atleast_1d(search.C_)[0])
     _, _, accuracies = _held_out(_probe(c), features.numpy(), None, y, seed)

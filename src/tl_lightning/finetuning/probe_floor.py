@@ -215,7 +215,7 @@ def start_head(head: nn.Sequential, probe: Pipeline, num_classes: int) -> None:
         norm.running_var.copy_(torch.as_tensor(scaler.scale_) ** 2 - norm.eps).clamp_(min=0)
         norm.weight.fill_(1.0)
         norm.bias.zero_()
-        weight, bias = probe_as_linear(probe[-1:], num_classes)
+        weight, bias = probe_as_linear(probe[1:], num_classes)  # on the standardised features
     linear.weight.copy_(weight)
     linear.bias.copy_(bias)
 

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -158,21 +160,52 @@ def fit_probe(
 
 def probe_pipeline(c: float = 1.0, max_iter: int = 2000, class_weight: Mapping[int, float] | None = None) -> Pipeline:
     """The linear probe every measurement and the probe floor fit: standardise, then multinomial logistic regression
-    (scikit-learn) with L2 strength `1/c`."""
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight))
+    (scikit-learn) with L2 strength `1/c`, fitted in the training rows' span (`RowSpace`)."""
+    logistic = LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight)
+    return make_pipeline(StandardScaler(), RowSpace(), logistic)
+
+
+class RowSpace(TransformerMixin, BaseEstimator):
+    """Coordinates in the span of the training rows, where there are fewer rows than features.
+
+    An L2-penalised linear model's weights lie in that span (the loss's gradient is a sum of rows), so fitting it on
+    these n coordinates instead of d features gives the same weights and predictions at a fraction of the cost: a
+    few hundred images of 2,560 pooled features (average + max) are fitted on a few hundred columns. Written here
+    because scikit-learn's `PCA` centres (this must not: the intercept is unpenalised, the weights are) and neither
+    it nor `TruncatedSVD` keeps every direction by default.
+
+    >>> import numpy as np
+    >>> RowSpace().fit(np.eye(3, 8)).transform(np.ones((2, 8))).shape
+    (2, 3)
+    """
+
+    def fit(self, x: np.ndarray, y: Any = None) -> RowSpace:
+        rows, columns = x.shape
+        self.components_: np.ndarray | None = None
+        if rows < columns:
+            _, singular, vt = np.linalg.svd(x, full_matrices=False)
+            kept = singular > singular[0] * max(x.shape) * np.finfo(x.dtype).eps
+            self.components_ = vt[kept].T
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return x if self.components_ is None else x @ self.components_
 
 
 def probe_as_linear(probe: Pipeline, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The probe as one linear layer's `(weight, bias)` on raw features, the standardisation folded into the
-    weights (on standardised features, for a pipeline of the logistic regression alone); the logits of a two-class
+    """The probe as one linear layer's `(weight, bias)` on raw features, the steps in front of the logistic
+    regression (standardisation, `RowSpace`) folded into the weights (on standardised features, for a pipeline
+    without the scaler); the logits of a two-class
     probe (scikit-learn keeps one row for it) split symmetrically."""
     logistic = probe[-1]
     weight = torch.as_tensor(logistic.coef_, dtype=torch.float)
     bias = torch.as_tensor(logistic.intercept_, dtype=torch.float)
-    if len(probe) > 1:  # a StandardScaler in front, folded in
-        scaler = probe[0]
-        weight = weight / torch.as_tensor(scaler.scale_, dtype=torch.float)
-        bias = bias - weight @ torch.as_tensor(scaler.mean_).float()
+    for step in reversed(probe[:-1]):  # each step in front folded in: the row-space projection, the scaler
+        if isinstance(step, RowSpace) and step.components_ is not None:
+            weight = weight @ torch.as_tensor(step.components_, dtype=torch.float).T
+        elif isinstance(step, StandardScaler):
+            weight = weight / torch.as_tensor(step.scale_, dtype=torch.float)
+            bias = bias - weight @ torch.as_tensor(step.mean_).float()
     if len(logistic.classes_) != num_classes:
         raise ValueError(f"The probe saw {len(logistic.classes_)} of {num_classes} classes in the training features.")
     if num_classes == 2:  # p(1) = sigmoid(w.x + b) = softmax([-(w.x + b) / 2, (w.x + b) / 2])[1]
