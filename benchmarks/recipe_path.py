@@ -40,6 +40,9 @@ AVERAGE = "model.pool=avg"
 # fastai's `fine_tune` at its defaults, rebuilt on this library's objects (conf/experiment/fastai.yaml): the steps
 # named fastai-* change one piece of it toward the default.
 FASTAI = "experiment=fastai"
+FASTAI_MILESTONES = yaml.safe_load((ROOT / "conf" / "experiment" / "fastai.yaml").read_text())["callbacks"][
+    "finetuning"
+]["milestones"]
 # name -> (what changes, overrides on top of the default config). The steps after "accuracy-selection" change one
 # piece each from it: they were measured before selection moved to the loss on small validation splits.
 STEPS: dict[str, tuple[str, list[str]]] = {
@@ -136,6 +139,8 @@ def run(step: str, folder: Path, seed: int, epochs: int, work: Path) -> dict:
 def unfreeze_epoch(step: str) -> int:
     """The epoch at which `step`'s runs unfreeze the backbone: its override, or the default's."""
     prefix = "callbacks.finetuning.unfreeze_epoch="
+    if FASTAI in STEPS[step][1]:  # the preset's own milestone
+        return min(FASTAI_MILESTONES)
     return next((int(o.removeprefix(prefix)) for o in STEPS[step][1] if o.startswith(prefix)), UNFREEZE_EPOCH)
 
 

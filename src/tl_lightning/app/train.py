@@ -252,8 +252,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _task(cfg: DictConfig) -> float | None:
-    check_task(cfg.get("task"))
-    hardware.resolve(cfg)
+    check_task(cfg.get("task"))  # each task resolves the hardware and checks the config once, itself
     if cfg.task == "lr_find":
         find_lr(cfg)
         return None
