@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from _results import RESULTS, machine, save_json, save_row
-from peers import run_ours
+from peers import paired, run_ours
 from suite import DEFAULT_ROOT, SUITE, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +207,28 @@ def main() -> None:
                 unfreeze.setdefault(step, {})[name] = around_unfreeze(curves, unfreeze_epoch(step))
     about = {step: text for step, (text, _) in STEPS.items()}
     result = {"machine": machine(), "epochs": args.epochs, "steps": about, "table": table, "unfreeze": unfreeze}
+    result["reproduction"] = reproduction(runs, peers)
     save_json("recipe_path", result)
+
+
+def reproduction(runs: dict, peers: dict) -> dict:
+    """The fastai preset (step "fastai") against fastai itself (`peers.py`'s rows), seed by seed where both ran:
+    `{dataset: {"seeds": {seed: [preset, fastai]}, "preset": mean, "fastai": mean, "paired": paired difference}}`."""
+    found: dict = {}
+    for key, row in sorted(runs.items()):
+        step, name, seed = key.split("/")
+        if step == "fastai" and (theirs := peers.get(f"{name}/fastai/{seed}")) is not None:
+            found.setdefault(name, {})[seed] = (row, theirs)
+    table = {}
+    for name, pairs in found.items():
+        ours, theirs = [p[0] for p in pairs.values()], [p[1] for p in pairs.values()]
+        table[name] = {
+            "seeds": {seed: [a["acc"], b["acc"]] for seed, (a, b) in pairs.items()},
+            "preset": statistics.mean(r["acc"] for r in ours),
+            "fastai": statistics.mean(r["acc"] for r in theirs),
+            "paired": paired([r["right"] for r in ours], [r["right"] for r in theirs]),
+        }
+    return table
 
 
 if __name__ == "__main__":

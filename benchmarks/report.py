@@ -278,10 +278,15 @@ def recipe_path(r: dict) -> list[str]:
     for step, row in r["table"].items():
         cells = [f"{row[name]:.3f}" if name in row else "-" for name in datasets]
         lines.append(f"| {step} | {r['steps'][step]} | " + " | ".join(cells) + " |")
-    if not r.get("unfreeze"):
-        return lines
-    lines += [
-        "",
+    if r.get("unfreeze"):
+        lines += ["", *around_unfreeze(r)]
+    if r.get("reproduction"):
+        lines += ["", *reproduction(r)]
+    return lines
+
+
+def around_unfreeze(r: dict) -> list[str]:
+    lines = [
         "**Around the unfreeze.** Test accuracy (mean over the seeds) of the steps whose runs scored the test split "
         "as they trained (`benchmarks/_clock.py`): at the last frozen epoch (the head on the frozen backbone), at the "
         "first epoch after the backbone unfreezes, and at the lowest epoch after it; then where the run ended, with "
@@ -296,6 +301,25 @@ def recipe_path(r: dict) -> list[str]:
                 f"| {step} | {name} | {v['frozen']:.3f} | {v['first']:.3f} | {v['lowest']:.3f} | "
                 f"{v['kept']:.3f} | {v['seeds']} |"
             )
+    return lines
+
+
+def reproduction(r: dict) -> list[str]:
+    lines = [
+        "## fastai's fine_tune rebuilt",
+        "",
+        "`experiment=fastai` (fastai's `vision_learner` + `fine_tune` rebuilt on this library's objects, "
+        "docs/finetuning.md) against fastai 2.8 itself at its defaults, on the same folders, weights, epochs and "
+        "seeds (`recipe_path.py --steps fastai` and `peers.py --tools fastai`, 1 CPU thread each). Test accuracy per "
+        "seed, the means, and the paired difference (preset minus fastai, image by image, with its standard error, "
+        "as in the peers' table): within about one standard error the preset reproduces fastai.",
+        "",
+        "| data | seed: preset / fastai | preset mean | fastai mean | preset minus fastai (paired) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in r["reproduction"].items():
+        seeds = ", ".join(f"{seed}: {a:.3f} / {b:.3f}" for seed, (a, b) in v["seeds"].items())
+        lines.append(f"| {name} | {seeds} | {v['preset']:.3f} | {v['fastai']:.3f} | {_paired_cell(v['paired'])} |")
     return lines
 
 
