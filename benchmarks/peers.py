@@ -298,11 +298,30 @@ def summarise(runs: dict, datasets: list[str], tools: list[str]) -> dict:
                 }
         if "ours" in row and (reach := time_to_reach(runs, name, row)):
             row["ours"]["reach"] = reach
+        if "ours" in row and (decision := probe_decision(runs, name)):
+            row["ours"]["decision"] = decision
         ours = rights(runs, name, "ours")
         for tool in [t for t in tools if t != "ours" and t in row]:
             if ours and (peer := rights(runs, name, tool)):
                 row[tool]["paired"] = paired(ours, peer)
     return table
+
+
+def probe_decision(runs: dict, name: str) -> dict | None:
+    """What the probe floor decided in ours' seeds on a data set, beside what the test split says of it: the model
+    kept (how many seeds kept the probe) and its test accuracy, the probe's as it started the head (fitted on the
+    training images) and the best test accuracy of any fine-tuned epoch (from `run_ours`' curve: an oracle that no
+    validation split can reach, so the fine-tuned side's upper bound)."""
+    rows = [r for key, r in runs.items() if key.startswith(f"{name}/ours/") and len(r.get("curve") or []) > 2]
+    if not rows:
+        return None
+    return {
+        "seeds": len(rows),
+        "kept_probe": sum(r.get("selected") == "linear probe" for r in rows),
+        "kept": statistics.mean(r["acc"] for r in rows),
+        "probe": statistics.mean(r["curve"][0][1] for r in rows),
+        "best_epoch": statistics.mean(max(acc for _, acc in r["curve"][1:-1]) for r in rows),
+    }
 
 
 def rights(runs: dict, name: str, tool: str) -> list[str]:

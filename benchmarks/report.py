@@ -251,6 +251,30 @@ def peers(r: dict) -> list[str]:
                 f"| {name} | {v['peer']}: {v['target']:.3f} ({v['peer_seconds']:.0f} s) | "
                 f"{v['seconds']:.0f} s (n={v['seeds']}){missed} | {v['seconds'] / v['peer_seconds']:.2f} |"
             )
+    if decisions := probe_decisions(r):
+        lines += ["", *decisions]
+    return lines
+
+
+def probe_decisions(r: dict) -> list[str]:
+    rows = {name: row["ours"]["decision"] for name, row in r["table"].items() if "decision" in row.get("ours", {})}
+    if not rows:
+        return []
+    lines = [
+        "**The probe floor's decision against the test split.** Ours keeps the converged linear probe (refitted on "
+        "train + val) unless a fine-tuned epoch beats it on validation by more than a standard error in both the "
+        "selection score and accuracy. Per data set, over ours' seeds: how many kept the probe, the kept model's "
+        "test accuracy, the probe's as it started the head (training images only), and the best test accuracy any "
+        "fine-tuned epoch reached (an oracle: the most fine-tuning could have given had validation picked perfectly).",
+        "",
+        "| data | seeds that kept the probe | kept model | probe at the start | best fine-tuned epoch (oracle) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in rows.items():
+        lines.append(
+            f"| {name} | {v['kept_probe']} of {v['seeds']} | {v['kept']:.3f} | {v['probe']:.3f} | "
+            f"{v['best_epoch']:.3f} |"
+        )
     return lines
 
 
