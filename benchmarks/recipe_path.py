@@ -120,7 +120,6 @@ STEPS: dict[str, tuple[str, list[str]]] = {
             "model.crop_mode=squash",
             "data.train_transform.crop_mode=random_resized",
             "data.train_transform.crop_scale=[0.75,1.0]",
-            "data.train_transform.crop_ratio=[0.75,1.333]",
         ],
     ),
     "default": (
