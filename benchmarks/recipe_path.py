@@ -225,7 +225,10 @@ def reproduction(runs: dict, peers: dict) -> dict:
             "seeds": {seed: [a["acc"], b["acc"]] for seed, (a, b) in pairs.items()},
             "preset": statistics.mean(r["acc"] for r in ours),
             "fastai": statistics.mean(r["acc"] for r in theirs),
-            "paired": paired([r["right"] for r in ours], [r["right"] for r in theirs]),
+            # Rows from before `right` was recorded have none: no paired difference for them.
+            "paired": paired([r["right"] for r in ours], [r["right"] for r in theirs])
+            if all("right" in r for r in [*ours, *theirs])
+            else None,
         }
     return table
 
