@@ -119,14 +119,15 @@ def test_the_probe_fitted_in_the_training_rows_span_is_the_probe_fitted_on_every
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from tl_lightning.models.features import RowSpace, fit_probe, probe_as_linear
+    from tl_lightning.models.features import RowSpace, fit_probe, probe_as_linear, probe_pipeline
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(40) % 4
     features = torch.randn(40, 300, generator=g) + labels[:, None].float() * torch.randn(1, 300, generator=g)
     held_out = torch.randn(10, 300, generator=g)
-    probe = fit_probe(features, labels, c=0.1)
+    probe = probe_pipeline(c=0.1).fit(features.numpy(), labels.numpy())
     assert probe[1].components_.shape == (300, 39)  # 40 centred rows span 39 directions: fitted on 39, not 300
+    assert len(fit_probe(features, labels, c=0.1)) == 2  # the kept probe: fitted on every feature
 
     def fitted(*steps):  # to the optimum, so the two fits can be compared
         pipeline = make_pipeline(StandardScaler(), *steps, LogisticRegression(C=0.1, max_iter=5000, tol=1e-10))
