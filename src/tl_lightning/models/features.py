@@ -154,9 +154,8 @@ def fit_probe(
     max_iter: int = 2000,
     class_weight: Mapping[int, float] | None = None,
 ) -> Pipeline:
-    """The linear probe a model keeps (`probe_pipeline` on every feature): one fit, where the measurements' many
-    fits run in the rows' span; the solution is the same, and this one converges as the kept probes that
-    BENCHMARKS.md measured did."""
+    """The linear probe a model keeps: `probe_pipeline` on every feature, since one fit gains little from the rows'
+    span and this keeps the kept probe's solver path unchanged."""
     return probe_pipeline(c, max_iter, class_weight, row_space=False).fit(features.numpy(), labels.numpy())
 
 
