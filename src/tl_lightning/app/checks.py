@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra._internal.utils import get_args_parser
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tl_lightning.app._common import user_errors
+from tl_lightning.app.command_line import fixed_overrides, hydra_arguments, sweep_jobs
 from tl_lightning.utils import BadValue, UserError
 
 TASKS = ("train", "lr_find", "probe")
@@ -75,37 +75,35 @@ def check_config(cfg: DictConfig, output_dir: bool = True) -> None:
 def check_jobs(config_dir: Path, argv: list[str]) -> None:
     """`check_config` on each job of `argv` (Hydra's command line: one run, a sweep (`-m`) or a printed config
     (`--cfg`)), composed as Hydra will compose them, before Hydra starts any and before Lightning is imported; a
-    failure in a sweep names the job's overrides.
-
-    Uses Hydra's own argument parser and basic sweeper's expansion (internal modules, stable across Hydra 1.x): with
-    another sweeper (Optuna) the values are drawn while sweeping, so only the fixed overrides are checked.
+    failure in a sweep names the job's overrides. With a sweeper that draws its values while sweeping (Optuna),
+    only the fixed overrides are checked. A command line or config Hydra cannot read is left to Hydra, which
+    reports it in its own words when it runs.
     """
-    args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.info:
+    args = hydra_arguments(argv)
+    if args is None or args.help or args.hydra_help or args.info or args.version or args.shell_completion:
         return
     config_dir = Path(args.config_dir or args.config_path or config_dir).resolve()
     name = args.config_name or "train"
     try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
         with initialize_config_dir(str(config_dir), version_base="1.3"):
-            fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+            fixed = fixed_overrides(args.overrides)
             base = compose(name, overrides=fixed, return_hydra_config=True)
             if not (args.cfg or args.resolve):  # a run or sweep folder is about to be created
                 key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
                 check_writable(key, Path(str(OmegaConf.select(base, key))), create=False)
             jobs = [fixed]
             if args.multirun and base.hydra.sweeper._target_.endswith("BasicSweeper"):
-                jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-            swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+                params = base.hydra.sweeper.get("params")
+                jobs = sweep_jobs(args.overrides, OmegaConf.to_container(params) if params else {}) or jobs
             for job in jobs:
                 try:
                     check_config(compose(name, overrides=job, return_hydra_config=True), output_dir=False)
                 except UserError as err:
-                    values = " ".join(item for item in job if item.split("=", 1)[0] in swept)
-                    raise type(err)(f"In the sweep's job {values}: {err}" if len(jobs) > 1 else str(err)) from None
-    except UserError:
-        raise
-    except Exception:  # a malformed override or config: Hydra reports it in its own words when it runs
+                    if len(jobs) == 1:
+                        raise
+                    values = " ".join(word for word in job if not all(word in other for other in jobs))
+                    raise type(err)(f"In the sweep's job {values}: {err}") from None
+    except (HydraException, OmegaConfBaseException):
         return
 
 
