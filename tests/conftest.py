@@ -151,7 +151,7 @@ def read_phone_export(run: Path, out: Path, phone: str):
     from tl_lightning.inference.export import metadata
     from tl_lightning.models.module import TransferClassifier
 
-    model = TransferClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+    model = TransferClassifier.load_from_checkpoint(run / "checkpoints" / "model.ckpt", map_location="cpu").eval()
     split = read_split(run / "split.csv")
     files = [file for file, _ in split["test"]]
     truth = torch.tensor([model.class_names.index(name) for _, name in split["test"]])

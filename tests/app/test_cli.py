@@ -25,6 +25,7 @@ def test_unknown_command_is_named():
         main(["trian"])
 
 
+@pytest.mark.slow
 def test_train_runs_the_default_from_any_folder(tmp_path: Path):
     """The default config (digits, shipped Lite0), a few batches, started outside the repository."""
     run_dir = tmp_path / "run"

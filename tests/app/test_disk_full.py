@@ -54,6 +54,7 @@ def test_any_file_written_atomically_says_the_same_and_keeps_the_old_one(small_d
     assert path.read_text() == "{}" and sorted(p.name for p in small_disk.iterdir()) == ["filler", "metrics.json"]
 
 
+@pytest.mark.slow
 def test_a_run_on_a_full_disk_stops_with_one_sentence_and_a_nonzero_exit(small_disk: Path, tmp_path: Path):
     data = write_images(tmp_path / "data", per_class=6)
     run = small_disk / "run"

@@ -174,7 +174,6 @@ def outcomes(fixtures: dict[str, Path]) -> dict[str, tuple[subprocess.CompletedP
     return {name: (done[name], jobs[name][1].format(**fixtures)) for name in jobs}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", [*TRAIN_CASES, *TOOL_CASES])
 def test_bad_input_ends_in_one_sentence(case: str, outcomes):
     done, expected = outcomes[case]

@@ -4,6 +4,7 @@ browsed), and executed again here, so it cannot drift from the library."""
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "01_quickstart.ipynb"
@@ -22,6 +23,7 @@ def test_quickstart_is_committed_with_the_outputs_of_one_run_in_order():
     assert len([o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]) >= 6
 
 
+@pytest.mark.slow
 def test_quickstart_runs(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TL_QUICKSTART_OUT", str(tmp_path))  # the kernel inherits this process's environment
     notebook = nbformat.read(NOTEBOOK, as_version=4)

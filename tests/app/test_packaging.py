@@ -29,6 +29,7 @@ def test_the_wheel_holds_every_module_the_page_and_every_config(wheel: Path):
     assert modules - names == set() and configs - names == set()
 
 
+@pytest.mark.slow
 def test_the_installed_console_script_runs_from_an_empty_folder_with_a_users_configs(wheel: Path, tmp_path: Path):
     target, empty, mine = tmp_path / "site", tmp_path / "empty", tmp_path / "my_conf" / "data"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, wheel]

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
@@ -12,6 +14,7 @@ def _python_block(path: Path, after: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_lightning_example_runs(tmp_path, monkeypatch):
     code = _python_block(README, "## Use it in your own Lightning project")
     monkeypatch.chdir(tmp_path)  # lightning_logs/ and checkpoints land here
@@ -20,6 +23,16 @@ def test_readme_lightning_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["restored"].class_names == [str(i) for i in range(10)]
     assert len(namespace["probabilities"]) == 32  # batches of the 1,000 test digits
+
+
+def test_ci_runs_the_readmes_test_command_then_the_slow_tests():
+    section = README.read_text().split("Set up and run the tests", 1)[1]
+    command = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1)
+    steps = command.removeprefix("python3 -m venv .venv && . .venv/bin/activate && ")
+    assert steps.endswith('pytest -m "not slow"')
+    ci = (ROOT / ".ci" / "run").read_text().replace("pip install --quiet ", "pip install ").splitlines()
+    assert steps in ci and ci.index("pytest -m slow") > ci.index(steps)
+    assert command in (ROOT / "docs" / "index.md").read_text()
 
 
 def test_the_guides_library_example_is_the_one_the_readme_runs():

@@ -216,7 +216,7 @@ def test_a_finished_run_is_never_trained_over_unless_told_to(straight, tmp_path:
     again = train(data, run)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert f"{run} holds a finished run (metrics.json of " in again.stderr and "resume=overwrite" in again.stderr
-    assert written() == before and run / "checkpoints" / "best.ckpt" in before  # nothing written, nothing lost
+    assert written() == before and run / "checkpoints" / "model.ckpt" in before  # nothing written, nothing lost
     replaced = train(data, run, "resume=overwrite", "seed=7")
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert (run / "metrics.json").stat().st_mtime_ns > before[run / "metrics.json"]

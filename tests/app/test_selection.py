@@ -15,8 +15,9 @@ from tl_lightning.app.train import run
 
 def test_a_tiny_validation_set_selects_on_loss(tmp_path: Path, caplog):
     """The default backbone (shipped Lite0 weights) on nearly solid colours: the head separates them in the frozen
-    phase, accuracy collapses at the unfreeze and recovers, as on the held-out faces set. best.ckpt is the epoch with
-    the lowest validation loss, not the first epoch at the best accuracy (what `val/acc` would keep)."""
+    phase, accuracy collapses at the unfreeze and recovers, as on the held-out faces set. best_epoch.ckpt is the epoch
+    with the lowest validation loss, not the first epoch at the best accuracy (what `val/acc` would keep), and the
+    run's model.ckpt holds its weights."""
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for split, count in (("train", 8), ("val", 2), ("test", 4)):  # 6 validation images
@@ -51,8 +52,10 @@ def test_a_tiny_validation_set_selects_on_loss(tmp_path: Path, caplog):
     best = max(accuracy.values())
     tied = [e for e in accuracy if accuracy[e] == best]
     assert best == 1.0 and tied[0] < 3 < tied[-1], f"frozen and fine-tuned epochs should tie: {accuracy}"
-    chosen = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["epoch"]
-    assert chosen == min(loss, key=loss.get) != tied[0], f"kept epoch {chosen} of {accuracy}, losses {loss}"
+    chosen = torch.load(out / "checkpoints" / "best_epoch.ckpt", map_location="cpu", weights_only=True)
+    assert chosen["epoch"] == min(loss, key=loss.get) != tied[0], f"kept epoch {chosen['epoch']} of {accuracy}, {loss}"
+    kept = torch.load(out / "checkpoints" / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(value, kept[key]) for key, value in chosen["state_dict"].items() if key != "temperature")
     assert "The validation split has 6 images" in caplog.text and "chosen on the validation loss" in caplog.text
 
 
@@ -71,9 +74,10 @@ def test_a_run_whose_fine_tuning_never_beats_the_probe_keeps_the_probe_and_says_
 
     out = tmp_path / "run"
     metrics = run(compose_train([*folder_overrides(flat_folder, out), "model.lr=50"]))  # every epoch wrecked
-    assert metrics["selected"] == "linear probe" and metrics["checkpoint"] == str(out / "checkpoints" / "best.ckpt")
+    assert metrics["selected"] == "linear probe" and metrics["checkpoint"] == str(out / "checkpoints" / "model.ckpt")
+    assert metrics["kept_from"] == str(out / "checkpoints" / "probe.ckpt")
     probe = torch.load(out / "checkpoints" / "probe.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    best = torch.load(out / "checkpoints" / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(probe[k], best[k]) for k in probe if k != "temperature")
     assert metrics["test/acc"] >= 0.5  # the probe's model, not the wrecked one, was tested
     assert "the linear probe's model" in (out / "report.md").read_text()

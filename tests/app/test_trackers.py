@@ -81,6 +81,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_mlflow_server_holds_the_config_metrics_files_and_checkpoint(data: Path, mlflow_server: str, tmp_path: Path):
     from mlflow import MlflowClient
 
@@ -99,7 +100,7 @@ def test_mlflow_server_holds_the_config_metrics_files_and_checkpoint(data: Path,
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "metrics.json", "config.yaml", "report"} <= top
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.ckpt"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/model.ckpt"]
     report = client.download_artifacts(run.info.run_id, "report.md", str(tmp_path))
     assert Path(report).read_bytes() == (out / "report.md").read_bytes()
 
@@ -112,7 +113,7 @@ def test_wandb_without_a_login_logs_offline_and_says_how_to_sync(data: Path, tmp
     assert f"wandb sync {out}/wandb/offline-run-*" in done.stdout + done.stderr
     (folder,) = (out / "wandb").glob("offline-run-*")
     files = folder / "files" / out.name
-    for name in ("report.md", "metrics.json", "config.yaml", "checkpoints/best.ckpt"):
+    for name in ("report.md", "metrics.json", "config.yaml", "checkpoints/model.ckpt"):
         assert (files / name).read_bytes() == (out / name).read_bytes(), name
     (record,) = folder.glob("*.wandb")  # W&B's own run log: history, config and summary records
     logged = record.read_bytes()

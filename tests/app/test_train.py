@@ -20,15 +20,16 @@ from tl_lightning.models.module import TransferClassifier
 def test_run_writes_the_run_folder_and_tests_the_best_checkpoint(flat_folder: Path, tmp_path: Path):
     out = tmp_path / "run"
     metrics = run(compose_train(folder_overrides(flat_folder, out)))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "probe.ckpt"]
+    written = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert written == ["best_epoch.ckpt", "last.ckpt", "model.ckpt", "probe.ckpt"]
     for name in ("config.yaml", "split.csv", "audit.json", "metrics.json", "report.md", "report/top_losses.png"):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
-    assert saved["checkpoint"] == str(out / "checkpoints" / "best.ckpt")
+    assert saved["checkpoint"] == str(out / "checkpoints" / "model.ckpt")
     assert set(saved) >= {"test/acc_macro", "test/f1_macro", "test/precision_macro", "test/recall_macro"}
     # test/acc is the best checkpoint's over the whole test split, as predicting its files one by one gives it
-    best = TransferClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt")
+    best = TransferClassifier.load_from_checkpoint(out / "checkpoints" / "model.ckpt")
     with open(out / "split.csv") as f:
         rows = [row for row in csv.DictReader(f) if row["split"] == "test"]
     test_files = [Path(row["path"]) for row in rows]
@@ -105,6 +106,8 @@ def test_every_experiment_composes_and_passes_a_smoke_run(experiment: str, split
     cfg = compose_train([f"experiment={experiment}", *folder_overrides(split_folder, tmp_path)])
     selects = cfg.callbacks.get("model_checkpoint") is not None
     metrics = run(cfg)
-    # An experiment without checkpoint selection (fastai's: the last epoch is the model) tests the final weights.
-    assert Path(metrics["checkpoint"]).is_file() if selects else metrics["checkpoint"] == "final weights"
+    # An experiment without checkpoint selection (fastai's: the last epoch is the model) keeps the last epoch.
+    assert Path(metrics["checkpoint"]).is_file() and Path(metrics["checkpoint"]).name == "model.ckpt"
+    kept = {"best_epoch.ckpt", "probe.ckpt"} if selects else {"last.ckpt"}
+    assert Path(metrics["kept_from"]).name in kept
     assert metrics["test/samples"] > 0

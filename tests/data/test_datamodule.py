@@ -143,6 +143,7 @@ def test_digits_are_written_once_with_the_documented_split(tmp_path: Path):
     assert load_rgb(first).shape == (8, 8, 3)
 
 
+@pytest.mark.slow
 def test_first_use_of_the_digits_by_four_processes_at_once_writes_them_once(tmp_path: Path):
     """DDP ranks and jobs sharing a cache prepare the data together; each must find the whole set, none fail."""
     import subprocess

@@ -38,7 +38,7 @@ def test_images_of_equal_confidence_are_answered_together_and_an_unreachable_tar
 def test_a_run_stores_the_rule_in_its_checkpoint_and_scores_it_on_the_test_split(digits_run):
     out, _ = digits_run
     metrics = json.loads((out / "metrics.json").read_text())
-    model = TransferClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+    model = TransferClassifier.load_from_checkpoint(out / "checkpoints" / "model.ckpt", map_location="cpu").eval()
     rule = model.abstention
     assert rule["threshold"] == metrics["abstention/threshold"] and rule["target_accuracy"] == 0.95
     assert set(rule["class_val_accuracy"]) == set(model.class_names)

@@ -101,6 +101,7 @@ class CountingBar(TQDMProgressBar):
         CountingBar.images += len(batch[1])
 
 
+@pytest.mark.slow
 def test_probe_task_on_digits_writes_its_verdict(tmp_path: Path):
     CountingBar.images = 0
     bar = "+callbacks.bar._target_=test_probe.CountingBar"

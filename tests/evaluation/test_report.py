@@ -24,7 +24,6 @@ from tl_lightning.evaluation.calibration import (
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
-    store_temperature,
 )
 from tl_lightning.evaluation.report import log_report, write_report
 from tl_lightning.models.heads import scaled_softmax
@@ -142,11 +141,11 @@ def test_report_reaches_csv_and_tensorboard_loggers(tmp_path: Path):
 
 def test_stored_temperature_is_loaded_and_applied(tmp_path: Path):
     model = tiny_model()
+    model.temperature.fill_(2.5)  # as the run's calibration leaves it before `pipeline.keep_model` saves it
     path = tmp_path / "model.ckpt"
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path)
-    store_temperature(path, 2.5)
     loaded = TransferClassifier.load_from_checkpoint(path, map_location="cpu").eval()
     x = torch.randn(3, 3, 32, 32)
     assert float(loaded.temperature) == 2.5
@@ -163,7 +162,7 @@ def test_stored_temperature_is_loaded_and_applied(tmp_path: Path):
 
 def test_digits_run_writes_a_report_from_the_calibrated_best_checkpoint(digits_run: tuple[Path, dict]):
     out, metrics = digits_run
-    best = out / "checkpoints" / "best.ckpt"
+    best = out / "checkpoints" / "model.ckpt"
     saved = torch.load(best, map_location="cpu", weights_only=True)
     temperature = metrics["calibration/temperature"]
     assert saved["tl_lightning"]["temperature"] == pytest.approx(temperature)

@@ -111,11 +111,11 @@ def test_two_process_ddp_run_writes_one_folder_and_counts_every_sample_once(spli
     with open(run / "csv" / "version_0" / "metrics.csv") as f:
         val_counts = [float(r["val/samples"]) for r in csv.DictReader(f) if r.get("val/samples")]
     assert val_counts == [9.0, 9.0]  # each of the 2 epochs
-    assert (run / "report.md").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "report.md").is_file() and (run / "checkpoints" / "model.ckpt").is_file()
     # The test pass ran as two shards through the predict loop; gathered back, each file keeps its own answer.
     with open(run / "report" / "top_losses.csv") as f:
         reported = {row["path"]: (row["predicted"], float(row["loss"])) for row in csv.DictReader(f)}
-    best = TransferClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu")
+    best = TransferClassifier.load_from_checkpoint(run / "checkpoints" / "model.ckpt", map_location="cpu")
     alone = predict_files(best, sorted(Path(path) for path in reported))
     names = best.class_names
     expected = {

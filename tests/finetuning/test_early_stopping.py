@@ -102,7 +102,7 @@ def test_metrics_come_from_the_best_checkpoint_not_the_ruined_last_epoch(flat_fo
         "+callbacks.ruin._target_=test_early_stopping.RuinLastEpoch",
     ]
     metrics = run(compose_train(overrides))
-    assert metrics["checkpoint"].endswith("best.ckpt")
+    assert metrics["checkpoint"].endswith("model.ckpt")
     last = TransferClassifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     dm = tiny_data(flat_folder, data_config=last.data_config)
     ruined = tiny_trainer().test(last, dm, verbose=False)[0]["test/acc"]

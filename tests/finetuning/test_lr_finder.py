@@ -68,6 +68,7 @@ def test_each_step_runs_through_the_trainer_at_the_swept_lrs_in_its_precision(sp
     assert test.result.lrs[0] == pytest.approx(1e-5) and test.result.lrs[-1] == pytest.approx(1e-2)
 
 
+@pytest.mark.slow
 def test_lr_find_task_on_digits_writes_suggestions_and_a_plot(tmp_path: Path):
     overrides = ["task=lr_find", "lr_find.steps=30", f"paths.output_dir={tmp_path}", *FAST, "trainer.max_epochs=15"]
     result = find_lr(compose_train(overrides))  # 15 epochs: the default unfreeze at epoch 5 is in the run

@@ -13,7 +13,7 @@ from tl_lightning.models.module import TransferClassifier
 
 
 def test_exports_match_pytorch_and_describe_themselves(digits_run: tuple[Path, dict], tmp_path: Path):
-    model = TransferClassifier.load_from_checkpoint(digits_run[0] / "checkpoints" / "best.ckpt", map_location="cpu")
+    model = TransferClassifier.load_from_checkpoint(digits_run[0] / "checkpoints" / "model.ckpt", map_location="cpu")
     done = export(model, tmp_path)
     assert [(e.format, e.path.name) for e in done] == [("onnx", "model.onnx"), ("torchscript", "model.pt")]
     assert all(e.max_abs_diff is not None and e.max_abs_diff <= 1e-4 for e in done)

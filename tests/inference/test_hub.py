@@ -39,7 +39,7 @@ def export(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def test_timm_export_loads_without_tl_lightning_and_gives_the_checkpoint_logits(digits_run, tmp_path: Path):
     run, metrics = digits_run
-    ckpt, out = run / "checkpoints" / "best.ckpt", tmp_path / "timm"
+    ckpt, out = run / "checkpoints" / "model.ckpt", tmp_path / "timm"
     done = export(str(ckpt), "--format", "timm", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
@@ -82,7 +82,7 @@ def test_push_to_hub_offline_says_so_in_one_line_and_keeps_the_export(digits_run
     out = tmp_path / "timm"
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     done = export(
-        str(digits_run[0] / "checkpoints" / "best.ckpt"),
+        str(digits_run[0] / "checkpoints" / "model.ckpt"),
         "--format",
         "timm",
         "--out",

@@ -30,7 +30,7 @@ needs_litert = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def exported(digits_run, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("litert")
-    checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
+    checkpoint = digits_run[0] / "checkpoints" / "model.ckpt"
     command = [str(SCRIPT), "export", str(checkpoint), "--format", "litert", "--int8", "--out", str(out)]
     done = preloaded.run([*command, "--calibration-images", "64"], cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -22,7 +22,7 @@ SCRIPT = preloaded.CONSOLE_SCRIPT
 @pytest.fixture(scope="module")
 def exported(digits_run, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("phone")
-    checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
+    checkpoint = digits_run[0] / "checkpoints" / "model.ckpt"
     command = [str(SCRIPT), "export", str(checkpoint), "--format", "executorch", "--int8", "--out", str(out)]
     done = preloaded.run([*command, "--calibration-images", "64"], cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -42,6 +42,7 @@ def runtime_answers(path: Path, model, files: list[Path]) -> tuple[torch.Tensor,
     return torch.cat(ours), torch.cat(reference), kept
 
 
+@pytest.mark.slow
 def test_the_fp32_and_int8_programs_answer_as_pytorch_does_in_executorchs_runtime(digits_run, exported):
     out, done = exported
     model, files, truth, record = read_phone_export(digits_run[0], out, "executorch")

@@ -26,7 +26,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def page_url(digits_run, tmp_path_factory):
     out, _ = digits_run
     log = tmp_path_factory.mktemp("ui") / "server.log"
-    with serving(out / "checkpoints" / "best.ckpt", log, "--ui", "--top-k", "3") as (url, _):
+    with serving(out / "checkpoints" / "model.ckpt", log, "--ui", "--top-k", "3") as (url, _):
         yield url
 
 
@@ -54,9 +54,10 @@ def upload(page, path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_predict_clis_answers_and_says_when_it_is_not_sure(digits_run, page_url, phone, tmp_path):
     run = digits_run[0]
-    checkpoint = run / "checkpoints" / "best.ckpt"
+    checkpoint = run / "checkpoints" / "model.ckpt"
     threshold = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu").abstention["threshold"]
     test = Path(os.environ["TL_LIGHTNING_CACHE"]) / "digits-v1" / "test"
     files = [sorted((test / name).iterdir())[3] for name in sorted(os.listdir(test))]  # one per class
@@ -104,7 +105,7 @@ def test_a_file_that_is_not_an_image_gets_the_servers_sentence_on_the_page(page_
 def test_the_page_is_served_only_when_asked_for(digits_run):
     from tl_lightning.inference.serve import server
 
-    checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
+    checkpoint = digits_run[0] / "checkpoints" / "model.ckpt"
     pages = [[route.path for route in server(checkpoint, ui=ui).app.routes] for ui in (False, True)]
     assert "/ui" not in pages[0] and "/ui" in pages[1]
 
@@ -119,7 +120,7 @@ def test_a_request_that_asks_for_it_gets_the_grad_cam_map_over_the_models_input(
     status, answer = ask(explain=True)
     assert status == 200, answer
     png = Image.open(io.BytesIO(base64.b64decode(answer["gradcam"].removeprefix("data:image/png;base64,"))))
-    model = TransferClassifier.load_from_checkpoint(digits_run[0] / "checkpoints" / "best.ckpt", map_location="cpu")
+    model = TransferClassifier.load_from_checkpoint(digits_run[0] / "checkpoints" / "model.ckpt", map_location="cpu")
     assert png.size == tuple(model.data_config["input_size"][1:]) and png.mode == "RGB"
     assert len(set(png.getdata())) > 50  # a coloured map over the digit, not a blank square
     status, plain = ask()

@@ -21,8 +21,9 @@ from tl_lightning.models.module import TransferClassifier
 SCRIPT = preloaded.CONSOLE_SCRIPT
 
 
+@pytest.mark.slow
 def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path: Path):
-    checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
+    checkpoint = digits_run[0] / "checkpoints" / "model.ckpt"
     out = tmp_path / "export"
     command = [
         str(SCRIPT),
@@ -85,7 +86,7 @@ def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path
     # 8-bit weights saturate the 16-bit sums of x86 CPUs without VNNI: there the kernels gave 0.65 where the graph
     # gives 0.90 (see inference/quantize.py)
     assert as_written / len(test) >= 0.99
-    # this short run's best.ckpt is the linear probe, whose head (the features' standardization folded in) magnifies
+    # this short run's model.ckpt is the linear probe, whose head (the features' standardization folded in) magnifies
     # int8's error in low-variance features: 7-bit weights cost it 5.7 points, 0.3 on the trained default
     # (BENCHMARKS.md); the bound catches a broken file, and the warning says what was lost
     drop = info["fp32"]["test_accuracy"] - info["int8"]["test_accuracy"]
@@ -94,8 +95,9 @@ def test_int8_export_is_quantized_smaller_and_close_to_fp32(digits_run, tmp_path
     assert f"test accuracy {info['int8']['test_accuracy']:.4f}" in done.stdout
 
 
+@pytest.mark.slow
 def test_an_int8_file_that_loses_accuracy_is_warned_about(digits_run, tmp_path: Path, caplog):
-    checkpoint = digits_run[0] / "checkpoints" / "best.ckpt"
+    checkpoint = digits_run[0] / "checkpoints" / "model.ckpt"
     model = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     export(model, tmp_path / "good", ("onnx",))
     with torch.no_grad():
@@ -140,11 +142,11 @@ def test_int8_export_names_images_split_csv_lists_that_are_not_there_before_any_
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    shutil.copy(digits_run[0] / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    shutil.copy(digits_run[0] / "checkpoints" / "model.ckpt", run / "checkpoints" / "model.ckpt")
     rows = [line.split(",") for line in (digits_run[0] / "split.csv").read_text().splitlines()[1:]]
     relative = [f"{split},{name},data/{Path(path).parent.name}/{Path(path).name}" for split, name, path in rows]
     (run / "split.csv").write_text("\n".join(["split,class,path", *relative]) + "\n")
-    command = [str(SCRIPT), "export", str(run / "checkpoints" / "best.ckpt"), "--format", "onnx", "--int8"]
+    command = [str(SCRIPT), "export", str(run / "checkpoints" / "model.ckpt"), "--format", "onnx", "--int8"]
     done = preloaded.run([*command, "--out", str(tmp_path / "out")], cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"{len(rows)} of the {len(rows)} images that {run / 'split.csv'} lists are not there" in done.stderr

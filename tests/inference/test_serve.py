@@ -92,17 +92,18 @@ def served(digits_run, tmp_path_factory):
     out, _ = digits_run
     log = tmp_path_factory.mktemp("serve") / "server.log"
     flags = ["--max-batch-size", "4", "--batch-timeout", "0.3", "--max-request-mb", "0.1", "--top-k", "3"]
-    with serving(out / "checkpoints" / "best.ckpt", log, *flags) as (url, _):
+    with serving(out / "checkpoints" / "model.ckpt", log, *flags) as (url, _):
         yield url, out
 
 
+@pytest.mark.slow
 def test_answers_equal_the_predict_cli_with_batching(served, tmp_path: Path):
     url, run = served
     test = Path(os.environ["TL_LIGHTNING_CACHE"]) / "digits-v1" / "test"
     files = [sorted((test / name).iterdir())[0] for name in sorted(os.listdir(test))]  # one per class
     predictions = tmp_path / "p.csv"
     cli = subprocess.run(
-        [str(SCRIPT), "predict", str(run / "checkpoints" / "best.ckpt"), *map(str, files), "--out", str(predictions)],
+        [str(SCRIPT), "predict", str(run / "checkpoints" / "model.ckpt"), *map(str, files), "--out", str(predictions)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -134,7 +135,7 @@ def test_answers_equal_the_predict_cli_with_batching(served, tmp_path: Path):
     status, answer = call(f"{url}/predict", *multipart(files[0], top_k="1"))  # a file upload, top_k per request
     assert status == 200 and [item["class"] for item in answer["top_k"]] == [expected[files[0].name]["class"]]
     status, info = call(f"{url}/info")
-    saved = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    saved = torch.load(run / "checkpoints" / "model.ckpt", map_location="cpu", weights_only=True)
     assert info["model"]["classes"] == [str(i) for i in range(10)]
     assert info["model"]["temperature"] == pytest.approx(float(saved["state_dict"]["temperature"]))  # the calibrated T
 

@@ -13,6 +13,7 @@ from email.message import Message
 from pathlib import Path
 
 import psutil
+import pytest
 from test_serve import call, multipart, serving
 
 CLIENTS, REQUESTS = 8, 1000
@@ -25,11 +26,12 @@ def tree_rss(pid: int) -> float:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
+@pytest.mark.slow
 def test_thousands_of_requests_from_concurrent_clients_get_no_5xx_and_memory_stays_flat(digits_run, tmp_path):
     out, _ = digits_run
     bodies = [multipart(path) for path in _test_images(out)[:32]]
     flags = ["--max-batch-size", "8", "--batch-timeout", "0.01", "--max-pending", "64"]
-    with serving(out / "checkpoints" / "best.ckpt", tmp_path / "server.log", *flags) as (url, server):
+    with serving(out / "checkpoints" / "model.ckpt", tmp_path / "server.log", *flags) as (url, server):
 
         def post(i: int) -> tuple[int, float]:
             started = time.perf_counter()
@@ -54,12 +56,13 @@ def test_thousands_of_requests_from_concurrent_clients_get_no_5xx_and_memory_sta
     assert after - before < RSS_GROWTH_MIB
 
 
+@pytest.mark.slow
 def test_a_full_server_answers_503_with_retry_after_and_dropped_uploads_hold_no_place(digits_run, tmp_path):
     out, _ = digits_run
     body = multipart(_test_images(out)[0])
     # One request in flight at most; each waits 1 s for its batch to fill, so the others arrive while it waits.
     flags = ["--max-pending", "1", "--max-batch-size", "4", "--batch-timeout", "1.0"]
-    with serving(out / "checkpoints" / "best.ckpt", tmp_path / "server.log", *flags) as (url, _):
+    with serving(out / "checkpoints" / "model.ckpt", tmp_path / "server.log", *flags) as (url, _):
         for _ in range(5):  # clients that send half an upload and hang up
             with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as raw:
                 head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {body[1]}\r\n"
@@ -94,11 +97,12 @@ def _test_images(out: Path) -> list[Path]:
     return files[:: max(1, len(files) // 64)]
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_server_alone_stops_its_workers_and_frees_the_port(digits_run, tmp_path):
     """`kill PID` (a supervisor, `docker stop`) reaches only the server's own process; its HTTP and inference
     processes must end with it, or they keep the port and the next start fails."""
     out, _ = digits_run
-    with serving(out / "checkpoints" / "best.ckpt", tmp_path / "server.log") as (url, server):
+    with serving(out / "checkpoints" / "model.ckpt", tmp_path / "server.log") as (url, server):
         tree = psutil.Process(server.pid).children(recursive=True)
         assert tree  # LitServe's HTTP and inference processes
         os.kill(server.pid, signal.SIGTERM)  # the process alone, not its group

@@ -60,13 +60,14 @@ def test_teacher_errors_name_the_problem(split_folder: Path, tmp_path: Path):
         )
 
 
+@pytest.mark.slow
 def test_distillation_run_on_digits_trains_a_student_from_a_teacher_checkpoint(tmp_path: Path):
     from conftest import FAST, compose_train
 
     from tl_lightning.app.train import run
 
     run(compose_train([f"paths.output_dir={tmp_path / 'teacher'}", *FAST]))  # Lite0 on digits, a few batches
-    teacher = tmp_path / "teacher" / "checkpoints" / "best.ckpt"
+    teacher = tmp_path / "teacher" / "checkpoints" / "model.ckpt"
     student = run(
         compose_train(
             [

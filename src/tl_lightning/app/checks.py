@@ -154,7 +154,7 @@ def check_epochs(max_epochs: Any, ckpt_path: Any) -> None:
     if max_epochs == 0 and not ckpt_path:
         raise BadValue(
             "trainer.max_epochs=0 trains nothing, and there is no checkpoint to evaluate: give at least "
-            "one epoch, or ckpt_path=<run>/checkpoints/best.ckpt to test a trained model."
+            "one epoch, or ckpt_path=<run>/checkpoints/model.ckpt to test a trained model."
         )
 
 

@@ -1,6 +1,6 @@
-"""A whole run from plain objects: fit, calibrate the best checkpoint, evaluate the test split once, write the run
-folder. No Hydra here: `app.train` builds the objects from the config and calls `train_and_evaluate`, and a
-notebook or another project can call it with objects of its own.
+"""A whole run from plain objects: fit, calibrate the model the run keeps and write it once (`model.ckpt`),
+evaluate the test split once, write the run folder. No Hydra here: `app.train` builds the objects from the config
+and calls `train_and_evaluate`, and a notebook or another project can call it with objects of its own.
 
 Under DDP every rank calls it (Lightning relaunches the script into the same run folder); only rank 0 writes files.
 """
@@ -22,7 +22,7 @@ from tl_lightning.app import hardware
 from tl_lightning.app.trackers import log_run_files
 from tl_lightning.data.datamodule import ImageFolderDataModule
 from tl_lightning.evaluation.abstention import answered, choose_threshold, per_class_accuracy
-from tl_lightning.evaluation.calibration import fit_temperature, store_temperature
+from tl_lightning.evaluation.calibration import fit_temperature
 from tl_lightning.evaluation.report import log_report, summary_table, write_metrics, write_report
 from tl_lightning.finetuning.probe_floor import ProbeFloor
 from tl_lightning.finetuning.resume import Preemption
@@ -30,8 +30,11 @@ from tl_lightning.models.heads import scaled_softmax
 from tl_lightning.models.metrics import MIN_CALIBRATION_IMAGES
 from tl_lightning.models.module import TransferClassifier
 from tl_lightning.models.outputs import predict_outputs
+from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.ckpt"  # the run's model: the kept checkpoint's weights with their temperature and abstention rule
 
 
 def train_and_evaluate(
@@ -42,10 +45,12 @@ def train_and_evaluate(
     ckpt_path: str | None = None,
     recipe_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """Fit, fit a temperature on validation for the best checkpoint, evaluate the test split, write the run folder.
+    """Fit; keep the best epoch's checkpoint, or the probe's where `ProbeFloor` kept it; fit its temperature on
+    validation and write it as `model.ckpt` beside the checkpoints; evaluate the test split; write the run folder.
 
-    `out` gets `split.csv`, `audit.json`, `metrics.json`, and `report.md` with its files under `report/` (the
-    checkpoints go where the trainer's `ModelCheckpoint` callbacks put them). `recipe_seconds`, the time the caller
+    `out` gets `split.csv`, `audit.json`, `metrics.json` (`checkpoint` names `model.ckpt`, `kept_from` the
+    checkpoint it was made from), and `report.md` with its files under `report/` (the checkpoints go where the
+    trainer's `ModelCheckpoint` callbacks put them). `recipe_seconds`, the time the caller
     spent deciding the recipe (measuring the data), is reported beside `fit_seconds`. Returns the metrics.
     """
     out = Path(out)
@@ -79,35 +84,40 @@ def train_and_evaluate(
         stopped(trainer, out)
     fit_seconds = time.perf_counter() - started
 
-    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
-    best = monitored[0].best_model_path if monitored else ""
-    metrics: dict[str, Any] = {
-        "fit_seconds": round(fit_seconds, 1),
-        "recipe_seconds": round(recipe_seconds, 1),
-        "checkpoint": best or "final weights",
-    }
+    floor = probe_floor(trainer)
+    kept = kept_checkpoint(trainer, floor)
+    metrics: dict[str, Any] = {"fit_seconds": round(fit_seconds, 1), "recipe_seconds": round(recipe_seconds, 1)}
     metrics |= {f"hardware/{key}": value for key, value in used.items()}
     if (best_val := trainer.callback_metrics.get("val/acc_best")) is not None:
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
-    metrics |= probe_floor_metrics(trainer)
-    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, best, fit=not kept_refit_probe(trainer))
+    metrics |= probe_floor_metrics(floor)
+    refitted = floor is not None and floor.kept and floor.refitted
+    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, kept, fit=not refitted)
     rule = model.abstention or {}
     metrics |= {f"abstention/{key}": rule.get(key) for key in ("threshold", "target_accuracy")}
     metrics |= {"abstention/val_accuracy": rule.get("accuracy"), "abstention/val_share": rule.get("share")}
+    model_file = Path(kept).parent / MODEL_FILE if kept else None
+    if model_file is not None:
+        if trainer.is_global_zero:
+            keep_model(model, kept, model_file)
+        trainer.strategy.barrier("keep_model")  # every rank reads it next
+    metrics["checkpoint"] = str(model_file) if model_file else "final weights (no checkpoint written)"
+    metrics["kept_from"] = kept or "final weights"
     if datamodule.has_test:
         test = predict_outputs(trainer, model, datamodule.eval_dataloader("test"))  # every rank: its shard
         if trainer.is_global_zero:
-            refit = ", refitted on train and val" if kept_refit_probe(trainer) else ""
-            kept = f" (the linear probe's model{refit}: no fine-tuned epoch beat it on validation by both measures)"
-            described = best + (kept if metrics.get("selected") == "linear probe" else "")
+            refit = ", refitted on train and val" if refitted else ""
+            described = metrics["checkpoint"]
+            if metrics.get("selected") == "linear probe":
+                described += f" (the linear probe's model{refit}: no fine-tuned epoch beat it on validation)"
             metrics |= evaluate_test(model, datamodule, trainer, out, test, described)
     else:
-        log.warning("No test split: metrics.json holds the best checkpoint's validation metrics instead.")
-        metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0]
+        log.warning("No test split: metrics.json holds the kept model's validation metrics instead.")
+        metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=str(model_file) if model_file else None)[0]
     metrics["weights"] = model.weights_info.get("source")
     if trainer.is_global_zero:
         write_metrics(out / "metrics.json", metrics)
-        log_run_files(trainer.loggers, out, best)
+        log_run_files(trainer.loggers, out, str(model_file or ""))
         log.info("Run folder: %s\n%s", out, summary_table(metrics))
     return metrics
 
@@ -129,30 +139,41 @@ def stopped(trainer: pl.Trainer, out: Path) -> None:
     raise SystemExit(128 + signal.SIGTERM)
 
 
-def probe_floor_metrics(trainer: pl.Trainer) -> dict[str, Any]:
+def probe_floor(trainer: pl.Trainer) -> ProbeFloor | None:
+    """The run's `ProbeFloor`, where it fitted a probe."""
+    return next((c for c in trainer.callbacks if isinstance(c, ProbeFloor) and c.probe_metrics), None)
+
+
+def kept_checkpoint(trainer: pl.Trainer, floor: ProbeFloor | None) -> str:
+    """The checkpoint the run keeps: the probe's where `ProbeFloor` kept it; else the best epoch's (of the
+    checkpoint callback that monitors a score); else the last epoch's (no selection, as fastai's recipe); empty
+    where no checkpoint was written."""
+    if floor is not None and floor.kept:
+        return floor.probe_path
+    written = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path]
+    written.sort(key=lambda callback: callback.monitor is None)  # a monitored one first
+    return written[0].best_model_path if written else ""
+
+
+def probe_floor_metrics(floor: ProbeFloor | None) -> dict[str, Any]:
     """The linear probe's validation metrics, and which model the run kept, when `ProbeFloor` ran."""
-    floors = [c for c in trainer.callbacks if isinstance(c, ProbeFloor) and c.probe_metrics]
-    if not floors:
+    if floor is None:
         return {}
-    probe = {f"probe/{key.removeprefix('val/')}": value for key, value in floors[0].probe_metrics.items()}
-    return probe | {"selected": "linear probe" if floors[0].kept else "fine-tuned"}
-
-
-def kept_refit_probe(trainer: pl.Trainer) -> bool:
-    """Whether the run kept a probe refitted on validation too (`ProbeFloor.refitted`)."""
-    return any(isinstance(c, ProbeFloor) and c.kept and c.refitted for c in trainer.callbacks)
+    probe = {f"probe/{key.removeprefix('val/')}": value for key, value in floor.probe_metrics.items()}
+    return probe | {"selected": "linear probe" if floor.kept else "fine-tuned"}
 
 
 def calibrate(
-    model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, best: str, fit: bool = True
+    model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, kept: str, fit: bool = True
 ) -> float:
-    """Load the best checkpoint's weights, fit a temperature on validation (logits through the trainer's predict
-    loop, gathered on every rank, so every rank fits the same T) and store it in the checkpoint (rank 0).
+    """Load the kept checkpoint's weights, fit a temperature on validation (logits through the trainer's predict
+    loop, gathered on every rank, so every rank fits the same T) and choose the abstention rule with it; both are
+    set on `model`, for `keep_model` to write.
 
     `fit=False` keeps T = 1: for a model that has trained on validation (a kept probe refitted on it), which would
     look certain there; the probe's C, chosen by cross-validated log loss, calibrates it instead."""
-    if best:
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    if kept:
+        model.load_state_dict(torch.load(kept, map_location="cpu", weights_only=True)["state_dict"])
     logits, targets = predict_outputs(trainer, model, datamodule.eval_dataloader("val"))
     if fit:
         temperature = fit_temperature(logits, targets)
@@ -162,9 +183,20 @@ def calibrate(
         log.info("The kept probe has trained on validation too: its temperature stays 1 (its C calibrates it).")
     model.temperature.fill_(temperature)
     model.abstention = abstention_rule(scaled_softmax(logits.float(), temperature), targets, model.class_names)
-    if best and trainer.is_global_zero:
-        store_temperature(best, temperature, model.abstention)
     return temperature
+
+
+def keep_model(model: TransferClassifier, kept: str | Path, path: Path) -> Path:
+    """Write the run's model to `path`: the checkpoint `kept` with `model`'s weights, temperature and abstention rule
+    as `calibrate` left them. The one file prediction, export and serving take, written once, after fit, by this
+    function alone (`ModelCheckpoint` writes the epochs' checkpoints, `ProbeFloor` its probe's), through a
+    temporary file renamed into place."""
+    checkpoint = torch.load(kept, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"] = {key: value.cpu() for key, value in model.state_dict().items()}
+    model.on_save_checkpoint(checkpoint)  # the module's own record: classes, preprocessing, temperature, abstention
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
 
 
 def abstention_rule(probabilities: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict[str, Any]:

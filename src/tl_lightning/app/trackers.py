@@ -2,7 +2,7 @@
 
 Lightning's `MLFlowLogger` and `WandbLogger` log metrics and the module's hyperparameters; a tracker's user also
 wants the config as it ran (with the recipe's automatic choices), the class names to search by, and the run's files:
-the report, `metrics.json`, `config.yaml` and the best checkpoint. Lightning's `log_model` would upload checkpoints
+the report, `metrics.json`, `config.yaml` and the run's model.ckpt. Lightning's `log_model` would upload checkpoints
 as they are written, including `last.ckpt` every epoch; here only the files a run ends with are sent, once.
 """
 
@@ -92,12 +92,12 @@ def log_config(loggers: list[Logger], config: dict[str, Any], class_names: list[
             logger.experiment.tags = tuple(logger.experiment.tags or ()) + tuple(class_names)[:50]
 
 
-def log_run_files(loggers: list[Logger], out: Path, best: str) -> None:
-    """The run's files, its report figures and the best checkpoint, as artifacts of each tracker's run; then the W&B
+def log_run_files(loggers: list[Logger], out: Path, model_file: str) -> None:
+    """The run's files, its report figures and its model.ckpt, as artifacts of each tracker's run; then the W&B
     run is finished (the next job of a multirun, in this process, would otherwise log into it)."""
     files = [(out / name, "") for name in RUN_FILES if (out / name).is_file()]
     files += [(png, "report") for png in sorted((out / "report").glob("*")) if png.is_file()]
-    files += [(Path(best), "checkpoints")] if best and Path(best).is_file() else []
+    files += [(Path(model_file), "checkpoints")] if model_file and Path(model_file).is_file() else []
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
             for path, folder in files:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,7 +18,6 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from tl_lightning.models.features import extract_features
 from tl_lightning.models.metrics import calibration_temperature
-from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +66,3 @@ def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE
     count = torch.bincount(index, minlength=bins).float()
     mean = lambda values: torch.bincount(index, values, minlength=bins) / count.clamp(min=1)  # noqa: E731
     return ReliabilityBins(edges, mean(confidence), mean(correct), count)
-
-
-def store_temperature(checkpoint_path: str | Path, temperature: float, abstention: dict | None = None) -> None:
-    """Write `temperature` (and the abstention rule chosen with it, `evaluation.abstention`) into a
-    `TransferClassifier` checkpoint, through a temp file renamed into place."""
-    path = Path(checkpoint_path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    checkpoint["state_dict"]["temperature"] = torch.tensor(float(temperature))
-    checkpoint.setdefault("tl_lightning", {})["temperature"] = float(temperature)
-    if abstention is not None:
-        checkpoint["tl_lightning"]["abstention"] = abstention
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)

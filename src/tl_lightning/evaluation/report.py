@@ -1,6 +1,6 @@
 """Files a run leaves for people: metrics.json, a summary table, and the test report.
 
-The test report (`write_report`) is computed from the best checkpoint's test-set logits: per-class precision,
+The test report (`write_report`) is computed from the run's model's test-set logits: per-class precision,
 recall, F1 and support with macro and weighted averages (torchmetrics), the confusion matrix as PNG and CSV
 (counts and row-normalised), the highest-loss images, and a reliability diagram with the expected calibration
 error before and after temperature scaling, all linked from `report.md`.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from tl_lightning.finetuning.measure import cross_validate_probe
 from tl_lightning.models.features import extract_features, fit_probe, probe_as_linear
 from tl_lightning.models.heads import as_single_linear
 from tl_lightning.models.metrics import beats, binomial_stderr, selection_score
-from tl_lightning.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +51,15 @@ class ProbeFloor(Callback):
     are written into the head's linear layer. The probe's validation metrics are computed the way the
     validation loop computes them, and the model as it stands is saved as `probe.ckpt` beside the monitored
     checkpoint. When fitting ends, unless the best checkpoint's `val/score` and `val/acc` both beat the probe's by
-    more than their standard errors, `probe.ckpt` replaces it (the ModelCheckpoint's `best_model_path` then
-    holds the probe), and the run says so.
+    more than their standard errors, `kept` says the run keeps the probe, and the run says so. It writes only
+    `probe.ckpt`: the run's model file is written once, after fit, from the checkpoint the run keeps
+    (`app.pipeline.keep_model`).
 
     Args:
         c: inverse L2 strength of the logistic regression (on standardised features); `None` chooses it by
             stratified 5-fold cross-validation on the training features (`measure.cross_validate_probe`): the best
             strength differs by data set.
-        keep_probe: make the probe the best checkpoint when fine-tuning does not beat it on validation.
+        keep_probe: keep the probe when fine-tuning does not beat it on validation.
         refit: the kept probe is the one refitted on training and validation images (same C); `refitted` says
             the saved probe is that one, so the run does not fit a temperature on validation for it.
 
@@ -170,11 +169,6 @@ class ProbeFloor(Callback):
             ", refitted on the training and validation images," if self.refitted else "",
             measured,
         )
-        if trainer.is_global_zero and monitored.best_model_path:
-            with atomic_path(Path(monitored.best_model_path)) as tmp:
-                shutil.copyfile(self.probe_path, tmp)
-        monitored.best_model_score = torch.tensor(probe)
-        monitored.best_model_path = monitored.best_model_path or self.probe_path
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Remember the accuracy of the epoch the monitored checkpoint keeps (the first with the highest score)."""

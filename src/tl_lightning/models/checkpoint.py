@@ -62,12 +62,12 @@ def check_checkpoint_file(path: str | Path, role: str = "Checkpoint") -> Path:
     if not path.is_file():
         raise NotFound(
             f"{role} '{path}' does not exist. Run checkpoints are in outputs/train/runs/<run>/checkpoints/ "
-            "(best.ckpt for the best epoch, last.ckpt to resume)."
+            "(model.ckpt for the run's model, last.ckpt to resume)."
         )
     return path
 
 
-USE_A_RUN = "Use a best.ckpt or last.ckpt of a tl_lightning run."
+USE_A_RUN = "Use a model.ckpt or last.ckpt of a tl_lightning run."
 
 
 def read_checkpoint(path: str | Path, role: str = "Checkpoint") -> dict[str, Any]:
@@ -120,7 +120,7 @@ def _damaged(role: str, path: Path, size: int, err: BaseException) -> BadValue:
     return BadValue(
         f"{role} '{path}' cannot be read: it is truncated or damaged ({size:,} bytes; "
         f"{str(err) or type(err).__name__}). An interrupted copy or a full disk does this; use another "
-        "copy (a run's last.ckpt or best.ckpt) or copy it again."
+        "copy (a run's model.ckpt or last.ckpt) or copy it again."
     )
 
 
