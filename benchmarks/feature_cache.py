@@ -55,7 +55,8 @@ def frozen_phase(cached: bool, epochs: int, cache_dir: str) -> dict:
         crop_pct=1.0,
     )
     data.data_config = dict(model.data_config)
-    clock, cache = EpochClock(), FrozenFeatureCache()
+    clock, schedule = EpochClock(), LayerFinetuning(milestones={})
+    cache = FrozenFeatureCache(schedule)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -64,7 +65,7 @@ def frozen_phase(cached: bool, epochs: int, cache_dir: str) -> dict:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[LayerFinetuning(milestones={}), clock, *([cache] if cached else [])],
+        callbacks=[schedule, clock, *([cache] if cached else [])],
     )
     started = time.perf_counter()
     trainer.fit(model, data)

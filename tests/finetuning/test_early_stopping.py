@@ -16,21 +16,23 @@ from tl_lightning.finetuning.unfreezing import LayerFinetuning, gradual
 from tl_lightning.models.module import TransferClassifier
 
 
-def stopped_at(stopper, split_folder: Path, milestones=None) -> int:
+def stopped_at(stopper, schedule: LayerFinetuning, split_folder: Path) -> int:
     model = tiny_model(lr=0.0)  # nothing learns, so val/acc never improves after the first epoch
-    callbacks = [LayerFinetuning(milestones={3: "all"} if milestones is None else milestones), stopper]
+    callbacks = [schedule, stopper]
     trainer = tiny_trainer(max_epochs=12, callbacks=callbacks)
     trainer.fit(model, tiny_data(split_folder, model))
     return trainer.current_epoch
 
 
 def test_plain_early_stopping_ends_the_run_in_the_frozen_phase(split_folder: Path):
-    assert stopped_at(EarlyStopping(monitor="val/acc", mode="max", patience=1), split_folder) == 2
+    stopper = EarlyStopping(monitor="val/acc", mode="max", patience=1)
+    assert stopped_at(stopper, LayerFinetuning(milestones={3: "all"}), split_folder) == 2
 
 
 def test_phase_aware_early_stopping_waits_for_the_unfreeze_and_its_patience(split_folder: Path):
-    stopper = PhaseAwareEarlyStopping(monitor="val/acc", mode="max", patience=1)
-    assert stopped_at(stopper, split_folder) == 5  # unfreeze at 3, one epoch of patience, stop after epoch 4
+    schedule = LayerFinetuning(milestones={3: "all"})
+    stopper = PhaseAwareEarlyStopping(monitor="val/acc", mode="max", patience=1, schedule=schedule)
+    assert stopped_at(stopper, schedule, split_folder) == 5  # unfreeze at 3, one epoch of patience, stop after epoch 4
     assert stopper.stopped_epoch == 4
 
 
@@ -51,8 +53,11 @@ DIP_AND_CLIMB = [0.9, 0.8, 0.8, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.86, 0.86,
 @pytest.mark.parametrize(("restart", "last_epoch"), [(True, 11), (False, 5)])
 def test_patience_counts_from_the_unfreeze_so_a_climbing_run_is_not_stopped(split_folder, restart, last_epoch, caplog):
     caplog.set_level(logging.INFO, logger="tl_lightning")
-    stopper = PhaseAwareEarlyStopping(monitor="val/scripted", mode="max", patience=2, restart_at_unfreeze=restart)
-    callbacks = [LayerFinetuning(milestones={3: "all"}), ScriptedScore(DIP_AND_CLIMB), stopper]
+    schedule = LayerFinetuning(milestones={3: "all"})
+    stopper = PhaseAwareEarlyStopping(
+        monitor="val/scripted", mode="max", patience=2, restart_at_unfreeze=restart, schedule=schedule
+    )
+    callbacks = [schedule, ScriptedScore(DIP_AND_CLIMB), stopper]
     trainer = tiny_trainer(max_epochs=len(DIP_AND_CLIMB), callbacks=callbacks)
     model = tiny_model(lr=0.0)
     trainer.fit(model, tiny_data(split_folder, model))

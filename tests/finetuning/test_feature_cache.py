@@ -33,20 +33,23 @@ class BatchShapes(pl.Callback):
             self.val.setdefault(trainer.current_epoch, set()).add(rank(batch[0]))
 
 
-def fit(root: Path, milestones: dict, cache: FrozenFeatureCache | None, epochs: int = 3, **data):
+def fit(root: Path, milestones: dict, cache=None, epochs: int = 3, **data):
+    """A short fit on the shipped Lite0 weights; `cache` is a `FrozenFeatureCache` class (or a subclass) made with
+    the fit's schedule, or None. Returns the model, the trainer, the batch shapes and the cache."""
     pl.seed_everything(0)
     model = tiny_model(backbone="tf_efficientnet_lite0", weights_file="package:efficientnet_lite0")
-    shapes = BatchShapes()
-    callbacks = [LayerFinetuning(milestones=milestones), shapes, *([cache] if cache else [])]
-    trainer = tiny_trainer(max_epochs=epochs, callbacks=callbacks)
+    shapes, schedule = BatchShapes(), LayerFinetuning(milestones=milestones)
+    views = data.pop("views", None)
+    made = cache(schedule, views=views) if cache else None
+    trainer = tiny_trainer(max_epochs=epochs, callbacks=[schedule, shapes, *([made] if made else [])])
     trainer.fit(model, tiny_data(root, model, **({"train_transform": eval_transform} | data)))
-    return model, trainer, shapes
+    return model, trainer, shapes, made
 
 
 def test_head_trained_on_cached_features_matches_head_trained_on_images(split_folder: Path):
     # One batch per epoch (24 images, batch 32): the same gradients whatever the order, so the runs must agree.
-    plain, plain_trainer, plain_shapes = fit(split_folder, {}, None, batch_size=32)
-    cached, cached_trainer, cached_shapes = fit(split_folder, {}, FrozenFeatureCache(), batch_size=32)
+    plain, plain_trainer, plain_shapes, _ = fit(split_folder, {}, None, batch_size=32)
+    cached, cached_trainer, cached_shapes, _ = fit(split_folder, {}, FrozenFeatureCache, batch_size=32)
     assert plain_shapes.train == {0: {4}, 1: {4}, 2: {4}}
     assert cached_shapes.train == {0: {2}, 1: {2}, 2: {2}} and cached_shapes.val == {0: {2}, 1: {2}, 2: {2}}
     for (name, a), b in zip(plain.head.state_dict().items(), cached.head.state_dict().values(), strict=True):
@@ -60,8 +63,7 @@ def test_head_trained_on_cached_features_matches_head_trained_on_images(split_fo
 
 
 def test_images_return_at_the_unfreeze(split_folder: Path):
-    cache = FrozenFeatureCache()
-    _, _, shapes = fit(split_folder, {2: "all"}, cache, epochs=4)
+    _, _, shapes, cache = fit(split_folder, {2: "all"}, FrozenFeatureCache, epochs=4)
     assert cache.frozen_epochs == 2
     assert shapes.train == {0: {2}, 1: {2}, 2: {4}, 3: {4}}
     assert shapes.val == {0: {2}, 1: {2}, 2: {4}, 3: {4}}
@@ -75,7 +77,8 @@ def test_a_fit_that_fails_in_the_cached_phase_leaves_datamodule_and_trainer_as_t
 
     model = tiny_model()
     data = tiny_data(split_folder, model, train_transform=eval_transform)
-    trainer = tiny_trainer(callbacks=[LayerFinetuning(milestones={2: "all"}), FrozenFeatureCache(), Fail()])
+    schedule = LayerFinetuning(milestones={2: "all"})
+    trainer = tiny_trainer(callbacks=[schedule, FrozenFeatureCache(schedule), Fail()])
     before = trainer.reload_dataloaders_every_n_epochs
     with pytest.raises(RuntimeError, match="power cut"):
         trainer.fit(model, data)
@@ -88,15 +91,14 @@ def test_a_fit_that_fails_in_the_cached_phase_leaves_datamodule_and_trainer_as_t
 def test_random_transform_needs_views_and_gets_distinct_ones(split_folder: Path):
     augmenting = {"train_transform": train_transform}
     with pytest.raises(ValueError, match=r"training transform is random.*callbacks\.feature_cache\.views=K"):
-        fit(split_folder, {}, FrozenFeatureCache(), epochs=1, **augmenting)
+        fit(split_folder, {}, FrozenFeatureCache, epochs=1, **augmenting)
 
     class KeepViews(FrozenFeatureCache):
         def on_fit_end(self, trainer, pl_module):
             self.kept = list(self.train_views)
             super().on_fit_end(trainer, pl_module)
 
-    cache = KeepViews(views=3)
-    fit(split_folder, {}, cache, epochs=1, **augmenting)
+    *_, cache = fit(split_folder, {}, KeepViews, epochs=1, views=3, **augmenting)
     assert len(cache.kept) == 3
     assert all(torch.equal(cache.kept[0][1], labels) for _, labels in cache.kept)  # same images, same order
     assert not torch.allclose(cache.kept[0][0], cache.kept[1][0])  # other augmentations, other features
@@ -104,10 +106,11 @@ def test_random_transform_needs_views_and_gets_distinct_ones(split_folder: Path)
 
 def test_caching_refuses_a_backbone_that_is_not_constant(split_folder: Path):
     model = tiny_model()
-    trainer = tiny_trainer(callbacks=[LayerFinetuning(milestones={}, train_bn=True), FrozenFeatureCache()])
+    schedule = LayerFinetuning(milestones={}, train_bn=True)
+    trainer = tiny_trainer(callbacks=[schedule, FrozenFeatureCache(schedule)])
     with pytest.raises(ValueError, match="train_bn=true"):
         trainer.fit(model, tiny_data(split_folder, model, train_transform=eval_transform))
-    with pytest.raises(ValueError, match="needs a LayerFinetuning"):
+    with pytest.raises(ValueError, match="needs the run's LayerFinetuning"):
         tiny_trainer(callbacks=[FrozenFeatureCache()]).fit(tiny_model(), tiny_data(split_folder, model))
     with pytest.raises(ValueError, match="positive number"):
         FrozenFeatureCache(views=0)

@@ -107,7 +107,8 @@ def test_the_probe_and_the_feature_cache_extract_in_the_trainers_precision(
     seen: list[torch.dtype] = []  # the backbone's outputs while it is in eval mode: the extraction passes
     model.backbone.register_forward_hook(lambda m, i, out: None if m.training else seen.append(out.dtype))
     data = tiny_data(split_folder, model, train_transform=lambda config: eval_transform(config))
-    callbacks = [LayerFinetuning(milestones={2: "all"}), ProbeFloor(keep_probe=False), FrozenFeatureCache()]
+    schedule = LayerFinetuning(milestones={2: "all"})
+    callbacks = [schedule, ProbeFloor(keep_probe=False), FrozenFeatureCache(schedule)]
     trainer = tiny_trainer(max_epochs=1, precision=precision, num_sanity_val_steps=0, callbacks=callbacks)
     trainer.fit(model, data)
     assert len(seen) >= 4 and set(seen) == {dtype}  # the probe's train + val passes, then the cache's

@@ -58,10 +58,11 @@ def test_channels_last_and_compile_with_inductor_match_eager():
 
 def test_feature_cache_on_cuda_matches_training_on_images(split_folder: Path):
     heads = []
-    for cache in (None, FrozenFeatureCache()):
+    for cached in (False, True):
         pl.seed_everything(0)
         model = tiny_model()
-        callbacks = [LayerFinetuning(milestones={}), *([cache] if cache else [])]
+        schedule = LayerFinetuning(milestones={})
+        callbacks = [schedule, *([FrozenFeatureCache(schedule)] if cached else [])]
         trainer = tiny_trainer(accelerator="gpu", devices=1, max_epochs=2, callbacks=callbacks)
         trainer.fit(model, tiny_data(split_folder, model, batch_size=32, train_transform=eval_transform))
         heads.append({k: v.cpu() for k, v in model.head.state_dict().items()})

@@ -102,7 +102,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
 
     Settings that Lightning refuses (an accelerator that is not there, a precision or strategy it does not know)
     end in one sentence with Lightning's reason: they are the user's to change, not our bug."""
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks = build_callbacks(cfg.get("callbacks") or {})
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     plugins: list[Any] = [AtomicCheckpointIO()]  # every checkpoint renamed into place, whole
     layer_sync = {}
@@ -122,6 +122,22 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             f"Lightning refused the trainer settings ({chosen}): {reason}. "
             "Change them on the command line (python train.py --cfg job shows them all)."
         ) from None
+
+
+def build_callbacks(configs: DictConfig | dict) -> list[Any]:
+    """The config's callbacks, in order. The finetuning schedule is built first and handed to each callback whose
+    config has a `schedule` key, so every callback that follows the schedule follows the same object."""
+    configs = {name: config for name, config in configs.items() if config is not None}
+    schedule = instantiate(configs["finetuning"]) if "finetuning" in configs else None
+    callbacks = []
+    for name, config in configs.items():
+        if name == "finetuning":
+            callbacks.append(schedule)
+        elif "schedule" in config:
+            callbacks.append(instantiate(config, schedule=schedule))
+        else:
+            callbacks.append(instantiate(config))
+    return callbacks
 
 
 TRAINER_CHOICES = ("accelerator", "devices", "num_nodes", "strategy", "precision")

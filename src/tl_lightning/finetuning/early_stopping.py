@@ -28,18 +28,23 @@ log = logging.getLogger(__name__)
 
 
 class PhaseAwareEarlyStopping(EarlyStopping):
-    """`EarlyStopping` whose patience only runs out after the last unfreeze plus `patience` epochs.
+    """`EarlyStopping` whose patience only runs out after the last unfreeze of `schedule` plus `patience` epochs.
 
-    Takes `EarlyStopping`'s arguments, and `restart_at_unfreeze`: forget the best score at the last unfreeze, so
-    patience counts from it (``False``: from the best of the whole run, as `EarlyStopping` does). Without a
-    `LayerFinetuning` callback in the trainer it behaves as `EarlyStopping`.
+    Takes `EarlyStopping`'s arguments, the run's finetuning callback as `schedule` (without one it behaves as
+    `EarlyStopping`), and `restart_at_unfreeze`: forget the best score at the last unfreeze, so patience counts
+    from it (``False``: from the best of the whole run, as `EarlyStopping` does).
 
-    >>> PhaseAwareEarlyStopping(monitor="val/acc", mode="max", patience=10).patience
+    >>> from tl_lightning.finetuning.unfreezing import LayerFinetuning
+    >>> schedule = LayerFinetuning(milestones={5: "all"})
+    >>> PhaseAwareEarlyStopping(monitor="val/acc", mode="max", patience=10, schedule=schedule).patience
     10
     """
 
-    def __init__(self, *args, restart_at_unfreeze: bool = True, **kwargs) -> None:
+    def __init__(
+        self, *args, schedule: LayerFinetuning | None = None, restart_at_unfreeze: bool = True, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.schedule = schedule
         self.restart_at_unfreeze = restart_at_unfreeze
         self._epoch = 0
         self._earliest = 0
@@ -47,10 +52,9 @@ class PhaseAwareEarlyStopping(EarlyStopping):
 
     def earliest_stop(self, trainer: pl.Trainer) -> int:
         """The first epoch at which running out of patience may stop the run."""
-        finetuning = next((c for c in trainer.callbacks if isinstance(c, LayerFinetuning)), None)
-        if finetuning is None:
+        if self.schedule is None:
             return 0
-        return finetuning.last_change_epoch(trainer.lightning_module, trainer.max_epochs) + self.patience
+        return self.schedule.last_change_epoch(trainer.lightning_module, trainer.max_epochs) + self.patience
 
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         self._epoch, self._earliest = trainer.current_epoch, self.earliest_stop(trainer)

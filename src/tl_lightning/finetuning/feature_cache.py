@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class FrozenFeatureCache(Callback):
     """Train the head on cached backbone features while the whole backbone is frozen; images again at the unfreeze.
 
-    While no backbone group trains (before `LayerFinetuning`'s first milestone, or throughout with ``{}``) and
+    While no backbone group trains (before `schedule`'s first milestone, or throughout with ``{}``) and
     BatchNorm statistics are fixed, the backbone is a constant function: one pass per image gives what every
     frozen epoch would compute. At fit setup (before Lightning first asks for the training loader, on the
     device the run trains on) this callback extracts the training features (through the
@@ -37,15 +37,19 @@ class FrozenFeatureCache(Callback):
     (`teardown`) or fails (`on_exception`), so a later `trainer.validate` or a retried fit sees the images.
 
     Args:
+        schedule: the run's finetuning callback, whose milestones say how long the backbone stays frozen.
         views: augmented views to cache per training image, when the training transform is random; epoch `e`
             trains on view `e mod views`. ``None`` refuses a random transform (caching would fix one augmented
             view per image, a different recipe); with a deterministic transform one view is exact.
 
+    >>> FrozenFeatureCache(LayerFinetuning(milestones={5: "all"}), views=2).views
+    2
     """
 
-    def __init__(self, views: int | None = None) -> None:
+    def __init__(self, schedule: LayerFinetuning | None = None, views: int | None = None) -> None:
         if views is not None and views < 1:
             raise BadValue(f"views must be a positive number of augmented views per image, got {views}.")
+        self.schedule = schedule
         self.views = views
         self.frozen_epochs = 0
         self.train_views: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -57,13 +61,12 @@ class FrozenFeatureCache(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        schedules = [c for c in trainer.callbacks if isinstance(c, LayerFinetuning)]
-        if not schedules:
+        schedule = self.schedule
+        if schedule is None:
             raise BadValue(
-                "FrozenFeatureCache needs a LayerFinetuning callback: it caches only while that keeps "
-                "the whole backbone frozen."
+                "FrozenFeatureCache needs the run's LayerFinetuning callback as its schedule: it caches only while "
+                "that keeps the whole backbone frozen (FrozenFeatureCache(schedule=finetuning))."
             )
-        schedule = schedules[0]
         self.frozen_epochs = schedule.frozen_epochs(trainer.max_epochs)
         if self.frozen_epochs <= trainer.current_epoch:
             log.info("FrozenFeatureCache: no frozen epoch left (the backbone trains from %d).", self.frozen_epochs)
