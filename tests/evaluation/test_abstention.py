@@ -9,6 +9,7 @@ import torch
 from tl_lightning.data.splits import read_split
 from tl_lightning.evaluation.abstention import answered, choose_threshold, per_class_accuracy
 from tl_lightning.inference.predict import image_batches
+from tl_lightning.models.checkpoint import read_record
 from tl_lightning.models.module import TransferClassifier
 
 
@@ -39,7 +40,7 @@ def test_a_run_stores_the_rule_in_its_checkpoint_and_scores_it_on_the_test_split
     out, _ = digits_run
     metrics = json.loads((out / "metrics.json").read_text())
     model = TransferClassifier.load_from_checkpoint(out / "checkpoints" / "model.ckpt", map_location="cpu").eval()
-    rule = model.abstention
+    rule = read_record(out / "checkpoints" / "model.ckpt")["abstention"]
     assert rule["threshold"] == metrics["abstention/threshold"] and rule["target_accuracy"] == 0.95
     assert set(rule["class_val_accuracy"]) == set(model.class_names)
     assert metrics["abstention/val_share"] == rule["share"]

@@ -105,10 +105,11 @@ def test_the_kept_probe_is_refitted_on_train_and_val_and_fine_tuning_starts_from
     assert not torch.allclose(first_p, refit_p, atol=1e-3)
     assert torch.allclose(fresh.head(val[0]).softmax(-1), refit_p, atol=1e-4)
     # ... validation fits no temperature for it: T stays 1, in the run's model file too, and probe.ckpt is as written.
-    assert calibrate(model, data, model.trainer, floor.probe_path, fit=False) == 1.0
-    model_file = keep_model(model, floor.probe_path, tmp_path / "ckpt" / "model.ckpt")
+    temperature, rule = calibrate(model, data, model.trainer, floor.probe_path, fit=False)
+    assert temperature == 1.0 and rule["target_accuracy"] == 0.95
+    model_file = keep_model(model, floor.probe_path, tmp_path / "ckpt" / "model.ckpt", rule)
     saved = torch.load(model_file, weights_only=True)
-    assert float(saved["state_dict"]["temperature"]) == 1.0 and saved["tl_lightning"]["abstention"] is not None
+    assert float(saved["state_dict"]["temperature"]) == 1.0 and saved["tl_lightning"]["abstention"] == rule
     assert all(torch.equal(kept[k], saved["state_dict"][k]) for k in kept)
     assert (tmp_path / "ckpt" / "probe.ckpt").read_bytes() == written
 

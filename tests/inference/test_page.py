@@ -17,6 +17,7 @@ from conftest import ROOT
 from PIL import Image
 from test_serve import call, serving
 
+from tl_lightning.models.checkpoint import read_record
 from tl_lightning.models.module import TransferClassifier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -58,7 +59,7 @@ def upload(page, path: Path) -> None:
 def test_the_page_shows_the_predict_clis_answers_and_says_when_it_is_not_sure(digits_run, page_url, phone, tmp_path):
     run = digits_run[0]
     checkpoint = run / "checkpoints" / "model.ckpt"
-    threshold = TransferClassifier.load_from_checkpoint(checkpoint, map_location="cpu").abstention["threshold"]
+    threshold = read_record(checkpoint)["abstention"]["threshold"]
     test = Path(os.environ["TL_LIGHTNING_CACHE"]) / "digits-v1" / "test"
     files = [sorted((test / name).iterdir())[3] for name in sorted(os.listdir(test))]  # one per class
     predictions = tmp_path / "p.csv"

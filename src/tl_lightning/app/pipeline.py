@@ -92,14 +92,14 @@ def train_and_evaluate(
         metrics["val/acc_best"] = float(best_val)  # what sweeps should optimise: never the test split
     metrics |= probe_floor_metrics(floor)
     refitted = floor is not None and floor.kept and floor.refitted
-    metrics["calibration/temperature"] = calibrate(model, datamodule, trainer, kept, fit=not refitted)
-    rule = model.abstention or {}
+    temperature, rule = calibrate(model, datamodule, trainer, kept, fit=not refitted)
+    metrics["calibration/temperature"] = temperature
     metrics |= {f"abstention/{key}": rule.get(key) for key in ("threshold", "target_accuracy")}
     metrics |= {"abstention/val_accuracy": rule.get("accuracy"), "abstention/val_share": rule.get("share")}
     model_file = Path(kept).parent / MODEL_FILE if kept else None
     if model_file is not None:
         if trainer.is_global_zero:
-            keep_model(model, kept, model_file)
+            keep_model(model, kept, model_file, rule)
         trainer.strategy.barrier("keep_model")  # every rank reads it next
     metrics["checkpoint"] = str(model_file) if model_file else "final weights (no checkpoint written)"
     metrics["kept_from"] = kept or "final weights"
@@ -110,7 +110,7 @@ def train_and_evaluate(
             described = metrics["checkpoint"]
             if metrics.get("selected") == "linear probe":
                 described += f" (the linear probe's model{refit}: no fine-tuned epoch beat it on validation)"
-            metrics |= evaluate_test(model, datamodule, trainer, out, test, described)
+            metrics |= evaluate_test(model, datamodule, trainer, out, test, described, rule)
     else:
         log.warning("No test split: metrics.json holds the kept model's validation metrics instead.")
         metrics |= trainer.validate(model, datamodule=datamodule, ckpt_path=str(model_file) if model_file else None)[0]
@@ -165,10 +165,10 @@ def probe_floor_metrics(floor: ProbeFloor | None) -> dict[str, Any]:
 
 def calibrate(
     model: TransferClassifier, datamodule: ImageFolderDataModule, trainer: pl.Trainer, kept: str, fit: bool = True
-) -> float:
+) -> tuple[float, dict[str, Any]]:
     """Load the kept checkpoint's weights, fit a temperature on validation (logits through the trainer's predict
-    loop, gathered on every rank, so every rank fits the same T) and choose the abstention rule with it; both are
-    set on `model`, for `keep_model` to write.
+    loop, gathered on every rank, so every rank fits the same T) and set it on `model`; returns it with the
+    abstention rule chosen at it (`abstention_rule`), for `keep_model` to record.
 
     `fit=False` keeps T = 1: for a model that has trained on validation (a kept probe refitted on it), which would
     look certain there; the probe's C, chosen by cross-validated log loss, calibrates it instead."""
@@ -182,18 +182,18 @@ def calibrate(
         temperature = 1.0
         log.info("The kept probe has trained on validation too: its temperature stays 1 (its C calibrates it).")
     model.temperature.fill_(temperature)
-    model.abstention = abstention_rule(scaled_softmax(logits.float(), temperature), targets, model.class_names)
-    return temperature
+    return temperature, abstention_rule(scaled_softmax(logits.float(), temperature), targets, model.class_names)
 
 
-def keep_model(model: TransferClassifier, kept: str | Path, path: Path) -> Path:
-    """Write the run's model to `path`: the checkpoint `kept` with `model`'s weights, temperature and abstention rule
-    as `calibrate` left them. The one file prediction, export and serving take, written once, after fit, by this
-    function alone (`ModelCheckpoint` writes the epochs' checkpoints, `ProbeFloor` its probe's), through a
-    temporary file renamed into place."""
+def keep_model(model: TransferClassifier, kept: str | Path, path: Path, abstention: dict[str, Any]) -> Path:
+    """Write the run's model to `path`: the checkpoint `kept` with `model`'s weights and temperature as
+    `calibrate` left them, and the `abstention` rule in its record (`models.checkpoint.read_record`). The one file
+    prediction, export and serving take, written once, after fit, by this function alone (`ModelCheckpoint`
+    writes the epochs' checkpoints, `ProbeFloor` its probe's), through a temporary file renamed into place."""
     checkpoint = torch.load(kept, map_location="cpu", weights_only=True)
     checkpoint["state_dict"] = {key: value.cpu() for key, value in model.state_dict().items()}
-    model.on_save_checkpoint(checkpoint)  # the module's own record: classes, preprocessing, temperature, abstention
+    model.on_save_checkpoint(checkpoint)  # the module's own record: classes, preprocessing, temperature
+    checkpoint["tl_lightning"]["abstention"] = abstention
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return path
@@ -227,14 +227,16 @@ def evaluate_test(
     out: Path,
     test: tuple[torch.Tensor, torch.Tensor],
     checkpoint: str,
+    abstention: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The module's test metrics and the report, both from the same pass over the whole test split (`test`: its
-    logits and targets in split order). `checkpoint` is the model as the report names it."""
+    logits and targets in split order). `checkpoint` is the model as the report names it; with an `abstention`
+    rule, what its threshold, chosen on validation, gives on images it never saw."""
     logits, targets = test
     metrics = model.score(logits, targets, "test")
-    if model.abstention is not None:  # what the threshold chosen on validation gives on images it never saw
+    if abstention is not None:
         probabilities = scaled_softmax(logits.float(), float(model.temperature))
-        accuracy, share = answered(probabilities, targets, model.abstention["threshold"])
+        accuracy, share = answered(probabilities, targets, abstention["threshold"])
         metrics["test/answered_share"] = share
         if accuracy is not None:  # loggers take numbers only
             metrics["test/answered_accuracy"] = accuracy

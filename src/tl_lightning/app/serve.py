@@ -19,6 +19,7 @@ import socket
 from pathlib import Path
 
 from tl_lightning.app._common import load_model, run_cli, setup_logging
+from tl_lightning.models.checkpoint import read_record
 from tl_lightning.utils import BadValue, UserError
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         "classes": model.class_names,
         "input_size": list(model.data_config["input_size"]),
         "temperature": float(model.temperature),
-        "abstention": model.abstention,
+        "abstention": read_record(args.checkpoint).get("abstention"),
         "test": run_test_figures(args.checkpoint),
     }
     lit = server(

@@ -27,6 +27,7 @@ __all__ = [
     "check_same_shapes",
     "load_tensors",
     "read_checkpoint",
+    "read_record",
 ]
 
 
@@ -89,6 +90,18 @@ def read_checkpoint(path: str | Path, role: str = "Checkpoint") -> dict[str, Any
             "backbone.weights_file."
         )
     return checkpoint
+
+
+def read_record(path: str | Path, role: str = "Checkpoint") -> dict[str, Any]:
+    """The run's record in a checkpoint (classes, preprocessing, temperature, and in a run's `model.ckpt` the
+    abstention rule), read without loading the weights into memory (`mmap`): for a caller that has the model
+    already, or needs no model."""
+    path = check_checkpoint_file(path, role)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the full read names what is wrong with the file
+        checkpoint = read_checkpoint(path, role)
+    return dict(checkpoint.get("tl_lightning", {}))
 
 
 def load_tensors(path: Path, role: str, advice: str) -> Any:

@@ -168,8 +168,6 @@ class TransferClassifier(pl.LightningModule):
         self.register_buffer("class_weight", _class_weight(self.imbalance.class_weights, num_classes))
         self.register_buffer("temperature", torch.tensor(1.0))  # fitted on validation after training
         self.input_statistics: InputStatistics | None = None
-        # When to answer "not sure" (`evaluation.abstention`), chosen on validation after fitting.
-        self.abstention: dict[str, Any] | None = None
         self.train_metrics = stage_metrics(num_classes, "train")
         self.val_metrics = stage_metrics(num_classes, "val")
         self.test_metrics = stage_metrics(num_classes, "test")
@@ -413,7 +411,6 @@ class TransferClassifier(pl.LightningModule):
             "data_config": self.data_config,
             "temperature": float(self.temperature),
             "input_statistics": self.input_statistics.to_dict() if self.input_statistics else None,
-            "abstention": self.abstention,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -422,7 +419,6 @@ class TransferClassifier(pl.LightningModule):
         self.weights_info = saved.get("weights", self.weights_info)
         if saved.get("input_statistics"):
             self.input_statistics = InputStatistics(**saved["input_statistics"])
-        self.abstention = saved.get("abstention")
         # Checkpoints from before calibration existed: uncalibrated.
         checkpoint["state_dict"].setdefault("temperature", torch.tensor(1.0))
         checkpoint["state_dict"].setdefault("val_acc_best.max_value", torch.tensor(float("-inf")))
