@@ -2,7 +2,7 @@
 
 Lightning resolves `accelerator="auto"` itself; precision it does not: `trainer.precision: auto` becomes
 `bf16-mixed` on GPUs with bfloat16 (Ampere and later), `16-mixed` on other CUDA GPUs and `32-true` on CPUs (where
-autocast emulates bfloat16 slowly unless the CPU has native instructions: see BENCHMARKS.md). Loader workers and
+autocast emulates bfloat16 slowly unless the CPU has native instructions). Loader workers and
 pinned memory follow the trainer inside `ImageFolderDataModule.setup`. Any explicit value wins.
 """
 

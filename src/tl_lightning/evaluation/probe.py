@@ -33,8 +33,8 @@ class Verdict(NamedTuple):
 
 
 # Best first. Feature extraction is suggested only where the probe leaves almost nothing to fine-tuning, and the
-# default (which starts from this probe and keeps it as its floor) everywhere else; the thresholds come from the
-# peers suite (BENCHMARKS.md, "Ours with no flags vs the peers"). docs/probe.md's table is this one
+# default (which starts from this probe and keeps it as its floor) everywhere else; the thresholds were set on the
+# benchmark suite. docs/probe.md's table is this one
 # (tests/app/test_readme.py).
 VERDICTS = (
     Verdict(

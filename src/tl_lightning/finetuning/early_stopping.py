@@ -7,9 +7,8 @@ threshold) still apply at once.
 
 Nor does it measure the fine-tuned phase against the frozen one: at the last unfreeze the best score so far is
 forgotten, so patience counts epochs without improvement *since the unfreeze*. A backbone that starts to move
-first loses accuracy, then climbs back (on the suite's digits at 224 px: 0.86 -> 0.46 -> 0.77 -> 0.83 -> 0.90 ->
-0.92 -> 0.93 on test, still rising when the frozen phase's better validation score ran out a 5-epoch patience;
-`benchmarks/recipe_path.py`'s `early-stop-overall` step). Stopping a run that is still climbing saves time but
+first loses accuracy, then climbs back, and the frozen phase's better score would run out its patience
+mid-climb. Stopping a run that is still climbing saves time but
 not accuracy; which epoch's model is kept stays the checkpoint callback's decision, over the whole run.
 """
 

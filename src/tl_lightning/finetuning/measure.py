@@ -47,8 +47,7 @@ class ProbeScore:
 
     The standard error is the binomial one of the pooled held-out predictions, sqrt(acc (1 - acc) / n), not the
     spread of the fold means: both estimate the same quantity, but the spread of five numbers is itself so noisy
-    that every rule comparing two probes "by more than a standard error" would follow noise (BENCHMARKS.md, "The
-    resolution rule")."""
+    that every rule comparing two probes "by more than a standard error" would follow noise."""
 
     c: float
     accuracy: float
@@ -273,7 +272,7 @@ def best_resolution(scores: dict[int, ProbeScore], native: int) -> int:
     the data cannot tell from the best is not worth its compute).
 
     The weights' size is the prior because the weights learnt their features there and fine-tuning, unlike the
-    frozen probe that measures, can use every extra position (BENCHMARKS.md, "The resolution rule")."""
+    frozen probe that measures, can use every extra position."""
     best = scores[max(scores, key=lambda size: (scores[size].accuracy, -size))]
 
     def within(score: ProbeScore) -> bool:  # one the best does not beat

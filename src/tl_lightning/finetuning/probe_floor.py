@@ -7,8 +7,7 @@ so the probe is also the floor: a fine-tuned model is kept only if it beats the 
 standard error (`models.metrics.beats`), in the selection score and in accuracy both, because under 100 validation
 images the score is a loss, which can fall while accuracy does not rise. Once validation has chosen the probe, the
 probe is refitted on training and validation images together (scikit-learn's `refit` after model selection), and
-keeps temperature 1: its C, chosen by cross-validated log loss, calibrates it. The measurements behind each rule are
-in BENCHMARKS.md, "The default with one piece changed at a time" and "The probe's eval view and its refit".
+keeps temperature 1: its C, chosen by cross-validated log loss, calibrates it.
 
 Written here because neither Lightning nor timm has a probe-initialised head; the probe itself is scikit-learn's
 `LogisticRegression` (`models.features.fit_probe`).

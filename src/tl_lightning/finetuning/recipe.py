@@ -85,9 +85,8 @@ def choose_eval_view(
     """Evaluate on the whole image squashed to the input square (`crop_mode` squash, `crop_pct` 1), as fastai's
     `Resize` and BiT's eval do; the weights' centre crop only where the images are at least the input resolution
     and a cross-validated probe of the training images under that crop beats the whole image's by more than one
-    standard error. timm's crop assumes an ImageNet photo with the subject in the middle and a border to spare;
-    on the suite's clip art and few-shot sets the probe prefers the whole image, on the radio galaxies it ties
-    (BENCHMARKS.md, "The probe's eval view"), while photos framed like ImageNet's can still earn the crop."""
+    standard error. timm's crop assumes an ImageNet photo with the subject in the middle and a border to spare,
+    which images far from ImageNet seldom have; photos framed like ImageNet's can still earn it."""
     keys = ("model.crop_pct", "model.crop_mode")
     if median_side < resolution:
         because = "small images have no border to spare: evaluate on the whole image"
@@ -168,10 +167,9 @@ def choose_hflip(features: MirrorScore, pixels: MirrorScore) -> Choice:
     galaxies; on digits and text it teaches the model that a mirrored 2 is a 2. Two measurements must agree before
     flips go: a probe of the frozen features and an SVM on the pixels, each fitted on upright training images,
     both score the held-out ones lower mirrored, by more than the difference's standard error. Either alone
-    misleads: the pixels are not mirror-invariant at all, so they flag any set whose images share a layout (the
-    suite's tiny clip art), and ImageNet's features, nearly mirror-invariant on photos, drift on images far from
-    them (radio galaxies, whose orientation on the sky is arbitrary). The suite's digits fail both
-    (BENCHMARKS.md, "The flip rule"). fastai and timm flip by default and leave turning it off to the user.
+    misleads: the pixels are not mirror-invariant at all, so they flag any set whose images share a layout, and
+    ImageNet's features, nearly mirror-invariant on photos, drift on images far from them (whose orientation may
+    be arbitrary). fastai and timm flip by default and leave turning it off to the user.
     """
     key = "data.train_transform.hflip"
 
@@ -198,11 +196,9 @@ def choose_backbone_lr(features: ProbeScore, pixels: ProbeScore) -> tuple[Choice
     raw pixels on this data.
 
     Where they do, they already fit, and a strong backbone LR on a few hundred images distorts them (Kumar et al.
-    2022): the whole backbone moves at head LR / 100, as fastai's `fine_tune` moves a timm body (a geometric spread
-    up to the head's LR knocked test accuracy down after the unfreeze on every suite set: BENCHMARKS.md, "Around
-    the unfreeze"). Where an SVM on the pixels matches or beats them (8 px digits), the features do not fit and have
-    to be rewritten: head LR / 4 for the first group, spread geometrically up to the head's, so the top blocks move
-    most (BENCHMARKS.md, "The default with one piece changed at a time").
+    2022): the whole backbone moves at head LR / 100, as fastai's `fine_tune` moves a timm body. Where an SVM on
+    the pixels matches or beats them (8 px digits), the features do not fit and have to be rewritten: head LR / 4
+    for the first group, spread geometrically up to the head's, so the top blocks move most.
     """
     measured = f"a linear probe of the frozen features scores {features.accuracy:.3f} against {pixels.accuracy:.3f} "
     measured += "for an SVM on the pixels: "

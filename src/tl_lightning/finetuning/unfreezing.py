@@ -13,8 +13,7 @@ Differs from Lightning's `BackboneFinetuning` where that one goes silently wrong
   assumes. Unfrozen groups keep their BN statistics fixed too unless `update_bn_stats=True`: a head fitted
   on features standardised with the weights' statistics reads different features once batches of 32 re-estimate
   them (fastai's train-mode BatchNorm, AdaBN; `train_bn` with `update_bn_stats` is fastai's policy, frozen groups
-  included), which costs accuracy far from ImageNet (BENCHMARKS.md, "The default with one piece changed at a
-  time").
+  included), which costs accuracy far from ImageNet.
 - the trainable set is a pure function of the epoch, so a resumed run gets it right with no saved state;
 - under DDP, parameters that were frozen when DDP wrapped the model are not in its reducer, so their
   gradients would never be averaged and ranks would drift apart after the unfreeze (Lightning #20340);

@@ -80,8 +80,8 @@ def annotate_conv_relu6(graph: torch.fx.GraphModule, config: Any, in_float: set[
 
     Written here because the quantizers know only ReLU: they quantize the convolution's output before the clamp,
     with the scale of the pre-activation range (tens, on a BatchNorm-folded convolution), and the ReLU6 shares it;
-    most of the 256 levels then fall outside 0..6, and accuracy drops by many points (BENCHMARKS.md, the int8
-    section; onnxruntime fuses Conv and Clip itself, so the int8 ONNX never had this loss)."""
+    most of the 256 levels then fall outside 0..6, and accuracy drops (onnxruntime fuses Conv and Clip itself, so
+    the int8 ONNX never had this loss)."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
     from torchao.quantization.pt2e.quantizer.utils import (

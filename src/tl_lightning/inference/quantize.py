@@ -9,11 +9,10 @@ graph's input, outputs and embedded metadata are those of the fp32 file, so a co
 
 Weights use 7 of their 8 bits (onnxruntime's `reduce_range`), so the file computes the same on every CPU. On x86
 CPUs without VNNI (AVX2 and the older AVX-512 ones, common among cloud servers) onnxruntime multiplies uint8
-activations by int8 weights with an instruction that sums pairs into 16 bits and saturates: with full-range weights
-the digits default fell from 0.989 (what its graph computes) to 0.963 there, and a short run from 0.90 to 0.65;
-onnxruntime's documentation names 7-bit weights as the remedy. uint8 weights avoid it too, but ran 5 to 8 times
-slower than fp32 on that CPU (no fast kernel), and int8 activations saturate the same way. The seventh bit costs the
-digits default 0.1 point on a CPU where nothing saturates (0.989 -> 0.988).
+activations by int8 weights with an instruction that sums pairs into 16 bits and saturates, and full-range weights
+lose accuracy there; onnxruntime's documentation names 7-bit weights as the remedy. uint8 weights avoid it too, but
+have no fast kernel on those CPUs, and int8 activations saturate the same way. The seventh bit costs little where
+nothing saturates (docs/deploy.md, int8).
 
 The classifier's last layer stays in float (a few kilobytes): its weights are the ones int8 per-channel scales
 serve worst. A head started from the linear probe carries the probe's feature standardization folded into its
