@@ -190,7 +190,7 @@ def keep_model(model: TransferClassifier, kept: str | Path, path: Path, abstenti
     `calibrate` left them, and the `abstention` rule in its record (`models.checkpoint.read_record`). The one file
     prediction, export and serving take, written once, after fit, by this function alone (`ModelCheckpoint`
     writes the epochs' checkpoints, `ProbeFloor` its probe's), through a temporary file renamed into place."""
-    checkpoint = torch.load(kept, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(kept, map_location="cpu", weights_only=True, mmap=True)  # its weights are replaced
     checkpoint["state_dict"] = {key: value.cpu() for key, value in model.state_dict().items()}
     model.on_save_checkpoint(checkpoint)  # the module's own record: classes, preprocessing, temperature
     checkpoint["tl_lightning"]["abstention"] = abstention

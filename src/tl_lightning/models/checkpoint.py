@@ -96,18 +96,15 @@ def read_record(path: str | Path, role: str = "Checkpoint") -> dict[str, Any]:
     """The run's record in a checkpoint (classes, preprocessing, temperature, and in a run's `model.ckpt` the
     abstention rule), read without loading the weights into memory (`mmap`): for a caller that has the model
     already, or needs no model."""
-    path = check_checkpoint_file(path, role)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # the full read names what is wrong with the file
-        checkpoint = read_checkpoint(path, role)
-    return dict(checkpoint.get("tl_lightning", {}))
+    checkpoint = load_tensors(check_checkpoint_file(path, role), role, USE_A_RUN, mmap=True)
+    return dict(checkpoint.get("tl_lightning", {})) if isinstance(checkpoint, dict) else {}
 
 
-def load_tensors(path: Path, role: str, advice: str) -> Any:
+def load_tensors(path: Path, role: str, advice: str, mmap: bool = False) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU, every way a file can fail to load named in one sentence
     that starts with `role` and ends with `advice`: not a PyTorch file, Python objects beyond tensors (another
-    library's pickle), or truncated."""
+    library's pickle), or truncated. `mmap` maps the tensors instead of reading them, for a caller that needs
+    little of them."""
     size = path.stat().st_size
     with path.open("rb") as file:
         head = file.read(8)
@@ -117,7 +114,7 @@ def load_tensors(path: Path, role: str, advice: str) -> Any:
             f"archive). {advice}"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
             raise BadValue(
